@@ -1,0 +1,145 @@
+"""The ``featurestore`` command line. Every command works on one store directory:
+``--store DIR``, else ``$FEATURESTORE_HOME``, else ``./store``.
+
+Run ``featurestore --help`` or ``featurestore <command> --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import polars as pl
+
+from featurestore.errors import FeatureStoreError
+from featurestore.store import Store, default_store_root
+
+__all__ = ["main"]
+
+
+def parse_utc(text: str) -> datetime:
+    """``2024-01-01`` or ``2024-01-01T12:00[:00][+00:00|Z]``; a time without an offset is UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO-8601 date/time: {text!r} (e.g. 2024-01-01 or 2024-01-01T12:00Z)") from None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _symbols(text: str) -> list[str]:
+    symbols = [s.strip() for s in text.split(",") if s.strip()]
+    if not symbols:
+        raise argparse.ArgumentTypeError("give at least one symbol, e.g. BTC/USDT,ETH/USDT")
+    return symbols
+
+
+def _print_new_rows(new_rows: dict[str, int], store: Store) -> None:
+    for symbol, count in new_rows.items():
+        print(f"{symbol}: {count} new bars")
+    print(f"stored {sum(new_rows.values())} new bars in {store.root}")
+
+
+def cmd_ingest(args: argparse.Namespace, store: Store, now: datetime) -> int:
+    from featurestore import ingest
+
+    if args.source == "synthetic":
+        new_rows = ingest.ingest_synthetic(store, args.symbols, args.timeframe, since=args.since, until=args.until,
+                                           now=now, seed=args.seed)
+    elif args.source == "csv":
+        if not args.path or not args.symbol:
+            raise FeatureStoreError("--source csv needs --path FILE.csv and --symbol SYMBOL")
+        new_rows = ingest.ingest_csv(store, args.path, symbol=args.symbol, timeframe=args.timeframe, now=now,
+                                     exchange=args.exchange or "csv")
+    else:
+        new_rows = ingest.ingest_exchange(store, args.exchange or "binance", args.symbols, args.timeframe,
+                                          since=args.since, until=args.until, now=now)
+    _print_new_rows(new_rows, store)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace, store: Store, now: datetime) -> int:
+    from featurestore.validate import validate_store
+
+    report = validate_store(store, symbols=args.symbols)
+    with pl.Config(tbl_rows=200, tbl_cols=20, tbl_hide_dataframe_shape=True, fmt_str_lengths=60):
+        print(report.summary)
+        if report.gaps.height:
+            print(f"\n{report.gaps.height} gap(s):")
+            print(report.gaps)
+        else:
+            print("\nno gaps")
+    for problem in report.problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if report.problems else 0
+
+
+def cmd_sql(args: argparse.Namespace, store: Store, now: datetime) -> int:
+    from featurestore.sql import run_sql
+    from featurestore.sql_output import write_result
+
+    write_result(run_sql(args.query, store), args.format, args.output)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, store: Store, now: datetime) -> int:
+    from featurestore.demo import run_demo
+
+    return run_demo(store, now=now, symbols=args.symbols, timeframe=args.timeframe, since=args.since,
+                    until=args.until, seed=args.seed)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", type=Path, default=None,
+                        help="store directory (default: $FEATURESTORE_HOME, else ./store)")
+    parser = argparse.ArgumentParser(prog="featurestore", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    ingest = commands.add_parser("ingest", parents=[common], help="bring bars into the store")
+    ingest.add_argument("--source", choices=["synthetic", "ccxt", "csv"], default="ccxt")
+    ingest.add_argument("--exchange", help="ccxt exchange id (ccxt source, default binance) or a label (csv)")
+    ingest.add_argument("--symbols", type=_symbols, default=["BTC/USDT"], help="comma-separated, e.g. BTC/USDT,ETH/USDT")
+    ingest.add_argument("--symbol", help="the symbol of a CSV file")
+    ingest.add_argument("--path", type=Path, help="CSV file to import")
+    ingest.add_argument("--timeframe", default="1h", help="1m, 5m, 1h, 4h, 1d, 1w, ...")
+    ingest.add_argument("--since", type=parse_utc, default=parse_utc("2024-01-01"), help="first bar open time (UTC)")
+    ingest.add_argument("--until", type=parse_utc, help="stop before this open time (default: now)")
+    ingest.add_argument("--seed", type=int, default=7, help="synthetic market seed")
+    ingest.set_defaults(run=cmd_ingest)
+
+    validate = commands.add_parser("validate", parents=[common], help="re-check stored bars and list gaps")
+    validate.add_argument("--symbols", type=_symbols)
+    validate.set_defaults(run=cmd_validate)
+
+    sql = commands.add_parser("sql", parents=[common], help="read-only SQL over the offline store (DuckDB)")
+    sql.add_argument("query")
+    sql.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
+    sql.add_argument("--output", type=Path, help="write the result to this file instead of stdout")
+    sql.set_defaults(run=cmd_sql)
+
+    demo = commands.add_parser("demo", parents=[common], help="the main job, end to end, on the synthetic market")
+    demo.add_argument("--symbols", type=_symbols, default=["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT"])
+    demo.add_argument("--timeframe", default="1m")
+    demo.add_argument("--since", type=parse_utc, default=parse_utc("2024-01-01"))
+    demo.add_argument("--until", type=parse_utc, default=parse_utc("2025-01-01"))
+    demo.add_argument("--seed", type=int, default=7)
+    demo.set_defaults(run=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> int:
+    """Entry point; returns the exit code (0 ok, 1 a user-facing error, 2 bad usage)."""
+    args = _parser().parse_args(argv)
+    store = Store(default_store_root(args.store))
+    try:
+        return args.run(args, store, now())
+    except FeatureStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

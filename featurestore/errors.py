@@ -1,0 +1,49 @@
+"""The project's exception hierarchy: every error a user can cause is a ``FeatureStoreError``.
+
+>>> from featurestore.errors import BarValidationError, FeatureStoreError
+>>> issubclass(BarValidationError, FeatureStoreError) and issubclass(FeatureStoreError, ValueError)
+True
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BarValidationError",
+    "ExchangeError",
+    "FeatureStoreError",
+    "SqlError",
+    "StoreConflictError",
+]
+
+
+class FeatureStoreError(ValueError):
+    """Root of every error caused by input, configuration or stored data (not by a bug)."""
+
+
+class BarValidationError(FeatureStoreError):
+    """A batch of bars broke a rule of the bar contract; the batch is rejected whole."""
+
+    def __init__(self, rule: str, *, symbol: str | None = None, ts: object = None, detail: str = "",
+                 source: str | None = None) -> None:
+        where = ", ".join(
+            part for part in (
+                f"source {source}" if source else "",
+                f"symbol {symbol}" if symbol else "",
+                f"ts {ts}" if ts is not None else "",
+            ) if part
+        )
+        message = f"bar rejected ({where}): rule '{rule}' broken" if where else f"bars rejected: rule '{rule}' broken"
+        super().__init__(f"{message}{': ' + detail if detail else ''}")
+        self.rule, self.symbol, self.ts, self.source = rule, symbol, ts, source
+
+
+class StoreConflictError(FeatureStoreError):
+    """Incoming bars disagree with bars already stored for the same (symbol, ts)."""
+
+
+class ExchangeError(FeatureStoreError):
+    """The exchange could not be read (after retries) or answered something unusable."""
+
+
+class SqlError(FeatureStoreError):
+    """A SQL statement failed or was refused (the offline store is read-only through SQL)."""

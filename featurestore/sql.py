@@ -1,0 +1,60 @@
+"""Read-only SQL over the offline store, through DuckDB.
+
+>>> import tempfile
+>>> from featurestore.store import Store
+>>> run_sql("SELECT 42 AS answer", Store(tempfile.mkdtemp()))["answer"].to_list()
+[42]
+>>> run_sql("CREATE TABLE t (x INT)", Store(tempfile.mkdtemp()))
+Traceback (most recent call last):
+...
+featurestore.errors.SqlError: refused: the offline store is read-only through SQL, and this is a CREATE statement; only SELECT (incl. WITH, DESCRIBE, SHOW) and EXPLAIN are allowed
+"""
+
+from __future__ import annotations
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+
+from featurestore.catalog import connect
+from featurestore.errors import SqlError
+from featurestore.store import Store
+
+__all__ = ["run_sql", "run_sql_arrow"]
+
+_ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+
+
+def _checked_statement(query: str) -> str:
+    try:
+        statements = duckdb.extract_statements(query)
+    except duckdb.Error as exc:
+        raise SqlError(f"SQL error: {exc}") from None
+    if len(statements) != 1:
+        raise SqlError(f"expected exactly one SQL statement, got {len(statements)}")
+    kind = statements[0].type
+    if kind not in _ALLOWED:
+        raise SqlError(
+            f"refused: the offline store is read-only through SQL, and this is a {kind.name} statement; "
+            "only SELECT (incl. WITH, DESCRIBE, SHOW) and EXPLAIN are allowed"
+        )
+    return query
+
+
+def run_sql_arrow(query: str, store: Store) -> pa.Table:
+    """Run one read-only statement over the store's views and return an Arrow table."""
+    checked = _checked_statement(query)
+    con = connect(store)
+    try:
+        # No statement of the user's may change settings from here on (e.g. to re-enable writes).
+        con.execute("SET lock_configuration = true")
+        return con.sql(checked).to_arrow_table()
+    except duckdb.Error as exc:
+        raise SqlError(f"SQL error: {exc}") from None
+    finally:
+        con.close()
+
+
+def run_sql(query: str, store: Store) -> pl.DataFrame:
+    """Run one read-only statement over the store's views and return a polars DataFrame."""
+    return pl.from_arrow(run_sql_arrow(query, store))

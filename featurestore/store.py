@@ -1,0 +1,191 @@
+"""The store directory: raw bars as hive-partitioned parquet, one sorted file per series and year.
+
+Layout (readable as-is by DuckDB, polars and pandas)::
+
+    <root>/kind=bars/exchange=<x>/timeframe=<tf>/symbol=<url-quoted>/year=<yyyy>/bars.parquet
+    <root>/catalog.duckdb        views over the parquet (see ``featurestore.catalog``)
+
+Each file holds the partition keys as columns too, sorted by ``ts``, unique on ``ts``.
+
+>>> import tempfile, polars as pl
+>>> from datetime import datetime, timezone
+>>> from featurestore.bars import validate_bars
+>>> store = Store(tempfile.mkdtemp())
+>>> bars = pl.DataFrame({"symbol": ["BTC/USDT"], "ts": [datetime(2024, 1, 1, tzinfo=timezone.utc)],
+...     "open": [1.0], "high": [2.0], "low": [0.5], "close": [1.5], "volume": [10.0]})
+>>> store.write_bars(validate_bars(bars, "1h"), exchange="synthetic", timeframe="1h")
+{'BTC/USDT': 1}
+>>> store.write_bars(validate_bars(bars, "1h"), exchange="synthetic", timeframe="1h")  # idempotent
+{'BTC/USDT': 0}
+>>> store.scan_bars("synthetic", "1h").select("symbol", "close").collect().rows()
+[('BTC/USDT', 1.5)]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+import polars as pl
+
+from featurestore.atomic import write_parquet_atomic
+from featurestore.bars import BAR_COLUMNS, TS_DTYPE
+from featurestore.errors import FeatureStoreError, StoreConflictError
+
+__all__ = ["BarSeries", "Store", "default_store_root"]
+
+STORED_BAR_COLUMNS = ("exchange", "timeframe", *BAR_COLUMNS)
+_BAR_FILE = "bars.parquet"
+
+
+def default_store_root(explicit: str | os.PathLike | None = None) -> Path:
+    """``--store`` if given, else ``$FEATURESTORE_HOME``, else ``./store``."""
+    return Path(explicit or os.environ.get("FEATURESTORE_HOME") or "store")
+
+
+def _key(name: str, value: str) -> str:
+    return f"{name}={quote(value, safe='')}"
+
+
+def _value(part: str) -> str:
+    return unquote(part.split("=", 1)[1])
+
+
+@dataclass(frozen=True, order=True)
+class BarSeries:
+    """One stored series of bars: the unit that is unique on ``ts``."""
+
+    exchange: str
+    timeframe: str
+    symbol: str
+
+
+class Store:
+    """A store directory. Construction touches nothing on disk; writes create what they need."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).absolute()
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.root)!r})"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.duckdb"
+
+    @property
+    def bars_root(self) -> Path:
+        return self.root / "kind=bars"
+
+    def series_dir(self, series: BarSeries) -> Path:
+        return (self.bars_root / _key("exchange", series.exchange) / _key("timeframe", series.timeframe)
+                / _key("symbol", series.symbol))
+
+    @contextlib.contextmanager
+    def write_lock(self) -> Iterator[None]:
+        """Serialise writers across processes (readers never wait: files are replaced atomically)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".write.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+
+    def _year_file(self, series: BarSeries, year: int) -> Path:
+        return self.series_dir(series) / f"year={year}" / _BAR_FILE
+
+    def series(self, *, exchange: str | None = None, timeframe: str | None = None,
+               symbols: list[str] | None = None) -> list[BarSeries]:
+        """Every stored series, optionally filtered, sorted."""
+        found = [
+            BarSeries(_value(path.parts[-3]), _value(path.parts[-2]), _value(path.parts[-1]))
+            for path in self.bars_root.glob("exchange=*/timeframe=*/symbol=*")
+            if any(path.glob(f"year=*/{_BAR_FILE}"))
+        ]
+        return sorted(
+            s for s in found
+            if (exchange is None or s.exchange == exchange)
+            and (timeframe is None or s.timeframe == timeframe)
+            and (symbols is None or s.symbol in symbols)
+        )
+
+    def bar_files(self, series: BarSeries) -> list[Path]:
+        """The series' files in time order (one per year); naming the partition keeps look-ups cheap."""
+        return sorted(self.series_dir(series).glob(f"year=*/{_BAR_FILE}"))
+
+    def scan_bars(self, exchange: str, timeframe: str, symbols: list[str] | None = None) -> pl.LazyFrame:
+        """Lazily read the bars of one exchange and timeframe, sorted by ``(symbol, ts)``."""
+        chosen = self.series(exchange=exchange, timeframe=timeframe, symbols=symbols)
+        if symbols is not None:
+            missing = sorted(set(symbols) - {s.symbol for s in chosen})
+            if missing:
+                raise FeatureStoreError(
+                    f"no stored bars for {missing} on exchange {exchange!r}, timeframe {timeframe!r} in {self.root}; "
+                    f"stored symbols: {[s.symbol for s in self.series(exchange=exchange, timeframe=timeframe)]}"
+                )
+        files = [f for s in chosen for f in self.bar_files(s)]
+        if not files:
+            return pl.LazyFrame(schema=_stored_schema())
+        return pl.scan_parquet(files, hive_partitioning=False)
+
+    def last_bar_ts(self, series: BarSeries) -> datetime | None:
+        """Open time of the newest stored bar of the series, or None when nothing is stored."""
+        files = self.bar_files(series)
+        if not files:
+            return None
+        return pl.scan_parquet(files[-1], hive_partitioning=False).select(pl.col("ts").max()).collect().item()
+
+    def write_bars(self, bars: pl.DataFrame, *, exchange: str, timeframe: str) -> dict[str, int]:
+        """Merge validated bars into the store; return the number of new rows per symbol.
+
+        Bars already stored with identical values are skipped (re-runs are idempotent). If any incoming
+        bar disagrees with a stored one, nothing at all is written. Each file is replaced atomically.
+        """
+        with self.write_lock():
+            return self._merge_bars(bars, exchange=exchange, timeframe=timeframe)
+
+    def _merge_bars(self, bars: pl.DataFrame, *, exchange: str, timeframe: str) -> dict[str, int]:
+        planned: list[tuple[Path, pl.DataFrame]] = []
+        new_rows: dict[str, int] = {}
+        incoming = bars.with_columns(exchange=pl.lit(exchange), timeframe=pl.lit(timeframe)).select(
+            STORED_BAR_COLUMNS)
+        years = incoming["ts"].dt.year()
+        for (symbol, year), part in incoming.group_by("symbol", years, maintain_order=True):
+            series = BarSeries(exchange, timeframe, symbol)
+            path = self._year_file(series, year)
+            stored = pl.read_parquet(path, hive_partitioning=False) if path.exists() else None
+            fresh = part if stored is None else _only_new(stored, part, path)
+            new_rows[symbol] = new_rows.get(symbol, 0) + fresh.height
+            if fresh.height:
+                merged = fresh if stored is None else pl.concat([stored, fresh])
+                planned.append((path, merged.sort("ts")))
+        for path, frame in planned:
+            write_parquet_atomic(frame, path)
+        return new_rows
+
+
+def _stored_schema() -> dict[str, pl.DataType]:
+    return {"exchange": pl.String(), "timeframe": pl.String(), "symbol": pl.String(), "ts": TS_DTYPE,
+            **{name: pl.Float64() for name in BAR_COLUMNS[2:]}}
+
+
+def _only_new(stored: pl.DataFrame, incoming: pl.DataFrame, path: Path) -> pl.DataFrame:
+    """Rows of ``incoming`` not stored yet; raise if an overlapping row disagrees with the stored one."""
+    value_columns = list(BAR_COLUMNS[2:])
+    overlap = incoming.join(stored, on="ts", how="inner", suffix="_stored")
+    differs = pl.any_horizontal(pl.col(c) != pl.col(f"{c}_stored") for c in value_columns)
+    conflicts = overlap.filter(differs)
+    if conflicts.height:
+        row = conflicts.row(0, named=True)
+        fields = ", ".join(f"{c}: stored {row[c + '_stored']} vs incoming {row[c]}"
+                           for c in value_columns if row[c] != row[c + "_stored"])
+        raise StoreConflictError(
+            f"{conflicts.height} incoming bar(s) disagree with stored bars in {path}; first: symbol "
+            f"{row['symbol']}, ts {row['ts']} ({fields}). Nothing was written."
+        )
+    return incoming.join(stored.select("ts"), on="ts", how="anti")
+

@@ -1,0 +1,46 @@
+"""Bar timeframes in ccxt notation (``1m``, ``4h``, ``1d``, ``1w``) and the arithmetic on them.
+
+>>> from featurestore.timeframes import timeframe_ms, floor_ms
+>>> timeframe_ms("15m")
+900000
+>>> floor_ms(1_700_000_123_456, "1h")
+1699999200000
+"""
+
+from __future__ import annotations
+
+import re
+
+from featurestore.errors import FeatureStoreError
+
+__all__ = ["aligned", "floor_ms", "timeframe_ms"]
+
+_UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
+# Weekly bars open on Monday 00:00 UTC (ccxt/Binance convention); the Unix epoch was a Thursday.
+_WEEK_OFFSET_MS = 4 * 86_400_000
+_PATTERN = re.compile(r"^([1-9][0-9]*)([mhdw])$")
+
+
+def timeframe_ms(timeframe: str) -> int:
+    """Length of one bar in milliseconds; refuses anything not ``<n><m|h|d|w>``."""
+    match = _PATTERN.match(timeframe)
+    if match is None:
+        raise FeatureStoreError(
+            f"unknown timeframe {timeframe!r}: use a count and a unit m, h, d or w, e.g. '1m', '4h', '1d', '1w'"
+        )
+    return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def _offset_ms(timeframe: str) -> int:
+    return _WEEK_OFFSET_MS if timeframe.endswith("w") else 0
+
+
+def floor_ms(ts_ms: int, timeframe: str) -> int:
+    """Open time of the bar that contains ``ts_ms``."""
+    step, offset = timeframe_ms(timeframe), _offset_ms(timeframe)
+    return (ts_ms - offset) // step * step + offset
+
+
+def aligned(ts_ms: int, timeframe: str) -> bool:
+    """True when ``ts_ms`` is the open time of a bar of this timeframe."""
+    return floor_ms(ts_ms, timeframe) == ts_ms

@@ -36,10 +36,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> None:
-    """Write ``frame`` as zstd parquet with statistics (so readers can skip row groups by ``ts``)."""
+def write_parquet_atomic(frame: pl.DataFrame, path: Path, *, compression: str = "zstd") -> None:
+    """Write ``frame`` as parquet with statistics (so readers can skip row groups by ``ts``)."""
     with atomic_path(path) as tmp:
-        frame.write_parquet(tmp, compression="zstd", statistics=True)
+        frame.write_parquet(tmp, compression=compression, statistics=True)
 
 
 def write_bytes_atomic(data: bytes, path: Path) -> None:

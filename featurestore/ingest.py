@@ -1,0 +1,144 @@
+"""Bars in: validate a batch, keep only closed bars, merge it into the store, refresh the catalog.
+
+>>> import tempfile
+>>> from datetime import datetime, timezone
+>>> store = Store(tempfile.mkdtemp())
+>>> ingest_synthetic(store, ["BTC/USDT"], "1h", since=datetime(2024, 1, 1, tzinfo=timezone.utc),
+...                  until=datetime(2024, 1, 2, tzinfo=timezone.utc), now=datetime(2025, 1, 1, tzinfo=timezone.utc))
+{'BTC/USDT': 24}
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import polars as pl
+from tqdm import tqdm
+
+from featurestore.bars import validate_bars
+from featurestore.catalog import refresh_catalog
+from featurestore.errors import ExchangeError, FeatureStoreError
+from featurestore.sources.csv_file import read_csv_bars
+from featurestore.sources.resample import resample_bars
+from featurestore.sources.synthetic import synthetic_bars
+from featurestore.store import BarSeries, Store
+from featurestore.timeframes import timeframe_ms
+
+if TYPE_CHECKING:
+    import ccxt
+
+__all__ = ["closed_bars", "ingest_bars", "ingest_csv", "ingest_exchange", "ingest_resampled", "ingest_synthetic"]
+
+
+def closed_bars(bars: pl.DataFrame, timeframe: str, now: datetime) -> pl.DataFrame:
+    """Drop bars still in progress at ``now`` (a bar is closed once ``now >= ts + timeframe``)."""
+    return bars.filter(pl.col("ts") + pl.duration(milliseconds=timeframe_ms(timeframe)) <= now)
+
+
+def ingest_bars(store: Store, bars: pl.DataFrame, *, exchange: str, timeframe: str, source: str) -> dict[str, int]:
+    """Validate ``bars`` whole (raising before anything is written), store them, return new rows per symbol."""
+    checked = validate_bars(bars, timeframe, source=source)
+    new_rows = store.write_bars(checked, exchange=exchange, timeframe=timeframe)
+    if any(new_rows.values()):
+        refresh_catalog(store)
+    return new_rows
+
+
+def ingest_synthetic(store: Store, symbols: list[str], timeframe: str, *, since: datetime,
+                     until: datetime | None = None, now: datetime, seed: int = 7) -> dict[str, int]:
+    """Generate the synthetic market (see ``featurestore.sources.synthetic``) into exchange ``synthetic``."""
+    until = min(until or now, now)
+    bars = closed_bars(synthetic_bars(symbols, timeframe, since=since, until=until, seed=seed), timeframe, now)
+    return ingest_bars(store, bars, exchange="synthetic", timeframe=timeframe, source=f"synthetic seed {seed}")
+
+
+def ingest_csv(store: Store, path: str | Path, *, symbol: str, timeframe: str, now: datetime,
+               exchange: str = "csv") -> dict[str, int]:
+    """Import one symbol's CSV export; an in-progress last candle is dropped."""
+    bars = closed_bars(read_csv_bars(path, symbol), timeframe, now)
+    return ingest_bars(store, bars, exchange=exchange, timeframe=timeframe, source=str(path))
+
+
+def _epoch_ms(moment: datetime, name: str) -> int:
+    if moment.tzinfo is None:
+        raise FeatureStoreError(f"{name}={moment.isoformat()} has no timezone; pass an aware UTC datetime, "
+                                f"e.g. datetime(2024, 1, 1, tzinfo=timezone.utc)")
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+def ingest_exchange(store: Store, exchange: str | ccxt.Exchange, symbols: list[str], timeframe: str, *,
+                    since: datetime, until: datetime | None = None, now: datetime, flush_every: int = 50_000,
+                    progress: bool = True, **fetch_options: Any) -> dict[str, int]:
+    """Fetch closed bars from a ccxt exchange (an id such as ``"binance"`` or a built client) into the store.
+
+    Resumable: each symbol starts at ``max(since, last stored bar + timeframe)`` of the series stored under
+    the client's id, and bars are written every ``flush_every`` bars and at the end, so an interrupted run
+    keeps what it flushed and the next run continues from there. ``fetch_options`` go to
+    ``featurestore.sources.exchange.fetch_closed_bars`` (``page_limit``, ``max_retries``, ``backoff_s``,
+    ``sleep``). Returns the new rows per symbol; an ``ExchangeError`` leaves earlier flushes in place.
+    """
+    from featurestore.sources.exchange import make_client  # imports ccxt (slow to import): only when used
+
+    if flush_every < 1:
+        raise FeatureStoreError(f"flush_every must be >= 1, got {flush_every}")
+    client = make_client(exchange) if isinstance(exchange, str) else exchange
+    step = timeframe_ms(timeframe)
+    since_ms, now_ms = _epoch_ms(since, "since"), _epoch_ms(now, "now")
+    until_ms = now_ms if until is None else min(_epoch_ms(until, "until"), now_ms)
+    new_rows: dict[str, int] = {}
+    for symbol in symbols:
+        last = store.last_bar_ts(BarSeries(client.id, timeframe, symbol))
+        start_ms = since_ms if last is None else max(since_ms, _epoch_ms(last, "stored ts") + step)
+        new_rows[symbol] = _ingest_exchange_symbol(
+            store, client, symbol, timeframe, start_ms=start_ms, until_ms=until_ms, now_ms=now_ms,
+            flush_every=flush_every, progress=progress, fetch_options=fetch_options)
+    return new_rows
+
+
+def _ingest_exchange_symbol(store: Store, client: ccxt.Exchange, symbol: str, timeframe: str, *, start_ms: int,
+                            until_ms: int, now_ms: int, flush_every: int, progress: bool,
+                            fetch_options: dict[str, Any]) -> int:
+    """One symbol of ``ingest_exchange``: fetch pages, write every ``flush_every`` bars, return new rows."""
+    from featurestore.sources.exchange import fetch_closed_bars
+
+    step = timeframe_ms(timeframe)
+    total = max(0, -(-(min(until_ms, now_ms - step + 1) - start_ms) // step))  # bars that could be fetched
+    pending: list[pl.DataFrame] = []
+    written = 0
+
+    def flush() -> int:
+        if not pending:
+            return 0
+        frame = pl.concat(pending)
+        pending.clear()
+        return ingest_bars(store, frame, exchange=client.id, timeframe=timeframe,
+                           source=f"{client.id} {symbol}").get(symbol, 0)
+
+    with tqdm(total=total, desc=f"{client.id} {symbol} {timeframe}", unit="bar",
+              disable=None if progress else True) as bar:
+        pages = fetch_closed_bars(client, symbol, timeframe, since_ms=start_ms, until_ms=until_ms,
+                                  now_ms=now_ms, **fetch_options)
+        try:
+            for page in pages:
+                pending.append(page)
+                if sum(frame.height for frame in pending) >= flush_every:
+                    written += flush()
+                covered = (_epoch_ms(page["ts"][-1], "ts") + step - start_ms) // step
+                bar.update(min(covered, total) - bar.n)
+        except ExchangeError as exc:
+            raise ExchangeError(f"{exc}. {written} new {symbol} bars were stored before the failure; "
+                                f"run the same ingest again to resume from there") from exc
+        written += flush()
+        bar.update(total - bar.n)
+    return written
+
+
+def ingest_resampled(store: Store, *, exchange: str, from_timeframe: str, timeframe: str, now: datetime,
+                     symbols: list[str] | None = None) -> dict[str, int]:
+    """Derive ``timeframe`` bars from stored ``from_timeframe`` bars of the same exchange."""
+    fine = store.scan_bars(exchange, from_timeframe, symbols)
+    bars = closed_bars(resample_bars(fine, from_timeframe, timeframe), timeframe, now)
+    return ingest_bars(store, bars, exchange=exchange, timeframe=timeframe,
+                       source=f"{exchange} {from_timeframe} bars resampled to {timeframe}")

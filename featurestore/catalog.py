@@ -1,4 +1,6 @@
-"""DuckDB views over the store's parquet: ``bars`` (and one ``features_<view>`` per feature view).
+"""DuckDB views over the store's parquet: ``bars``, and ``features_<view>`` for each backfilled view.
+
+``features_<view>`` reads the view's current version (the last one backfilled; see ``registry``).
 
 The same view definitions serve the persistent ``catalog.duckdb`` (for users who open it with the
 ``duckdb`` shell) and the in-memory connection behind ``featurestore sql``, so the two cannot drift.
@@ -15,6 +17,8 @@ import sys
 
 import duckdb
 
+from featurestore.offline import stored_versions, version_dir
+from featurestore.registry import current_version
 from featurestore.store import Store
 
 __all__ = ["connect", "refresh_catalog", "view_definitions"]
@@ -33,6 +37,11 @@ def view_definitions(store: Store) -> dict[str, str]:
     views: dict[str, str] = {}
     if store.series():
         views["bars"] = _parquet_view(f"{store.bars_root}/**/*.parquet")
+    for view_dir in sorted((store.root / "kind=features").glob("view=*")):
+        name = view_dir.name.split("=", 1)[1]
+        version = current_version(store, name)
+        if version is not None and version in stored_versions(store, name):
+            views[f"features_{name}"] = _parquet_view(f"{version_dir(store, name, version)}/**/*.parquet")
     return views
 
 

@@ -45,9 +45,15 @@ def _print_new_rows(new_rows: dict[str, int], store: Store) -> None:
 def cmd_ingest(args: argparse.Namespace, store: Store, now: datetime) -> int:
     from featurestore import ingest
 
+    args.symbols_given = args.symbols is not None
+    args.symbols = args.symbols or ["BTC/USDT"]
     if args.source == "synthetic":
         new_rows = ingest.ingest_synthetic(store, args.symbols, args.timeframe, since=args.since, until=args.until,
                                            now=now, seed=args.seed)
+    elif args.source == "resample":
+        new_rows = ingest.ingest_resampled(store, exchange=args.exchange or "synthetic",
+                                           from_timeframe=args.from_timeframe, timeframe=args.timeframe, now=now,
+                                           symbols=args.symbols if args.symbols_given else None)
     elif args.source == "csv":
         if not args.path or not args.symbol:
             raise FeatureStoreError("--source csv needs --path FILE.csv and --symbol SYMBOL")
@@ -84,6 +90,47 @@ def cmd_sql(args: argparse.Namespace, store: Store, now: datetime) -> int:
     return 0
 
 
+def cmd_features(args: argparse.Namespace, store: Store, now: datetime) -> int:
+    from featurestore.expressions import render
+    from featurestore.offline import stored_versions
+    from featurestore.registry import available_views, registered, resolve_view
+
+    if args.action == "list":
+        for view in available_views(args.definitions).values():
+            stored = stored_versions(store, view.name)
+            state = "backfilled" if view.version in stored else (
+                f"stored versions differ: {', '.join(stored)}" if stored else "not backfilled")
+            print(f"{view.name:<14} v{view.version}  {view.timeframe:>4}  {len(view.features):>2} features  {state}")
+        return 0
+    if not args.name:
+        raise FeatureStoreError("features show needs a view name, e.g. featurestore features show research")
+    view = resolve_view(args.name, args.definitions)
+    print(f"view {view.name}  version {view.version}  timeframe {view.timeframe}  entity {view.entity}")
+    if view.description:
+        print(view.description)
+    for name, node in view.nodes.items():
+        print(f"  {name} = {render(node)}")
+    entry = registered(store, view.name)
+    for version, info in entry["versions"].items():
+        print(f"registered version {version} at {info['registered_at']}{' (current)' if version == entry['current'] else ''}")
+    return 0
+
+
+def cmd_backfill(args: argparse.Namespace, store: Store, now: datetime) -> int:
+    from featurestore.backfill import backfill
+    from featurestore.registry import resolve_view
+
+    for name in args.view:
+        report = backfill(store, resolve_view(name, args.definitions), now=now, symbols=args.symbols,
+                          exchange=args.exchange, start=args.start, end=args.end)
+        for symbol, rows in report.rows_written.items():
+            print(f"{report.view} {symbol}: {rows} rows written"
+                  + (" (bar history changed: recomputed)" if symbol in report.recomputed else ""))
+        print(f"backfilled view {report.view} v{report.version} from {report.exchange}: "
+              f"{sum(report.rows_written.values())} rows written, {report.bars_read} bars read")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, store: Store, now: datetime) -> int:
     from featurestore.demo import run_demo
 
@@ -99,9 +146,11 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     ingest = commands.add_parser("ingest", parents=[common], help="bring bars into the store")
-    ingest.add_argument("--source", choices=["synthetic", "ccxt", "csv"], default="ccxt")
+    ingest.add_argument("--source", choices=["synthetic", "ccxt", "csv", "resample"], default="ccxt")
+    ingest.add_argument("--from-timeframe", default="1m", help="resample: the stored timeframe to aggregate")
     ingest.add_argument("--exchange", help="ccxt exchange id (ccxt source, default binance) or a label (csv)")
-    ingest.add_argument("--symbols", type=_symbols, default=["BTC/USDT"], help="comma-separated, e.g. BTC/USDT,ETH/USDT")
+    ingest.add_argument("--symbols", type=_symbols, help="comma-separated, e.g. BTC/USDT,ETH/USDT (default BTC/USDT; "
+                        "resample: all stored)")
     ingest.add_argument("--symbol", help="the symbol of a CSV file")
     ingest.add_argument("--path", type=Path, help="CSV file to import")
     ingest.add_argument("--timeframe", default="1h", help="1m, 5m, 1h, 4h, 1d, 1w, ...")
@@ -119,6 +168,21 @@ def _parser() -> argparse.ArgumentParser:
     sql.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
     sql.add_argument("--output", type=Path, help="write the result to this file instead of stdout")
     sql.set_defaults(run=cmd_sql)
+
+    features = commands.add_parser("features", parents=[common], help="list feature views or show one")
+    features.add_argument("action", choices=["list", "show"])
+    features.add_argument("name", nargs="?")
+    features.add_argument("--definitions", type=Path, help="a Python file defining FeatureView objects")
+    features.set_defaults(run=cmd_features)
+
+    backfill = commands.add_parser("backfill", parents=[common], help="compute feature views into the offline store")
+    backfill.add_argument("--view", type=_symbols, required=True, help="view name(s), comma-separated")
+    backfill.add_argument("--symbols", type=_symbols, help="default: every stored symbol")
+    backfill.add_argument("--exchange", help="default: the only exchange with bars of the view's timeframe")
+    backfill.add_argument("--start", type=parse_utc, help="write rows with ts >= start")
+    backfill.add_argument("--end", type=parse_utc, help="write rows with ts < end")
+    backfill.add_argument("--definitions", type=Path, help="a Python file defining FeatureView objects")
+    backfill.set_defaults(run=cmd_backfill)
 
     demo = commands.add_parser("demo", parents=[common], help="the main job, end to end, on the synthetic market")
     demo.add_argument("--symbols", type=_symbols, default=["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT"])

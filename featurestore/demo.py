@@ -1,4 +1,5 @@
-"""The main job, end to end on the embedded default (synthetic market, local files, no servers).
+"""The main job, end to end on the embedded default (synthetic market, local files, no servers):
+ingest -> validate -> SQL -> resample -> backfill the built-in views -> SQL over features.
 
 Each stage prints what it did; a failed stage raises, so the command exits non-zero. Re-running is
 idempotent: stored data is reused and nothing is duplicated.
@@ -11,12 +12,22 @@ from datetime import datetime
 
 import polars as pl
 
-from featurestore.ingest import ingest_synthetic
+from featurestore.backfill import backfill
+from featurestore.builtin_views import BUILTIN_VIEWS
+from featurestore.ingest import ingest_resampled, ingest_synthetic
 from featurestore.sql import run_sql
 from featurestore.store import Store
 from featurestore.validate import validate_store
 
 __all__ = ["run_demo"]
+
+FEATURES_QUERY = """
+SELECT r.symbol, r.ts, round(r.ret_1, 6) AS ret_1, round(r.rv_24, 6) AS rv_24, round(r.close_ema_48_ratio, 6)
+       AS close_ema_48_ratio, round(i.rsi_14, 2) AS rsi_14, round(i.macd_hist, 4) AS macd_hist,
+       round(i.bb_pctb, 3) AS bb_pctb
+FROM features_research r JOIN features_indicators i USING (symbol, ts)
+WHERE r.ts = (SELECT max(ts) FROM features_research) ORDER BY r.symbol
+"""
 
 SAMPLE_QUERY = """
 SELECT symbol, count(*) AS bars, min(ts) AS first_bar, max(ts) AS last_bar,
@@ -51,6 +62,23 @@ def run_demo(store: Store, *, now: datetime, symbols: list[str], timeframe: str,
     _stage(f"sql: {' '.join(SAMPLE_QUERY.split())}")
     with pl.Config(tbl_rows=50, tbl_hide_dataframe_shape=True, tbl_width_chars=160):
         print(run_sql(SAMPLE_QUERY, store))
+
+    _stage("resample: daily bars from the 1-minute bars (source of the daily_trend view)")
+    new_daily = ingest_resampled(store, exchange="synthetic", from_timeframe=timeframe, timeframe="1d", now=now,
+                                 symbols=symbols)
+    print(f"stored {sum(new_daily.values()):,} new daily bars")
+
+    for view in BUILTIN_VIEWS:
+        _stage(f"backfill: view {view.name} v{view.version} ({len(view.features)} features, {view.timeframe} bars)")
+        started = time.perf_counter()
+        result = backfill(store, view, now=now, symbols=symbols, exchange="synthetic", progress=False)
+        elapsed = time.perf_counter() - started
+        print(f"{sum(result.rows_written.values()):,} rows written, {result.bars_read:,} bars read in {elapsed:.1f} s "
+              f"({result.bars_read / elapsed:,.0f} bar-rows/s)")
+
+    _stage(f"sql: {' '.join(FEATURES_QUERY.split())}")
+    with pl.Config(tbl_rows=50, tbl_cols=12, tbl_hide_dataframe_shape=True, tbl_width_chars=160):
+        print(run_sql(FEATURES_QUERY, store))
     print(f"\nquery it yourself: featurestore sql \"SELECT ...\" --store {store.root}"
           f"  (or: duckdb {store.catalog_path})")
     return 0

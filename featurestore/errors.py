@@ -9,10 +9,15 @@ from __future__ import annotations
 
 __all__ = [
     "BarValidationError",
+    "DefinitionError",
     "ExchangeError",
     "FeatureStoreError",
+    "LookAheadError",
+    "SchemaError",
     "SqlError",
     "StoreConflictError",
+    "UnsupportedExpressionError",
+    "VersionSkewError",
 ]
 
 
@@ -47,3 +52,23 @@ class ExchangeError(FeatureStoreError):
 
 class SqlError(FeatureStoreError):
     """A SQL statement failed or was refused (the offline store is read-only through SQL)."""
+
+
+class DefinitionError(FeatureStoreError):
+    """A feature view or feature definition is malformed (bad name, timeframe, type)."""
+
+
+class UnsupportedExpressionError(DefinitionError):
+    """A feature expression uses an operation the project cannot run both offline and incrementally."""
+
+
+class LookAheadError(DefinitionError):
+    """A feature expression would read bars from the future (negative shift, reverse, centred window...)."""
+
+
+class SchemaError(DefinitionError):
+    """A feature expression references a column the source does not have."""
+
+
+class VersionSkewError(FeatureStoreError):
+    """Stored or served features were computed by a different version of the view's definitions."""

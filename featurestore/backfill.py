@@ -81,7 +81,7 @@ def backfill(store: Store, view: FeatureView, *, now: datetime, symbols: list[st
     report = BackfillReport(view.name, register_view(store, view, now=now), exchange)
     for symbol in tqdm(chosen, desc=f"backfill {view.name}", unit="symbol", disable=None if progress else True):
         bars = store.scan_bars(exchange, view.timeframe, [symbol]).collect()
-        rows = view.compute_symbol(bars).collect()
+        rows = view.compute_symbol(bars)
         if start is not None:
             rows = rows.filter(pl.col("ts") >= start)
         if end is not None:

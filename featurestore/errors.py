@@ -12,10 +12,14 @@ __all__ = [
     "DefinitionError",
     "ExchangeError",
     "FeatureStoreError",
+    "LabelSpecError",
     "LookAheadError",
+    "ModelExportError",
+    "ModelRegistryError",
     "SchemaError",
     "SqlError",
     "StoreConflictError",
+    "TrainingDataError",
     "UnsupportedExpressionError",
     "VersionSkewError",
 ]
@@ -72,3 +76,19 @@ class SchemaError(DefinitionError):
 
 class VersionSkewError(FeatureStoreError):
     """Stored or served features were computed by a different version of the view's definitions."""
+
+
+class TrainingDataError(FeatureStoreError):
+    """An entity file, a training-set export or the data a model is trained on is unusable."""
+
+
+class LabelSpecError(TrainingDataError):
+    """A label spec string (``future_ret:h=1``, ``bucket:h=12,x=0.01``, ...) is malformed."""
+
+
+class ModelExportError(FeatureStoreError):
+    """A model cannot be exported faithfully (ONNX conversion refused or predictions differ)."""
+
+
+class ModelRegistryError(FeatureStoreError):
+    """A model name or version is not in the model registry, or an artifact is missing."""

@@ -44,7 +44,7 @@ _BINARY = {
 }
 _UNARY = {
     "Log1p": "log1p", "Exp": "exp", "Abs": "abs", "Negate": "neg", "Sign": "sign",
-    "Sqrt": "sqrt", "Cbrt": "cbrt", "Sin": "sin", "Cos": "cos", "Tan": "tan", "Tanh": "tanh",
+    "Sqrt": "sqrt", "Sin": "sin", "Cos": "cos", "Tan": "tan", "Tanh": "tanh",
     "Not": "not", "IsNan": "is_nan", "IsNotNan": "is_not_nan", "IsNull": "is_null", "IsNotNull": "is_not_null",
     "IsFinite": "is_finite", "IsInfinite": "is_infinite",
 }
@@ -119,6 +119,8 @@ def _literal(body: dict) -> Any:
         (_, value), = payload.items()
     elif kind == "Scalar":
         (dtype, value), = payload.items()
+        if dtype == "Null":
+            return None
         if dtype == "String":
             raise _unsupported(f"string literal {value!r}")
     else:

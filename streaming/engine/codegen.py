@@ -10,7 +10,7 @@ features) are computed once. The generated source is numba-compiled as a whole.
 >>> program = generate(FeatureView("demo", "1h", {"mom": pl.col("close").shift(2) / pl.col("close")}))
 >>> program.state_size
 6
->>> print(program.source.splitlines()[3])
+>>> print(program.source.splitlines()[2])
     v1, m1 = shift_step(S, 0, v0, m0, 2)
 """
 

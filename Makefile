@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest benchmarks -q --benchmark-only
+	$(BIN)/python -m pytest benchmarks -q --benchmark-enable --benchmark-only -s
 
 clean:
 	rm -rf $(VENV) store

@@ -21,7 +21,7 @@ from __future__ import annotations
 import polars as pl
 
 from featurestore.errors import BarValidationError
-from featurestore.timeframes import timeframe_ms
+from featurestore.timeframes import offset_ms, timeframe_ms
 
 __all__ = ["BAR_COLUMNS", "PRICE_COLUMNS", "TS_DTYPE", "find_gaps", "normalize_bars", "validate_bars"]
 
@@ -30,7 +30,7 @@ PRICE_COLUMNS = ("open", "high", "low", "close")
 BAR_COLUMNS = ("symbol", "ts", *PRICE_COLUMNS, "volume")
 
 
-def normalize_bars(bars: pl.DataFrame, *, source: str | None = None) -> pl.DataFrame:
+def normalize_bars(bars: pl.DataFrame, *, source: str | None = None, first_line: int | None = None) -> pl.DataFrame:
     """Select the bar columns in canonical order and dtypes; refuse a missing, null or mistyped column."""
     missing = [name for name in BAR_COLUMNS if name not in bars.columns]
     if missing:
@@ -46,24 +46,26 @@ def normalize_bars(bars: pl.DataFrame, *, source: str | None = None) -> pl.DataF
         if not bars.schema[name].is_numeric():
             raise BarValidationError("schema", source=source,
                                      detail=f"column {name!r} has dtype {bars.schema[name]}; expected a number")
+    for name in BAR_COLUMNS:
+        _first_offence(bars, pl.col(name).is_null(), f"{name} is not null", source, f"{name} is null", first_line)
+    _first_offence(bars, pl.col("ts").dt.epoch("ns") % 1_000_000 != 0, "ts has whole milliseconds", source,
+                   "ts has a sub-millisecond part, which the store (millisecond timestamps) would drop", first_line)
     out = bars.select(
         pl.col("symbol"),
         pl.col("ts").dt.convert_time_zone("UTC").cast(TS_DTYPE),
         *(pl.col(name).cast(pl.Float64) for name in (*PRICE_COLUMNS, "volume")),
     )
-    for name in BAR_COLUMNS:
-        _first_offence(out, pl.col(name).is_null(), f"{name} is not null", source, f"{name} is null")
     return out
 
 
-def _rules(step_ms: int) -> list[tuple[str, pl.Expr, pl.Expr]]:
+def _rules(timeframe: str) -> list[tuple[str, pl.Expr, pl.Expr]]:
     """(rule, offending-row predicate, detail expression) in the order they are checked."""
     epoch_ms = pl.col("ts").dt.epoch("ms")
-    weekly_offset = 4 * 86_400_000 if step_ms % (7 * 86_400_000) == 0 else 0
+    step_ms, offset = timeframe_ms(timeframe), offset_ms(timeframe)
     prev_ts = pl.col("ts").shift(1).over("symbol")
     price_detail = pl.format("open={}, high={}, low={}, close={}", *PRICE_COLUMNS)
     return [
-        ("ts aligned to the timeframe", (epoch_ms - weekly_offset) % step_ms != 0,
+        ("ts aligned to the timeframe", (epoch_ms - offset) % step_ms != 0,
          pl.format("ts is not a multiple of {} ms", pl.lit(step_ms))),
         ("ts strictly increasing per symbol", pl.col("ts") <= prev_ts,
          pl.format("previous ts {} >= this ts (duplicate or unsorted)", prev_ts.cast(pl.String))),
@@ -79,25 +81,27 @@ def _rules(step_ms: int) -> list[tuple[str, pl.Expr, pl.Expr]]:
 
 
 def _first_offence(bars: pl.DataFrame, offends: pl.Expr, rule: str, source: str | None,
-                   detail: pl.Expr | str) -> None:
+                   detail: pl.Expr | str, first_line: int | None) -> None:
     detail_expr = pl.lit(detail) if isinstance(detail, str) else detail
     bad = bars.lazy().with_row_index("_row").filter(offends).head(1).select(
         "_row", "symbol", "ts", detail_expr.alias("_detail")).collect()
     if bad.height:
         row = bad.row(0, named=True)
+        where = f"line {row['_row'] + first_line}" if first_line is not None else f"row {row['_row']} of the batch"
         raise BarValidationError(rule, symbol=row["symbol"], ts=row["ts"], source=source,
-                                 detail=f"{row['_detail']} (row {row['_row']} of the batch)"
-                                 if source else row["_detail"])
+                                 detail=f"{row['_detail']} ({where})" if source else row["_detail"])
 
 
-def validate_bars(bars: pl.DataFrame, timeframe: str, *, source: str | None = None) -> pl.DataFrame:
+def validate_bars(bars: pl.DataFrame, timeframe: str, *, source: str | None = None,
+                  first_line: int | None = None) -> pl.DataFrame:
     """Normalise and check a batch against every rule; return it unchanged in content or raise.
 
     Rows must already be sorted by ``ts`` within each symbol: a batch is not silently reordered.
+    With ``first_line`` (the file line of row 0), errors name the file line instead of the row.
     """
-    out = normalize_bars(bars, source=source)
-    for rule, offends, detail in _rules(timeframe_ms(timeframe)):
-        _first_offence(out, offends, rule, source, detail)
+    out = normalize_bars(bars, source=source, first_line=first_line)
+    for rule, offends, detail in _rules(timeframe):
+        _first_offence(out, offends, rule, source, detail, first_line)
     return out
 
 

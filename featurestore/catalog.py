@@ -13,6 +13,8 @@ The same view definitions serve the persistent ``catalog.duckdb`` (for users who
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 
 import duckdb
@@ -22,6 +24,8 @@ from featurestore.registry import current_version
 from featurestore.store import Store
 
 __all__ = ["connect", "refresh_catalog", "view_definitions"]
+
+_META_TABLE = "featurestore_catalog"
 
 
 def _quote_literal(text: str) -> str:
@@ -57,13 +61,37 @@ def connect(store: Store) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def _definitions_hash(views: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(views, sort_keys=True).encode()).hexdigest()
+
+
+def _catalog_hash(store: Store) -> str | None:
+    """The definitions hash recorded in the catalog file, read without modifying it (None if absent)."""
+    if not store.catalog_path.exists():
+        return None
+    try:
+        with duckdb.connect(str(store.catalog_path), read_only=True) as con:
+            row = con.execute(f"SELECT definitions_hash FROM {_META_TABLE}").fetchone()
+    except duckdb.Error:
+        return None
+    return row[0] if row else None
+
+
 def refresh_catalog(store: Store) -> bool:
-    """Recreate the views in ``<store>/catalog.duckdb``; warn and return False if another process holds it."""
+    """Make ``<store>/catalog.duckdb``'s views match the store; leave the file untouched when they do.
+
+    Returns False (with a warning) if another process holds the catalog open for writing.
+    """
+    views = view_definitions(store)
+    wanted = _definitions_hash(views)
+    if _catalog_hash(store) == wanted:
+        return True
     try:
         with duckdb.connect(str(store.catalog_path)) as con:
             _create_views(con, store)
+            con.execute(f"CREATE OR REPLACE TABLE {_META_TABLE} AS SELECT ? AS definitions_hash", [wanted])
     except duckdb.IOException as exc:
         print(f"warning: catalog {store.catalog_path} not refreshed ({exc}); the data is stored, "
-              "and the next write refreshes it", file=sys.stderr)
+              "and the next ingest or backfill (even one with nothing new) refreshes it", file=sys.stderr)
         return False
     return True

@@ -134,8 +134,7 @@ def cmd_backfill(args: argparse.Namespace, store: Store, now: datetime) -> int:
 def cmd_demo(args: argparse.Namespace, store: Store, now: datetime) -> int:
     from featurestore.demo import run_demo
 
-    return run_demo(store, now=now, symbols=args.symbols, timeframe=args.timeframe, since=args.since,
-                    until=args.until, seed=args.seed)
+    return run_demo(store, now=now, symbols=args.symbols, since=args.since, until=args.until, seed=args.seed)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -186,11 +185,12 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", parents=[common], help="the main job, end to end, on the synthetic market")
     demo.add_argument("--symbols", type=_symbols, default=["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT"])
-    demo.add_argument("--timeframe", default="1m")
     demo.add_argument("--since", type=parse_utc, default=parse_utc("2024-01-01"))
     demo.add_argument("--until", type=parse_utc, default=parse_utc("2025-01-01"))
     demo.add_argument("--seed", type=int, default=7)
     demo.set_defaults(run=cmd_demo)
+    from training.cli import add_commands
+    add_commands(commands, common)
     return parser
 
 

@@ -40,9 +40,12 @@ def _stage(title: str) -> None:
     print(f"\n== {title}", flush=True)
 
 
-def run_demo(store: Store, *, now: datetime, symbols: list[str], timeframe: str, since: datetime,
-             until: datetime, seed: int) -> int:
-    """Generate, store, validate and query the synthetic market; return the exit code."""
+def run_demo(store: Store, *, now: datetime, symbols: list[str], since: datetime, until: datetime, seed: int) -> int:
+    """Generate, store, validate and query the synthetic market, then compute features; return the exit code.
+
+    The market is 1-minute bars: the timeframe of the built-in intraday views.
+    """
+    timeframe = "1m"
     _stage(f"ingest: synthetic market, {len(symbols)} symbols x {timeframe} bars, {since:%Y-%m-%d} to {until:%Y-%m-%d}")
     started = time.perf_counter()
     new_rows = ingest_synthetic(store, symbols, timeframe, since=since, until=until, now=now, seed=seed)

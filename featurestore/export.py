@@ -54,6 +54,7 @@ __all__ = [
     "Label",
     "feature_column",
     "iter_training_set",
+    "output_format",
     "parse_duration",
     "parse_ttl",
     "point_in_time_join",
@@ -284,8 +285,8 @@ def _plan(store: Store, views: Sequence[FeatureView], entities: Any, *, all_bars
         frame = read_entities(entities)
         if symbols is not None:
             frame = frame.filter(pl.col("symbol").is_in(list(symbols)))
-        clashes = sorted(set(frame.collect_schema()) & {feature_column(v.name, f) for v in views
-                                                         for f in ("ts", *v.feature_names)} | set(label_cols))
+        exported = {feature_column(v.name, f) for v in views for f in ("ts", *v.feature_names)} | set(label_cols)
+        clashes = sorted(set(frame.collect_schema()) & exported)
         if clashes:
             raise TrainingDataError(f"entity file {entities}: column(s) {clashes} clash with exported columns; rename them")
         nulls = frame.select(pl.col("symbol", "event_ts").null_count()).collect().row(0)
@@ -332,7 +333,7 @@ class ExportResult:
     meta: dict
 
 
-def _format(path: Path, format: str | None) -> str:
+def output_format(path: Path, format: str | None) -> str:
     if format is not None:
         if format not in EXPORT_FORMATS:
             raise TrainingDataError(f"unknown format {format!r}; use one of {', '.join(EXPORT_FORMATS)}")
@@ -353,7 +354,7 @@ def write_training_set(path: str | Path, store: Store, views: Sequence[FeatureVi
     import pyarrow.parquet as pq
 
     path = Path(path)
-    kind = _format(path, format)
+    kind = output_format(path, format)
     ttl = {**parse_ttl(None, views), **(options.get("ttl") or {})}
     rows, first, last, symbols, writer, schema = 0, None, None, [], None, None
     with atomic_path(path) as tmp:

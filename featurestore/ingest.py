@@ -41,8 +41,7 @@ def ingest_bars(store: Store, bars: pl.DataFrame, *, exchange: str, timeframe: s
     """Validate ``bars`` whole (raising before anything is written), store them, return new rows per symbol."""
     checked = validate_bars(bars, timeframe, source=source)
     new_rows = store.write_bars(checked, exchange=exchange, timeframe=timeframe)
-    if any(new_rows.values()):
-        refresh_catalog(store)
+    refresh_catalog(store)  # also when nothing was new: a re-run repairs a catalog a killed run left stale
     return new_rows
 
 
@@ -57,8 +56,9 @@ def ingest_synthetic(store: Store, symbols: list[str], timeframe: str, *, since:
 def ingest_csv(store: Store, path: str | Path, *, symbol: str, timeframe: str, now: datetime,
                exchange: str = "csv") -> dict[str, int]:
     """Import one symbol's CSV export; an in-progress last candle is dropped."""
-    bars = closed_bars(read_csv_bars(path, symbol), timeframe, now)
-    return ingest_bars(store, bars, exchange=exchange, timeframe=timeframe, source=str(path))
+    bars = validate_bars(read_csv_bars(path, symbol), timeframe, source=str(path), first_line=2)  # errors name lines
+    return ingest_bars(store, closed_bars(bars, timeframe, now), exchange=exchange, timeframe=timeframe,
+                       source=str(path))
 
 
 def _epoch_ms(moment: datetime, name: str) -> int:

@@ -12,6 +12,8 @@ featurestore.errors.SqlError: refused: the offline store is read-only through SQ
 
 from __future__ import annotations
 
+import re
+
 import duckdb
 import polars as pl
 import pyarrow as pa
@@ -22,7 +24,7 @@ from featurestore.store import Store
 
 __all__ = ["run_sql", "run_sql_arrow"]
 
-_ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+_EXPLAIN_PREFIX = re.compile(r"^\s*EXPLAIN\s+(ANALYZE\s+|ANALYSE\s+)?(\([^)]*\)\s*)?", re.IGNORECASE)
 
 
 def _checked_statement(query: str) -> str:
@@ -31,9 +33,13 @@ def _checked_statement(query: str) -> str:
     except duckdb.Error as exc:
         raise SqlError(f"SQL error: {exc}") from None
     if len(statements) != 1:
-        raise SqlError(f"expected exactly one SQL statement, got {len(statements)}")
+        raise SqlError(f"refused: exactly one read-only SQL statement at a time, got {len(statements)}")
     kind = statements[0].type
-    if kind not in _ALLOWED:
+    if kind == duckdb.StatementType.EXPLAIN:
+        # EXPLAIN ANALYZE runs the statement it explains: that one must be read-only too
+        _checked_statement(_EXPLAIN_PREFIX.sub("", query, count=1))
+        return query
+    if kind != duckdb.StatementType.SELECT:
         raise SqlError(
             f"refused: the offline store is read-only through SQL, and this is a {kind.name} statement; "
             "only SELECT (incl. WITH, DESCRIBE, SHOW) and EXPLAIN are allowed"
@@ -57,4 +63,8 @@ def run_sql_arrow(query: str, store: Store) -> pa.Table:
 
 def run_sql(query: str, store: Store) -> pl.DataFrame:
     """Run one read-only statement over the store's views and return a polars DataFrame."""
-    return pl.from_arrow(run_sql_arrow(query, store))
+    table = run_sql_arrow(query, store)
+    try:
+        return pl.from_arrow(table)
+    except (pl.exceptions.PolarsError, pa.ArrowException) as exc:
+        raise SqlError(f"the result has a column type polars cannot hold ({table.schema}): {exc}") from None

@@ -28,12 +28,12 @@ def _encode(result: pl.DataFrame, fmt: OutputFormat) -> bytes:
         with pl.Config(tbl_rows=100, tbl_cols=50, fmt_str_lengths=80, tbl_width_chars=200):
             return (str(result) + "\n").encode()
     buffer = io.BytesIO()
-    if fmt == "csv":
-        result.write_csv(buffer)
-    elif fmt == "json":
-        result.write_json(buffer)
-    else:
-        result.write_parquet(buffer)
+    writers = {"csv": result.write_csv, "json": result.write_json, "parquet": result.write_parquet}
+    try:
+        writers[fmt](buffer)
+    except pl.exceptions.PolarsError as exc:
+        raise FeatureStoreError(f"cannot write this result as {fmt} ({exc}); try --format json or parquet, "
+                                "or cast the column in SQL") from None
     return buffer.getvalue()
 
 

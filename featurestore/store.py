@@ -1,6 +1,7 @@
 """The store directory: raw bars as hive-partitioned parquet, one sorted file per series and year.
 
-Layout (readable as-is by DuckDB, polars and pandas)::
+Layout (readable as-is by DuckDB and polars; by pandas with ``pd.read_parquet(dir, partitioning=None)``,
+since pyarrow's hive inference would clash with the key columns the files also hold)::
 
     <root>/kind=bars/exchange=<x>/timeframe=<tf>/symbol=<url-quoted>/year=<yyyy>/bars.parquet
     <root>/catalog.duckdb        views over the parquet (see ``featurestore.catalog``)

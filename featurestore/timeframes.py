@@ -13,7 +13,7 @@ import re
 
 from featurestore.errors import FeatureStoreError
 
-__all__ = ["aligned", "floor_ms", "timeframe_ms"]
+__all__ = ["aligned", "floor_ms", "offset_ms", "timeframe_ms"]
 
 _UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
 # Weekly bars open on Monday 00:00 UTC (ccxt/Binance convention); the Unix epoch was a Thursday.
@@ -31,13 +31,14 @@ def timeframe_ms(timeframe: str) -> int:
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
-def _offset_ms(timeframe: str) -> int:
-    return _WEEK_OFFSET_MS if timeframe.endswith("w") else 0
+def offset_ms(timeframe: str) -> int:
+    """Where the bar grid starts relative to the epoch: Monday for weekly bars, else 0."""
+    return _WEEK_OFFSET_MS if timeframe_ms(timeframe) and timeframe.endswith("w") else 0
 
 
 def floor_ms(ts_ms: int, timeframe: str) -> int:
     """Open time of the bar that contains ``ts_ms``."""
-    step, offset = timeframe_ms(timeframe), _offset_ms(timeframe)
+    step, offset = timeframe_ms(timeframe), offset_ms(timeframe)
     return (ts_ms - offset) // step * step + offset
 
 

@@ -50,6 +50,8 @@ def read_csv_bars(path: str | Path, symbol: str) -> pl.DataFrame:
     except (OSError, pl.exceptions.PolarsError) as exc:
         raise BarValidationError("readable CSV", source=str(path), detail=str(exc).splitlines()[0]) from None
     raw = raw.rename({name: name.strip().lower() for name in raw.columns})
+    if raw.is_empty():
+        raise BarValidationError("at least one bar", source=str(path), detail="the file has no rows after its header")
     missing = [name for name in ("time", *PRICE_COLUMNS, "volume") if name not in raw.columns]
     if missing:
         raise BarValidationError("schema", source=str(path), detail=f"missing column(s) {missing}; got {raw.columns}")

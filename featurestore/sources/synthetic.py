@@ -72,10 +72,15 @@ def _blocks(seed: int, symbol: str, timeframe: str, n: int, step_ms: int, start_
     for block, first in enumerate(range(0, n, _BLOCK)):
         size = min(_BLOCK, n - first)
         rng = np.random.default_rng([seed, key, zlib.crc32(timeframe.encode()), block])
-        eps = rng.standard_t(_T_DOF, size) / math.sqrt(_T_DOF / (_T_DOF - 2.0))
-        log_vol, state["log_vol"] = _ar1(vol_coef, rng.standard_normal(size) * 0.45 * math.sqrt(1 - vol_coef**2),
+
+        def draw(sampler, *args, size=size):
+            # always a whole block, then cut: the numbers of bar i never depend on how many bars were asked for
+            return sampler(*args, _BLOCK)[:size]
+
+        eps = draw(rng.standard_t, _T_DOF) / math.sqrt(_T_DOF / (_T_DOF - 2.0))
+        log_vol, state["log_vol"] = _ar1(vol_coef, draw(rng.standard_normal) * 0.45 * math.sqrt(1 - vol_coef**2),
                                          state["log_vol"])
-        drift, state["drift"] = _ar1(drift_coef, rng.standard_normal(size) * drift_std
+        drift, state["drift"] = _ar1(drift_coef, draw(rng.standard_normal) * drift_std
                                      * math.sqrt(1 - drift_coef**2), state["drift"])
         ts_ms = start_ms + (first + np.arange(size, dtype=np.int64)) * step_ms
         season = 1.0 + 0.35 * np.cos(2 * np.pi * ((ts_ms % _DAY_MS) / _DAY_MS - 15 / 24)) if intraday else 1.0
@@ -84,9 +89,9 @@ def _blocks(seed: int, symbol: str, timeframe: str, n: int, step_ms: int, start_
         log_close = state["log_close"] + np.cumsum(ret)
         log_open = np.concatenate([[state["log_close"]], log_close[:-1]])
         state["log_close"] = float(log_close[-1])
-        wick_up = np.abs(rng.standard_normal(size)) * sigma * 0.6
-        wick_down = np.abs(rng.standard_normal(size)) * sigma * 0.6
-        notional = 5e7 * step_days * np.exp(0.3 * rng.standard_normal(size) + 0.7 * np.log1p(np.abs(ret) / bar_vol)
+        wick_up = np.abs(draw(rng.standard_normal)) * sigma * 0.6
+        wick_down = np.abs(draw(rng.standard_normal)) * sigma * 0.6
+        notional = 5e7 * step_days * np.exp(0.3 * draw(rng.standard_normal) + 0.7 * np.log1p(np.abs(ret) / bar_vol)
                                             + 0.8 * log_vol)
         volume = notional / np.exp(log_close)
         yield {

@@ -1,0 +1,58 @@
+"""``featurestore demo``: the main job end to end, and safe to re-run."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from featurestore.store import Store
+
+DEMO = ["demo", "--symbols", "BTC/USDT,ETH/USDT", "--since", "2024-01-01"]
+
+
+def table_rows(output: str, symbol: str) -> list[list[str]]:
+    """The cells of every printed table row that has ``symbol`` as a cell."""
+    rows = []
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.replace("│", "┆").split("┆")[1:-1]]
+        if symbol in cells:
+            rows.append(cells)
+    return rows
+
+
+def data_files(hashes: dict[str, str]) -> dict[str, str]:
+    """Everything but catalog.duckdb, which holds only view definitions and may be rewritten on each run."""
+    return {path: digest for path, digest in hashes.items() if path != "catalog.duckdb"}
+
+
+def check_demo_twice(run_cli, hash_tree, store, until: str, bars_per_symbol: int, last_bar: str) -> None:
+    args = [*DEMO, "--until", until, "--store", store]
+
+    first = run_cli(*args)
+
+    assert first.returncode == 0, first.stderr
+    assert "Traceback" not in first.stderr
+    assert re.search(rf"stored {2 * bars_per_symbol:,} new bars in [0-9.]+ s into {re.escape(str(store))}",
+                     first.stdout)
+    assert "0 gap(s), 0 broken rule(s)" in first.stdout
+    assert "== sql: SELECT symbol, count(*) AS bars" in first.stdout
+    for symbol in ("BTC/USDT", "ETH/USDT"):
+        # The SQL table: one row per symbol with its bar count and its first and last bar.
+        assert [symbol, str(bars_per_symbol), "2024-01-01 00:00:00 UTC", last_bar] in [
+            row[:4] for row in table_rows(first.stdout, symbol)]
+    assert "featurestore sql \"SELECT ...\"" in first.stdout
+    assert Store(store).scan_bars("synthetic", "1m").collect().height == 2 * bars_per_symbol
+    before = hash_tree(store)
+
+    second = run_cli(*args)
+
+    assert second.returncode == 0, second.stderr
+    assert "stored 0 new bars" in second.stdout and "(already stored: nothing to do)" in second.stdout
+    assert data_files(hash_tree(store)) == data_files(before)
+
+
+@pytest.mark.slow
+def test_demo_on_minute_bars_runs_end_to_end_and_a_rerun_stores_nothing_new(tmp_path, run_cli, hash_tree):
+    # Two weeks of 1m bars: 14 x 1,440 = 20,160 per symbol.
+    check_demo_twice(run_cli, hash_tree, tmp_path / "store", "2024-01-15", 20_160, "2024-01-14 23:59:00 UTC")

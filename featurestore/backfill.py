@@ -3,8 +3,9 @@
 Symbols are processed one at a time over their whole history (an EWM depends on every bar since the
 first, so a truncated re-read would not reproduce it): memory holds one symbol's bars and features.
 A later run writes only rows not stored yet, and they are bit-identical to a full recompute because
-they are cut from one. If a symbol's bar history changed under stored rows (bars inserted before
-the last stored row), the symbol is recomputed and its rows replaced.
+they are cut from one. Stored rows are compared with their recomputed values: if any differs (bars
+were inserted into the history under them, even before the first stored row), the symbol's rows are
+all replaced.
 
 >>> import tempfile
 >>> from datetime import datetime, timezone
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from featurestore.catalog import refresh_catalog
 from featurestore.definitions import FeatureView
 from featurestore.errors import FeatureStoreError
-from featurestore.offline import stored_range, write_symbol_features
+from featurestore.offline import read_symbol_features, write_symbol_features
 from featurestore.registry import register_view
 from featurestore.store import Store
 
@@ -61,14 +62,15 @@ def resolve_exchange(store: Store, timeframe: str, exchange: str | None) -> str:
     return exchanges[0]
 
 
-def _rows_to_write(rows: pl.DataFrame, stored_rows: int, stored_first, stored_last) -> tuple[pl.DataFrame, bool]:
-    """(rows, replace): the new rows only, unless the stored rows no longer match the bar history."""
-    if stored_rows == 0:
+def _rows_to_write(rows: pl.DataFrame, stored: pl.DataFrame | None) -> tuple[pl.DataFrame, bool]:
+    """(rows, replace): only the rows not stored yet, unless a stored row no longer equals its recomputed
+    value (bars were inserted into the history under it), in which case every row is rewritten."""
+    if stored is None or stored.is_empty():
         return rows, True
-    in_stored_span = rows.filter(pl.col("ts").is_between(stored_first, stored_last)).height
-    if in_stored_span != stored_rows:
+    recomputed = rows.join(stored.select("ts"), on="ts", how="semi")
+    if recomputed.height != stored.height or not recomputed.equals(stored.select(rows.columns), null_equal=True):
         return rows, True
-    return rows.filter((pl.col("ts") > stored_last) | (pl.col("ts") < stored_first)), False
+    return rows.join(stored.select("ts"), on="ts", how="anti"), False
 
 
 def backfill(store: Store, view: FeatureView, *, now: datetime, symbols: list[str] | None = None,
@@ -86,9 +88,9 @@ def backfill(store: Store, view: FeatureView, *, now: datetime, symbols: list[st
             rows = rows.filter(pl.col("ts") >= start)
         if end is not None:
             rows = rows.filter(pl.col("ts") < end)
-        stored = stored_range(store, view, exchange, symbol)
-        to_write, replace = _rows_to_write(rows, stored.rows, stored.first, stored.last)
-        if replace and stored.rows:
+        stored = read_symbol_features(store, view, exchange, symbol)
+        to_write, replace = _rows_to_write(rows, stored)
+        if replace and stored is not None:
             report.recomputed.append(symbol)
         report.bars_read += bars.height
         report.rows_written[symbol] = write_symbol_features(store, view, exchange, symbol, to_write,

@@ -1,9 +1,13 @@
 """The feature views that ship with the project: ``research``, ``indicators`` and ``daily_trend``.
 
-Conventions (documented differences from TA-Lib are deliberate and decay within the warm-up):
+Conventions (differences from TA-Lib are deliberate; values agree to 1e-9 relative once the seeding
+difference has decayed, which takes 5-10 windows: e.g. ema_48 from bar ~313, RSI ~276, MACD ~328):
 - EMAs are ``ewm_mean(span=n, adjust=False, min_samples=n)``: the recursive EMA seeded with the first
   value; TA-Lib seeds with the mean of the first ``n`` values. The gap shrinks by ``1 - alpha`` a bar.
 - Wilder smoothing (RSI, ATR) is ``ewm_mean(alpha=1/n, adjust=False, min_samples=n)``, same caveat.
+- Each line starts as soon as its own window is full: the MACD line at bar 25 (TA-Lib: 33, aligned
+  with its signal), %K at 15 (TA-Lib: 17, aligned with %D), ATR at 13 (TA-Lib: 14; bar 0's true range
+  is taken as high - low).
 - Where a ratio's denominator is zero (flat market), RSI, MFI, %K and Williams %R follow TA-Lib and
   give 0; Bollinger %B gives null.
 - ``log_volume`` is ``log1p(volume)``: zero-volume bars are legal and stay finite.
@@ -60,9 +64,15 @@ def rsi(period: int) -> pl.Expr:
 
 def money_flow_index(period: int) -> pl.Expr:
     typical = (high + low + close) / 3.0
+    previous = typical.shift(1)
     flow = typical * volume
-    positive = pl.when(typical > typical.shift(1)).then(flow).otherwise(0.0).rolling_sum(period)
-    negative = pl.when(typical < typical.shift(1)).then(flow).otherwise(0.0).rolling_sum(period)
+
+    def directed(up: bool) -> pl.Expr:
+        # null for the first bar (no direction yet), so the window holds `period` price changes
+        moved = typical > previous if up else typical < previous
+        return pl.when(previous.is_null()).then(None).when(moved).then(flow).otherwise(0.0).rolling_sum(period)
+
+    positive, negative = directed(True), directed(False)
     return 100.0 * ratio_or_zero(positive, positive + negative)
 
 
@@ -104,7 +114,7 @@ INDICATORS = FeatureView(
         "macd": _macd,
         "macd_signal": _macd_signal,
         "macd_hist": _macd - _macd_signal,
-        "bb_pctb": (close - (_bb_mid - 2.0 * _bb_sd)) / (4.0 * _bb_sd),
+        "bb_pctb": pl.when(_bb_sd == 0.0).then(None).otherwise((close - (_bb_mid - 2.0 * _bb_sd)) / (4.0 * _bb_sd)),
         "bb_width": 4.0 * _bb_sd / _bb_mid,
         "stoch_k": _stoch_k,
         "stoch_d": _stoch_k.rolling_mean(3),

@@ -125,7 +125,7 @@ def _literal(body: dict) -> Any:
             raise _unsupported(f"string literal {value!r}")
     else:
         raise _unsupported(f"literal {body}")
-    if value is None and kind == "Dyn":
+    if value is None:
         # polars writes NaN and +/-inf float literals as JSON null: they cannot be recovered exactly.
         raise UnsupportedExpressionError(
             "a NaN or infinite literal cannot be represented in a feature definition; "
@@ -139,7 +139,11 @@ def _literal_int(node: Node, what: str) -> int:
     return node.param("value")
 
 
-def _convert(tree: dict) -> Node:
+def _convert(tree: dict | str) -> Node:
+    if isinstance(tree, str):  # argument-less nodes: pl.len(), pl.element(), ...
+        if tree == "Len":
+            raise LookAheadError(_FORWARD["Agg"].replace("(mean(), sum(), first(), ...)", "(pl.len())"))
+        raise _unsupported(tree)
     (kind, body), = tree.items()
     if kind == "Column":
         return Node("col", params=(("name", body),))
@@ -241,6 +245,9 @@ def _ewm(options: dict, inputs: tuple[Node, ...]) -> Node:
 
 
 def _check_columns(node: Node) -> None:
+    if node.op == "col" and node.param("name") in TIME_COLUMNS:
+        raise UnsupportedExpressionError(f"column {node.param('name')!r} is a timestamp: use it through "
+                                         f"{', '.join('dt.' + t + '()' for t in _TEMPORAL.values())} only")
     for name in sorted(columns(node)):
         if name not in SOURCE_COLUMNS:
             close = difflib.get_close_matches(name, SOURCE_COLUMNS, n=1)

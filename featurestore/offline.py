@@ -30,7 +30,8 @@ from featurestore.definitions import FeatureView
 from featurestore.errors import FeatureStoreError, VersionSkewError
 from featurestore.store import Store, split_by_year
 
-__all__ = ["StoredRange", "read_features", "stored_range", "stored_versions", "version_dir", "write_symbol_features"]
+__all__ = ["StoredRange", "read_features", "read_symbol_features", "stored_range", "stored_versions", "version_dir",
+           "write_symbol_features"]
 
 _FILE = "features.parquet"
 
@@ -75,6 +76,12 @@ def stored_range(store: Store, view: FeatureView, exchange: str, symbol: str) ->
     rows, first, last = pl.scan_parquet(files, hive_partitioning=False).select(
         pl.len(), pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last")).collect().row(0)
     return StoredRange(rows, first, last)
+
+
+def read_symbol_features(store: Store, view: FeatureView, exchange: str, symbol: str) -> pl.DataFrame | None:
+    """One symbol's stored rows of the view's current version, sorted by ts (None when nothing is stored)."""
+    files = _files(store, view, exchange, symbol)
+    return pl.read_parquet(files, hive_partitioning=False) if files else None
 
 
 def write_symbol_features(store: Store, view: FeatureView, exchange: str, symbol: str, rows: pl.DataFrame,

@@ -345,26 +345,31 @@ def output_format(path: Path, format: str | None) -> str:
     return kind
 
 
-def write_training_set(path: str | Path, store: Store, views: Sequence[FeatureView], entities: Any = None, *,
-                       format: ExportFormat | None = None, labels: Sequence[Label] = (), **options: Any) -> ExportResult:
-    """Write the training set to ``path`` (parquet, CSV or Arrow IPC) symbol by symbol, atomically, then a
-    sidecar ``<path>.json`` (views and versions, label specs, TTLs, row count, time range)."""
+def _open_writer(kind: str, path: Path, schema: Any) -> Any:
+    """A pyarrow writer (``write_table``, ``close``) for one output format."""
     import pyarrow.csv as pa_csv
     import pyarrow.ipc as pa_ipc
     import pyarrow.parquet as pq
 
+    if kind == "parquet":
+        return pq.ParquetWriter(path, schema, compression="zstd")
+    return pa_ipc.new_file(path, schema) if kind == "arrow" else pa_csv.CSVWriter(path, schema)
+
+
+def write_training_set(path: str | Path, store: Store, views: Sequence[FeatureView], entities: Any = None, *,
+                       format: ExportFormat | None = None, labels: Sequence[Label] = (), **options: Any) -> ExportResult:
+    """Write the training set to ``path`` (parquet, CSV or Arrow IPC) symbol by symbol, atomically, then a
+    sidecar ``<path>.json`` (views and versions, label specs, TTLs, row count, time range)."""
     path = Path(path)
     kind = output_format(path, format)
     ttl = {**parse_ttl(None, views), **(options.get("ttl") or {})}
-    rows, first, last, symbols, writer, schema = 0, None, None, [], None, None
+    rows, first, last, symbols, writer = 0, None, None, [], None
     with atomic_path(path) as tmp:
         try:
             for chunk in iter_training_set(store, views, entities, labels=labels, **options):
                 table = chunk.to_arrow()
                 if writer is None:
-                    schema = table.schema
-                    writer = (pq.ParquetWriter(tmp, schema, compression="zstd") if kind == "parquet"
-                              else pa_ipc.new_file(tmp, schema) if kind == "arrow" else pa_csv.CSVWriter(tmp, schema))
+                    schema, writer = table.schema, _open_writer(kind, tmp, table.schema)
                 writer.write_table(table.cast(schema))
                 rows += chunk.height
                 symbols.append(chunk["symbol"][0])
@@ -372,8 +377,7 @@ def write_training_set(path: str | Path, store: Store, views: Sequence[FeatureVi
                 first, last = min(first or low, low), max(last or high, high)
             if writer is None:  # no rows: still a readable file with the right columns
                 empty = _concat([], views, labels).to_arrow()
-                writer = (pq.ParquetWriter(tmp, empty.schema) if kind == "parquet" else pa_ipc.new_file(tmp, empty.schema)
-                          if kind == "arrow" else pa_csv.CSVWriter(tmp, empty.schema))
+                writer = _open_writer(kind, tmp, empty.schema)
                 writer.write_table(empty)
         finally:
             if writer is not None:

@@ -1,0 +1,223 @@
+"""End to end: point-in-time training set -> walk-forward evaluation -> final model -> ONNX gate -> registry.
+
+1. Export every feature row of the first view (``--all-bars``) with the other views joined as of it, the
+   label, and ``future_ret:h=1`` (the bar return the backtest trades).
+2. Walk-forward (expanding): the first half of the periods trains the first fold, ``folds`` test blocks
+   follow; training rows whose label reaches into a test block are purged. Out-of-sample predictions
+   give the metrics and the backtest beside buy-and-hold.
+3. The published model is trained on every row (early stopping on the latest 20% of periods).
+4. ONNX conversion, checked on every out-of-sample row (``training.onnx_export``); a refusal publishes
+   nothing.
+5. ``<models>/<name>/<version>/`` with the artifacts; ``version = model_version(data fingerprint,
+   settings)``, so the same data and settings give the same version and the same bytes.
+
+A regressor learns the label's log return (``future_ret``, or the return of a ``bucket`` /
+``triple_barrier`` label); a classifier learns the class of a ``bucket`` or ``triple_barrier`` label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from featurestore.definitions import FeatureView
+from featurestore.errors import TrainingDataError
+from featurestore.export import feature_column, parse_ttl, training_set
+from featurestore.store import Store
+from featurestore.timeframes import timeframe_ms
+from training.evaluation import backtest, classification_metrics, json_safe, regression_metrics, write_report
+from training.labels import LabelSpec, parse_label
+from training.model import CLASSES, ModelKind, ModelParams, fit_model, predict, signal
+from training.onnx_export import OnnxDtype, export_onnx
+from training.registry import model_version, publish
+from training.splits import walk_forward
+
+__all__ = ["TrainResult", "frame_fingerprint", "library_versions", "summary_table", "train_model"]
+
+_BAR_RETURN = parse_label("future_ret:h=1")
+
+
+def frame_fingerprint(frame: pl.DataFrame) -> str:
+    """sha256 of a frame's column names, dtypes, null masks and values (stable across runs and machines).
+
+    >>> a = pl.DataFrame({"x": [1.0, None], "s": ["a", "b"]})
+    >>> frame_fingerprint(a) == frame_fingerprint(a.clone()), frame_fingerprint(a) == frame_fingerprint(a[::-1])
+    (True, False)
+    """
+    digest = hashlib.sha256()
+    for name in frame.columns:
+        series = frame[name]
+        digest.update(f"{name}\x1f{series.dtype}\x1f".encode())
+        digest.update(series.is_null().to_numpy().tobytes())
+        if series.dtype == pl.String:
+            digest.update("\x1f".join(series.fill_null("").to_list()).encode())
+        else:
+            digest.update(np.ascontiguousarray(series.to_physical().fill_null(0).to_numpy()).tobytes())
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    import lightgbm
+    import onnx
+    import onnxmltools
+    import onnxruntime
+
+    return {"python": platform.python_version(), "lightgbm": lightgbm.__version__, "onnx": onnx.__version__,
+            "onnxmltools": onnxmltools.__version__, "onnxruntime": onnxruntime.__version__,
+            "polars": pl.__version__, "numpy": np.__version__}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What ``train_model`` published (``created`` is False when that version was stored already)."""
+
+    name: str
+    version: str
+    path: Path
+    meta: dict[str, Any]
+    report: dict[str, Any]
+    created: bool
+
+
+def _target(label: LabelSpec, kind: ModelKind) -> str:
+    if kind == "classifier":
+        if not label.is_class:
+            raise TrainingDataError(f"a classifier needs a class label (bucket:... or triple_barrier:...), got "
+                                    f"{label.spec!r}; use --kind regressor for future_ret")
+        return label.name
+    return label.return_column
+
+
+def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec, name: str, models_root: Path,
+                now: datetime, kind: ModelKind = "regressor", symbols: Sequence[str] | None = None,
+                start: datetime | None = None, end: datetime | None = None, params: ModelParams | None = None,
+                folds: int = 4, onnx_dtype: OnnxDtype = "float64", cost_bps: float = 5.0, threshold: float = 0.0,
+                ttl: dict | None = None, exchange: str | None = None) -> TrainResult:
+    """Train, evaluate, export and register one model; see the module docstring."""
+    params = params or ModelParams(kind=kind)
+    if params.kind != kind:
+        raise TrainingDataError(f"params.kind {params.kind!r} differs from kind {kind!r}")
+    target = _target(label, kind)
+    labels = [label] if label.spec == _BAR_RETURN.spec else [label, _BAR_RETURN]
+    frame = training_set(store, views, all_bars=True, labels=labels, symbols=symbols, start=start, end=end,
+                         ttl=ttl, exchange=exchange)
+    frame = frame.filter(pl.col(target).is_not_null()).sort("event_ts", "symbol")
+    features = [feature_column(v.name, f) for v in views for f in v.feature_names]
+    periods = frame["event_ts"].n_unique()
+    if periods < 20 * (folds + 1):
+        raise TrainingDataError(f"only {frame.height} labelled rows over {periods} distinct times; need at least "
+                                f"{20 * (folds + 1)} times for {folds} walk-forward folds (ingest and backfill more bars)")
+    X = frame.select(features).to_numpy().astype(np.float64)
+    y = frame[target].cast(pl.Float64).to_numpy()
+    weight = frame[label.weight_column].to_numpy()
+    event_ts, label_end = frame["event_ts"], frame[label.end_column]
+
+    initial = periods // 2
+    splits = walk_forward(event_ts, initial=initial, step=math.ceil((periods - initial) / folds), label_end=label_end)
+    oos = np.concatenate([fold.test for fold in splits])
+    predictions = np.zeros((frame.height, len(CLASSES)) if kind == "classifier" else frame.height)
+    fold_info = []
+    for fold in splits:
+        booster = fit_model(X[fold.train], y[fold.train], feature_names=features, params=params,
+                            weight=weight[fold.train], event_ts=event_ts.gather(fold.train),
+                            label_end=label_end.gather(fold.train))
+        predictions[fold.test] = predict(booster, X[fold.test], kind)
+        fold_info.append({"train_rows": int(fold.train.size), "test_rows": int(fold.test.size),
+                          "test_first": str(event_ts[int(fold.test[0])]), "test_last": str(event_ts[int(fold.test[-1])]),
+                          "trees": booster.num_trees()})
+    returns = frame[label.return_column].to_numpy()[oos]
+    metrics = (regression_metrics(returns, predictions[oos]) if kind == "regressor"
+               else classification_metrics(y[oos], predictions[oos], returns))
+    timeframe = views[0].timeframe
+    periods_per_year = 365 * 86_400_000 / timeframe_ms(timeframe)
+    trades = frame[oos].select("symbol", "event_ts", pl.Series("signal", signal(predictions[oos], kind)),
+                                pl.col(_BAR_RETURN.name).alias("bar_ret"))
+    result = backtest(trades, periods_per_year=periods_per_year, cost_bps=cost_bps, threshold=threshold)
+
+    final = fit_model(X, y, feature_names=features, params=params, weight=weight, event_ts=event_ts, label_end=label_end)
+    exported = export_onnx(final, X[oos], kind=kind, dtype=onnx_dtype)
+    model_text = final.model_to_string().encode()
+    ttl_used = {**parse_ttl(None, views), **(ttl or {})}
+    fingerprint = frame_fingerprint(frame.select("symbol", "event_ts", *features, target, label.end_column,
+                                                 label.weight_column))
+    settings = {"kind": kind, "label": label.spec, "target": target, "features": features, "params": params.as_dict(),
+                "views": {v.name: v.version for v in views}, "ttl_seconds": {k: v.total_seconds() for k, v in ttl_used.items()},
+                "folds": folds, "onnx_dtype": onnx_dtype, "cost_bps": cost_bps, "threshold": threshold,
+                "libraries": library_versions()}
+    version = model_version(fingerprint, settings)
+    view_of = {feature_column(v.name, f): v for v in views for f in v.feature_names}
+    feature_rows = [{"name": c, "view": view_of[c].name, "feature": c.split("__", 1)[1],
+                     "view_version": view_of[c].version, "timeframe": view_of[c].timeframe,
+                     "ttl_seconds": ttl_used[view_of[c].name].total_seconds()} for c in features]
+    report = {"name": name, "version": version, "kind": kind, "label": label.spec, "target": target,
+              "metrics": metrics, "folds": fold_info, "out_of_sample_rows": int(oos.size),
+              "backtest": {"model": result.strategy, "buy_and_hold": result.buy_and_hold, **result.settings},
+              "onnx": exported.as_dict()}
+    meta = {
+        "name": name, "version": version, "kind": kind, "trained_at": now.isoformat(),
+        "feature_names": features, "features": feature_rows, "views": [
+            {"name": v.name, "version": v.version, "timeframe": v.timeframe} for v in views],
+        "label": {"spec": label.spec, "kind": label.kind, "h": label.h, "target": target,
+                  "bars_timeframe": timeframe, "end_column": label.end_column},
+        "classes": list(CLASSES) if kind == "classifier" else None,
+        "training": {"rows": frame.height, "symbols": sorted(frame["symbol"].unique().to_list()),
+                     "first_event_ts": str(event_ts.min()), "last_event_ts": str(event_ts.max()),
+                     "data_fingerprint": fingerprint, "weights": label.weight_column, "trees": final.num_trees()},
+        "params": params.as_dict(), "seed": params.seed, "metrics": metrics,
+        "backtest": {"model": result.strategy, "buy_and_hold": result.buy_and_hold},
+        "onnx": {**exported.as_dict(), "input_name": "input",
+                 "outputs": ["label", "probabilities"] if kind == "classifier" else ["variable"],
+                 "opset": {"": 21, "ai.onnx.ml": 5} if onnx_dtype == "float64" else {"": 15, "ai.onnx.ml": 1}},
+        "onnx_input_dtype": exported.dtype,
+        "libraries": settings["libraries"],
+        "versioning": "version = sha256(data fingerprint + settings)[:12]",
+    }
+    created = False
+    with publish(models_root, name, version) as staging:
+        (staging / "model.onnx").write_bytes(exported.model)
+        (staging / "model.txt").write_bytes(model_text)
+        (staging / "meta.json").write_text(json.dumps(json_safe(meta), indent=1))
+        (staging / "features.json").write_text(json.dumps({"features": feature_rows, "order": features}, indent=1))
+        importance = dict(zip(features, final.feature_importance("gain").tolist(), strict=True))
+        write_report(staging, report, curve=result.curve, importance=importance, title=f"{name} {version}")
+        created = not (Path(models_root) / name / version).exists()
+    return TrainResult(name, version, Path(models_root) / name / version, meta, report, created)
+
+
+def summary_table(result: TrainResult) -> str:
+    """A plain-text table: model vs buy-and-hold, prediction metrics and the ONNX parity figures."""
+    bt, onnx = result.report["backtest"], result.report["onnx"]
+    rows = [("total return", "total_return", "{:+.2%}"), ("CAGR", "cagr", "{:+.2%}"), ("Sharpe", "sharpe", "{:.2f}"),
+            ("Sortino", "sortino", "{:.2f}"), ("max drawdown", "max_drawdown", "{:.2%}"), ("Calmar", "calmar", "{:.2f}"),
+            ("win rate", "win_rate", "{:.1%}"), ("turnover / bar", "turnover_per_period", "{:.3f}"),
+            ("trades", "trades", "{:,}")]
+
+    def cell(side: dict, key: str, fmt: str) -> str:
+        value = side.get(key)
+        return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else fmt.format(value)
+
+    lines = [f"model {result.name} version {result.version} ({result.meta['kind']}, label {result.meta['label']['spec']})",
+             f"out-of-sample backtest, {bt['cost_bps_per_side']:g} bps per side, position = sign(signal) when "
+             f"|signal| > {bt['threshold']:g}; {bt['execution']}",
+             f"{'':<16}{'model':>14}{'buy & hold':>14}"]
+    lines += [f"{title:<16}{cell(bt['model'], key, fmt):>14}{cell(bt['buy_and_hold'], key, fmt):>14}"
+              for title, key, fmt in rows]
+    lines.append("prediction metrics: " + ", ".join(
+        f"{k} {v:.4g}" for k, v in result.report["metrics"].items() if isinstance(v, float) and math.isfinite(v)))
+    p, p32 = onnx["parity"], onnx["float32_parity"]
+    lines.append(f"ONNX parity over {p['rows']:,} rows: published {p['dtype']} max abs diff {p['max_abs_diff']:.3g}"
+                 + (f", class mismatches {p['class_mismatches']}" if p["class_mismatches"] is not None else "")
+                 + f"; float32 inputs would give max abs diff {p32['max_abs_diff']:.3g}"
+                 + (f", class mismatches {p32['class_mismatches']}" if p32["class_mismatches"] is not None else ""))
+    lines.append(f"artifacts: {result.path}" + ("" if result.created else " (this version was stored already)"))
+    return "\n".join(lines)

@@ -191,6 +191,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
     from training.cli import add_commands
     add_commands(commands, common)
+    from streaming.cli import add_commands as add_streaming_commands
+    add_streaming_commands(commands, common)
+    from serving.cli import add_commands as add_serving_commands
+    add_serving_commands(commands, common)
     return parser
 
 

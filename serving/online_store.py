@@ -1,0 +1,154 @@
+"""The online store: the latest feature row per (view, symbol), in SQLite at ``<store>/online.sqlite``.
+
+The streaming flow writes; any number of readers, in any process, read while it writes (WAL mode).
+``write`` is an idempotent upsert that never moves a row back in time: a stored row is replaced only
+by a row with a newer ``ts``, or with the same ``ts`` and the same view version. Replaying rows
+(after a crash and restart, say) therefore leaves the store as it was.
+
+A reader keeps one connection open; sqlite3 caches the prepared statements, so ``get`` is a few
+microseconds.
+
+>>> import tempfile
+>>> from datetime import datetime, timedelta, timezone
+>>> path = Path(tempfile.mkdtemp()) / "online.sqlite"
+>>> t = datetime(2024, 5, 1, 0, 1, tzinfo=timezone.utc)
+>>> with OnlineStore(path) as online:
+...     online.write([OnlineRow("research", "BTC/USDT", t, "v1", {"ret_1": 0.5, "rv_24": None}, t)])
+...     online.write([OnlineRow("research", "BTC/USDT", t - timedelta(minutes=1), "v1", {"ret_1": 9.0}, t)])
+1
+0
+>>> with OnlineStore(path, readonly=True) as online:
+...     row = online.get("research", "BTC/USDT")
+>>> row.ts, row.features
+(datetime.datetime(2024, 5, 1, 0, 1, tzinfo=datetime.timezone.utc), {'ret_1': 0.5, 'rv_24': None})
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from featurestore.errors import FeatureStoreError
+
+__all__ = ["ONLINE_FILE", "OnlineRow", "OnlineStore", "online_path"]
+
+ONLINE_FILE = "online.sqlite"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS online_features (
+    view TEXT NOT NULL,
+    symbol TEXT NOT NULL,
+    ts INTEGER NOT NULL,            -- the row's time, epoch ms UTC (the close of the last bar it uses)
+    view_version TEXT NOT NULL,
+    features TEXT NOT NULL,         -- JSON object, feature name -> float or null, in definition order
+    updated_at INTEGER NOT NULL,    -- when the row was written, epoch ms UTC
+    PRIMARY KEY (view, symbol)
+) WITHOUT ROWID
+"""
+_UPSERT = """
+INSERT INTO online_features (view, symbol, ts, view_version, features, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (view, symbol) DO UPDATE SET
+    ts = excluded.ts, view_version = excluded.view_version, features = excluded.features,
+    updated_at = excluded.updated_at
+WHERE excluded.ts > online_features.ts
+   OR (excluded.ts = online_features.ts AND excluded.view_version = online_features.view_version)
+"""
+_COLUMNS = "symbol, ts, view_version, features, updated_at"
+_GET = f"SELECT {_COLUMNS} FROM online_features WHERE view = ? AND symbol = ?"
+_GET_MANY = f"SELECT {_COLUMNS} FROM online_features WHERE view = ? AND symbol IN (SELECT value FROM json_each(?))"
+_GET_ALL = f"SELECT {_COLUMNS} FROM online_features WHERE view = ? ORDER BY symbol"
+
+
+def online_path(store_root: str | os.PathLike) -> Path:
+    """Where a store directory keeps its online store."""
+    return Path(store_root) / ONLINE_FILE
+
+
+def _ms(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise FeatureStoreError(f"{moment.isoformat()} has no timezone; online rows need aware UTC datetimes")
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _utc(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+@dataclass(frozen=True)
+class OnlineRow:
+    """The latest feature row of one symbol in one view."""
+
+    view: str
+    symbol: str
+    ts: datetime
+    view_version: str
+    features: dict[str, float | None]
+    updated_at: datetime
+
+
+class OnlineStore:
+    """One connection to an online store file; ``readonly=True`` for readers (the file must exist)."""
+
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False, timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        if readonly:
+            if not self.path.exists():
+                raise FeatureStoreError(f"no online store at {self.path}; run `featurestore stream` to fill it")
+            self._con = sqlite3.connect(f"{self.path.absolute().as_uri()}?mode=ro", uri=True, timeout=timeout_s,
+                                        isolation_level=None, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._con = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None,
+                                        check_same_thread=False)
+            self._con.execute("PRAGMA journal_mode = WAL")
+            self._con.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; never corrupt
+            self._con.execute(_SCHEMA)
+
+    def __enter__(self) -> OnlineStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._con.close()
+
+    def write(self, rows: Iterable[OnlineRow]) -> int:
+        """Upsert ``rows`` in one transaction; return how many were inserted or replaced."""
+        params = [(r.view, r.symbol, _ms(r.ts), r.view_version, json.dumps(r.features), _ms(r.updated_at))
+                  for r in rows]
+        before = self._con.total_changes
+        self._con.execute("BEGIN IMMEDIATE")
+        try:
+            self._con.executemany(_UPSERT, params)
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        self._con.execute("COMMIT")
+        return self._con.total_changes - before
+
+    def get(self, view: str, symbol: str) -> OnlineRow | None:
+        """The latest row of ``symbol`` in ``view``, or None."""
+        found = self._con.execute(_GET, (view, symbol)).fetchone()
+        return None if found is None else _row(view, found)
+
+    def get_many(self, view: str, symbols: Iterable[str]) -> dict[str, OnlineRow]:
+        """The latest rows of ``symbols`` (in the order asked; symbols without a row are left out)."""
+        wanted = list(symbols)
+        found = {row[0]: _row(view, row) for row in self._con.execute(_GET_MANY, (view, json.dumps(wanted)))}
+        return {symbol: found[symbol] for symbol in wanted if symbol in found}
+
+    def rows(self, view: str) -> list[OnlineRow]:
+        """Every stored row of ``view``, by symbol."""
+        return [_row(view, row) for row in self._con.execute(_GET_ALL, (view,))]
+
+
+def _row(view: str, found: tuple) -> OnlineRow:
+    symbol, ts, version, features, updated_at = found
+    return OnlineRow(view, symbol, _utc(ts), version, json.loads(features), _utc(updated_at))

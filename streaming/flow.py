@@ -1,0 +1,155 @@
+"""The streaming dataflow: bars -> keyed feature step (warm engine state per symbol) -> sinks.
+
+::
+
+    bars (replay of stored bars | live ccxt polling), partitioned by symbol
+      -> key by symbol -> features (streaming.keyed_state: warm start, duplicates/late counted)
+      -> online store  (always)       -> metrics JSON (always)
+      -> JSONL file    (``jsonl``)    -> parquet parts (``offline_parts``)
+
+A ``StreamConfig`` describes a run in plain JSON-able fields, so every process of a cluster can
+build the same flow. Run it from Python, or with Bytewax's own runner, the config in an environment
+variable (same config on every process)::
+
+    export FEATURESTORE_STREAM_CONFIG='{"store": "store", "view": "research", "symbols": ["BTC/USDT"], "jsonl": "rows.jsonl"}'
+    python -m bytewax.run "streaming.flow:build_flow_from_env()" -w 2
+    python -m bytewax.run "streaming.flow:build_flow_from_env()" -r recovery/ -s 10 -b 0   # after: python -m bytewax.recovery recovery/ 4
+
+>>> config = StreamConfig(store="store", view="research", symbols=["BTC/USDT"], start="2024-05-01")
+>>> StreamConfig.from_json(config.to_json()) == config
+True
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow
+from bytewax.inputs import Source
+
+from featurestore.backfill import resolve_exchange
+from featurestore.errors import FeatureStoreError
+from featurestore.registry import resolve_view
+from featurestore.store import Store
+from serving.online_store import online_path
+from streaming.clock import Clock, to_ms, wall_clock_ms
+from streaming.engine import ViewEngine
+from streaming.items import BarItem
+from streaming.keyed_state import feature_logic_builder, warm_from_store
+from streaming.sinks import JsonlSink, MetricsSink, OfflinePartsSink, OnlineSink
+from streaming.sources.replay import ReplaySource
+
+if TYPE_CHECKING:
+    import ccxt
+
+__all__ = ["CONFIG_ENV", "StreamConfig", "build_flow", "build_flow_from_env"]
+
+CONFIG_ENV = "FEATURESTORE_STREAM_CONFIG"
+
+
+def _moment(text: str | None) -> int | None:
+    if text is None:
+        return None
+    moment = datetime.fromisoformat(text)
+    return to_ms(moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """One streaming run. Times are ISO-8601 strings (UTC when no offset is given); paths are strings.
+
+    ``source``: ``replay`` (stored bars with ``start <= ts < until``, in windows of ``batch`` bars, paced
+    by ``speed``, 0 = as fast as possible) or ``ccxt`` (live closed bars from ``exchange``, polled every
+    ``poll_interval_s`` at most; ``start`` overrides where it begins, ``until`` ends it).
+    ``exchange`` for replay is the stored series' exchange (default: the only one stored).
+    ``metrics`` defaults to ``<store>/stream/metrics-<view>.json``.
+    """
+
+    store: str
+    view: str
+    symbols: list[str]
+    source: Literal["replay", "ccxt"] = "replay"
+    exchange: str | None = None
+    definitions: str | None = None
+    start: str | None = None
+    until: str | None = None
+    batch: int = 1000
+    speed: float = 0.0
+    poll_interval_s: float = 5.0
+    jsonl: str | None = None
+    offline_parts: bool = False
+    metrics: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.source not in ("replay", "ccxt"):
+            raise FeatureStoreError(f"unknown stream source {self.source!r}: use 'replay' or 'ccxt'")
+        if not self.symbols:
+            raise FeatureStoreError("a stream needs at least one symbol")
+        _moment(self.start), _moment(self.until)  # refuse a malformed time now, not in a worker
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> StreamConfig:
+        data = json.loads(text)
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise FeatureStoreError(f"unknown stream config field(s) {unknown}; known: {[f.name for f in fields(cls)]}")
+        return cls(**data)
+
+    @property
+    def metrics_path(self) -> Path:
+        return Path(self.metrics) if self.metrics else Path(self.store) / "stream" / f"metrics-{self.view}.json"
+
+
+def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
+               client_factory: Callable[[], ccxt.Exchange] | None = None,
+               source: Source[BarItem] | None = None) -> Dataflow:
+    """The dataflow for ``config``. ``clock`` stamps writes and paces sources; ``client_factory`` builds
+    the ccxt client of each live partition (default: ``make_client(config.exchange)``); ``source``
+    replaces the configured source (tests feed hand-made bars through the real steps)."""
+    view = resolve_view(config.view, config.definitions)
+    store = Store(config.store)
+    names = ViewEngine(view).feature_names
+    if config.source == "replay":
+        exchange = resolve_exchange(store, view.timeframe, config.exchange)
+        bars_source = source or ReplaySource(store, exchange, view.timeframe, config.symbols,
+                                             start_ms=_moment(config.start), end_ms=_moment(config.until),
+                                             batch=config.batch, speed=config.speed, clock=clock)
+    else:
+        from featurestore.sources.exchange import make_client  # imports ccxt (slow): only for live runs
+        from streaming.sources.live import LiveSource
+
+        exchange = (config.exchange or "binance").strip().lower()  # the ccxt id: the stored series' exchange
+        factory = client_factory or (lambda: make_client(exchange))
+        bars_source = source or LiveSource(store, factory, view.timeframe, config.symbols, clock=clock,
+                                           since_ms=_moment(config.start), until_ms=_moment(config.until),
+                                           poll_interval_s=config.poll_interval_s)
+    flow = Dataflow(f"featurestore_stream_{view.name}")
+    bars = op.input("bars", flow, bars_source)
+    keyed = op.key_on("by_symbol", bars, lambda item: item.symbol)
+    rows = op.stateful("features", keyed, feature_logic_builder(view, warm_from_store(store, exchange)))
+    op.output("online", rows, OnlineSink(online_path(store.root), view, names, clock))
+    op.output("metrics", rows, MetricsSink(config.metrics_path, view, clock=clock))
+    if config.jsonl:
+        op.output("jsonl", rows, JsonlSink(Path(config.jsonl), view, names))
+    if config.offline_parts:
+        op.output("offline_parts", rows, OfflinePartsSink(store, view, names, exchange, clock=clock))
+    return flow
+
+
+def build_flow_from_env() -> Dataflow:
+    """``build_flow`` for the ``StreamConfig`` JSON in ``$FEATURESTORE_STREAM_CONFIG`` (for ``python -m bytewax.run``)."""
+    text = os.environ.get(CONFIG_ENV)
+    if not text:
+        raise FeatureStoreError(f"set {CONFIG_ENV} to a stream config as JSON, e.g. "
+                                f"{StreamConfig(store='store', view='research', symbols=['BTC/USDT']).to_json()}")
+    return build_flow(StreamConfig.from_json(text))

@@ -1,0 +1,163 @@
+"""The keyed feature step: per symbol, the engine's state, warmed on stored history, and bar bookkeeping.
+
+The dataflow keys bars by symbol. For each symbol, ``FeatureLogic`` (a Bytewax ``StatefulLogic``)
+holds a ``KeyedState``: the engine's ``SymbolState``, the last few bars applied (to tell a repeated
+bar from a conflicting one) and the symbol's ``Counts``. Its ``snapshot()`` is what recovery stores.
+
+Warm start: when a symbol's first bar arrives and no state was recovered, the state is built by
+running the engine over the stored bars that open before that bar, so the very first row emitted
+equals the backfill's row at that time.
+
+A bar is applied when it opens after the last applied bar; a ``BarBatch`` in order takes the
+engine's batch path, anything else goes bar by bar. A bar that does not open after the last applied
+one is not applied (``shared/design/semantics.md``): a repeat with identical values is a duplicate,
+dropped; one with the same open time but other values is a conflict, and an older one not remembered
+is late; both are logged. All three are counted.
+
+>>> import polars as pl
+>>> from featurestore.definitions import FeatureView
+>>> view = FeatureView("mom", "1m", {"mom": pl.col("close") / pl.col("close").shift(1)})
+>>> logic = feature_logic_builder(view, lambda engine, symbol, before_ms: engine.new_state())(None)
+>>> [logic.on_item(Bar("X", ts, 1.0, 2.0, 0.5, close, 1.0))[0][0].values for ts, close in [(0, 1.0), (60_000, 2.0)]]
+[[(None,)], [(2.0,)]]
+>>> out, _ = logic.on_item(Bar("X", 60_000, 1.0, 2.0, 0.5, 2.0, 1.0))  # the same bar again
+>>> len(out[0]), out[0].counts
+(0, Counts(received=3, applied=2, duplicates=1, late=0, conflicts=0))
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import polars as pl
+from bytewax.operators import StatefulLogic
+
+from featurestore.bars import BAR_COLUMNS
+from featurestore.definitions import FeatureView
+from featurestore.errors import FeatureStoreError
+from featurestore.store import Store
+from streaming.clock import to_datetime
+from streaming.engine import SymbolState, ViewEngine
+from streaming.items import Bar, BarBatch, BarItem, Counts, FeatureRows
+
+__all__ = ["RECENT_BARS", "FeatureLogic", "KeyedState", "Warm", "feature_logic_builder", "warm_from_store"]
+
+log = logging.getLogger(__name__)
+
+RECENT_BARS = 64  # bars remembered per symbol to classify a re-sent bar as duplicate or conflict
+_WARM_CHUNK = 200_000
+_PRICES = list(BAR_COLUMNS[2:])  # open, high, low, close, volume
+
+#: ``warm(engine, symbol, before_ms)`` -> the engine state after every known bar opening before ``before_ms``.
+Warm = Callable[[ViewEngine, str, int], SymbolState]
+
+
+def warm_from_store(store: Store, exchange: str) -> Warm:
+    """A ``Warm`` that runs the engine over the stored bars of ``exchange`` (cold if none are stored)."""
+
+    def warm(engine: ViewEngine, symbol: str, before_ms: int) -> SymbolState:
+        state = engine.new_state()
+        try:
+            bars = store.scan_bars(exchange, engine.view.timeframe, [symbol])
+        except FeatureStoreError:
+            log.warning("%s: no stored %s bars on %s: starting cold (rows stay null until the windows fill)",
+                        symbol, engine.view.timeframe, exchange)
+            return state
+        history = bars.filter(pl.col("ts").dt.epoch("ms") < before_ms).select(BAR_COLUMNS).collect()
+        for chunk in history.iter_slices(_WARM_CHUNK):
+            engine.update_batch(state, chunk)
+        return state
+
+    return warm
+
+
+@dataclass
+class KeyedState:
+    """What the feature step remembers about one symbol."""
+
+    engine: SymbolState
+    recent: dict[int, tuple[float, ...]] = field(default_factory=dict)  # open ms -> (o, h, l, c, v)
+    counts: Counts = field(default_factory=Counts)
+
+    def snapshot(self) -> KeyedState:
+        return KeyedState(copy.deepcopy(self.engine), dict(self.recent), self.counts)
+
+    def remember(self, bars: list[tuple[int, tuple[float, ...]]]) -> None:
+        self.recent.update(bars[-RECENT_BARS:])
+        for ts in list(self.recent)[:max(0, len(self.recent) - RECENT_BARS)]:
+            del self.recent[ts]
+
+
+class FeatureLogic(StatefulLogic[BarItem, FeatureRows, KeyedState]):
+    """Bars of one symbol in, one ``FeatureRows`` out per item."""
+
+    def __init__(self, engine: ViewEngine, warm: Warm, state: KeyedState | None) -> None:
+        self.engine, self.warm, self.state = engine, warm, state
+
+    def on_item(self, value: BarItem) -> tuple[list[FeatureRows], bool]:
+        if self.state is None:
+            first = value.ts if isinstance(value, Bar) else int(value.bars["ts"].dt.epoch("ms")[0])
+            self.state = KeyedState(self.warm(self.engine, value.symbol, first))
+        if isinstance(value, BarBatch) and self._in_order(value.bars):
+            return [self._apply_batch(value)], StatefulLogic.RETAIN
+        bars = [value] if isinstance(value, Bar) else [
+            Bar(*row) for row in value.bars.select("symbol", pl.col("ts").dt.epoch("ms"), *_PRICES).rows()]
+        ts_out, values_out = [], []
+        for bar in bars:
+            row = self._apply_bar(bar)
+            if row is not None:
+                ts_out.append(row[0])
+                values_out.append(row[1])
+        return [FeatureRows(value.symbol, ts_out, values_out, self.state.counts)], StatefulLogic.RETAIN
+
+    def snapshot(self) -> KeyedState:
+        return self.state.snapshot()
+
+    def _in_order(self, bars: pl.DataFrame) -> bool:
+        ts = bars["ts"].dt.epoch("ms").to_numpy()
+        last = self.state.engine.last_bar_ts
+        return len(ts) > 0 and (last is None or ts[0] > last) and bool((np.diff(ts) > 0).all())
+
+    def _apply_batch(self, batch: BarBatch) -> FeatureRows:
+        state, n = self.state, batch.bars.height
+        out = self.engine.update_batch(state.engine, batch.bars)
+        tail = batch.bars.tail(RECENT_BARS)
+        state.remember(list(zip(tail["ts"].dt.epoch("ms").to_list(), tail.select(_PRICES).rows(), strict=True)))
+        state.counts = replace(state.counts, received=state.counts.received + n, applied=state.counts.applied + n)
+        return FeatureRows(batch.symbol, out["ts"].dt.epoch("ms").to_list(),
+                           out.select(self.engine.feature_names).rows(), state.counts)
+
+    def _apply_bar(self, bar: Bar) -> tuple[int, tuple[float | None, ...]] | None:
+        state, prices = self.state, tuple(bar[2:])
+        counts = replace(state.counts, received=state.counts.received + 1)
+        last = state.engine.last_bar_ts
+        if last is None or bar.ts > last:
+            row_ts, values = self.engine.update(state.engine, bar.ts, *prices)
+            state.remember([(bar.ts, prices)])
+            state.counts = replace(counts, applied=counts.applied + 1)
+            return row_ts, tuple(values)
+        known = state.recent.get(bar.ts)
+        if known == prices:
+            state.counts = replace(counts, duplicates=counts.duplicates + 1)
+        elif known is not None:
+            state.counts = replace(counts, conflicts=counts.conflicts + 1)
+            log.warning("%s: bar at %s conflicts with the bar applied then (applied %s, received %s); not applied, "
+                        "the backfill decides", bar.symbol, to_datetime(bar.ts).isoformat(), known, prices)
+        else:
+            state.counts = replace(counts, late=counts.late + 1)
+            log.warning("%s: late bar at %s (the last applied bar opened at %s); not applied, the backfill decides",
+                        bar.symbol, to_datetime(bar.ts).isoformat(), to_datetime(last).isoformat())
+        return None
+
+
+def feature_logic_builder(view: FeatureView, warm: Warm) -> Callable[[KeyedState | None], FeatureLogic]:
+    """The ``builder(resume_state)`` Bytewax calls for each new symbol (one engine per symbol: thread-safe)."""
+
+    def build(resume_state: KeyedState | None) -> FeatureLogic:
+        return FeatureLogic(ViewEngine(view), warm, resume_state)
+
+    return build

@@ -1,0 +1,14 @@
+"""Bytewax sinks for feature rows; each is exactly-once or idempotent under Bytewax recovery.
+
+``online`` (latest row per symbol, upsert), ``jsonl`` (every row, truncated back to the committed
+offset on resume), ``offline_parts`` (parquet parts named by window, overwritten on replay) and
+``metrics`` (the per-symbol counters as JSON).
+"""
+
+from streaming.sinks.jsonl import JsonlSink, read_jsonl
+from streaming.sinks.metrics import MetricsSink, read_metrics, summary_line
+from streaming.sinks.offline_parts import OfflinePartsSink, parts_dir, scan_parts
+from streaming.sinks.online import OnlineSink
+
+__all__ = ["JsonlSink", "MetricsSink", "OfflinePartsSink", "OnlineSink", "parts_dir", "read_jsonl", "read_metrics",
+           "scan_parts", "summary_line"]

@@ -1,0 +1,47 @@
+"""Sink: each symbol's newest row into the online store.
+
+Every worker writes the symbols it computes through its own connection. The store's upsert never
+moves a row back in time and rewrites a same-time row with itself, so rows replayed after a restart
+leave it unchanged: the sink is idempotent and needs no recovery state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from featurestore.definitions import FeatureView
+from serving.online_store import OnlineRow, OnlineStore
+from streaming.clock import Clock, to_datetime
+from streaming.items import FeatureRows
+
+__all__ = ["OnlineSink"]
+
+
+class OnlineSink(DynamicSink[tuple[str, FeatureRows]]):
+    """Upsert the last row of each symbol's items into the online store at ``path``."""
+
+    def __init__(self, path: Path, view: FeatureView, feature_names: list[str], clock: Clock) -> None:
+        self.path, self.view, self.feature_names, self.clock = path, view, feature_names, clock
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _OnlinePartition:
+        return _OnlinePartition(self, OnlineStore(self.path))
+
+
+class _OnlinePartition(StatelessSinkPartition[tuple[str, FeatureRows]]):
+    def __init__(self, sink: OnlineSink, online: OnlineStore) -> None:
+        self._sink, self._online = sink, online
+
+    def write_batch(self, items: list[tuple[str, FeatureRows]]) -> None:
+        newest = {symbol: (rows.ts[-1], rows.values[-1]) for symbol, rows in items if len(rows)}
+        if not newest:
+            return
+        sink, now = self._sink, to_datetime(self._sink.clock())
+        self._online.write(
+            OnlineRow(sink.view.name, symbol, to_datetime(ts), sink.view.version,
+                      dict(zip(sink.feature_names, values, strict=True)), now)
+            for symbol, (ts, values) in newest.items())
+
+    def close(self) -> None:
+        self._online.close()

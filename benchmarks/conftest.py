@@ -15,6 +15,9 @@ Data (``BENCH_SCALE`` scales the number of bars, default 1.0):
 - ``sql_data``: a store of 20 symbols x 365 days (2024-01-01 to 2024-12-31) of one-minute bars (10.5M
   bars, one file per symbol and year), built through ``ingest_synthetic`` under a ``tmp_path_factory``
   directory (~10 s, ~400 MB on disk, removed at the end of the session). Read-only: copy it to write.
+- ``research_data``: a store of 50 symbols x 200,000 one-minute bars (10M bars, one file per symbol), built
+  through ``ingest_synthetic`` (~10 s), and the same bars in memory, whole and split per symbol.
+  Read-only: backfill into ``research_data.fresh_store(dir)`` (hard links to its bar files).
 
 Every benchmark registers its timings through the ``bench_record`` fixture; ``COMPARISONS`` pairs each
 library measurement with a baseline measured in the same session, and the table at the end of the terminal
@@ -23,6 +26,9 @@ and in parentheses the same ratio of the medians. On this shared 2-core machine 
 roughly double every time for a few rounds (another process takes a core), and it only ever adds time: the
 fastest rounds gave the same ratios run after run (e.g. run_sql / native DuckDB 1.90-1.97x over five runs)
 while the medians' ratio swung between 1.3x and 3.4x. When the two columns disagree, the run was noisy.
+When both sides are throughputs over different numbers of bars, the ratio is of the time per bar.
+``TARGETS`` are checked below the table (reported, never asserted), followed by the lines benchmarks added
+through ``bench_note`` (time breakdowns, latency percentiles, compile times).
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ INGEST_MINUTES = max(1, round(100_000 * BENCH_SCALE))  # 10 x 100k = 1.0M bars, 
 SQL_SYMBOLS = SYMBOLS
 # 20 x 525,600 = 10.5M bars: 2024 up to Dec 31, so that appended bars land in the stored year files.
 SQL_MINUTES = max(2 * 1440, round(365 * 1440 * BENCH_SCALE))
+RESEARCH_SYMBOLS = _MAJORS + [f"S{i:02d}/USDT" for i in range(len(_MAJORS), 50)]  # 50 symbols, SYMBOLS first
+RESEARCH_MINUTES = max(1440, round(200_000 * BENCH_SCALE))  # 50 x 200k = 10M bars, 2024 only (one file each)
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,40 @@ def sql_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SqlData]:
     shutil.rmtree(root, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class ResearchData:
+    """A store of one-minute bars for feature backfills, and the same bars in memory."""
+
+    store: Store
+    bars: pl.DataFrame  # every stored bar as read from the store, sorted by (symbol, ts)
+    per_symbol: list[pl.DataFrame]  # ``bars`` split by symbol, in symbol order
+    symbols: list[str]
+    now: datetime  # the close of the last stored bar
+
+    @property
+    def height(self) -> int:
+        return self.bars.height
+
+    def fresh_store(self, root: Path) -> Store:
+        """A new store at ``root`` holding hard links to the bar files and nothing else (no catalog, no features)."""
+        shutil.copytree(self.store.bars_root, root / self.store.bars_root.name, copy_function=os.link)
+        return Store(root)
+
+
+@pytest.fixture(scope="session")
+def research_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ResearchData]:
+    """10M one-minute bars (50 symbols x 200k), stored through the library's ingest path and read back."""
+    root = tmp_path_factory.mktemp("research_store")
+    store = Store(root)
+    until = SINCE + timedelta(minutes=RESEARCH_MINUTES)
+    ingest_synthetic(store, RESEARCH_SYMBOLS, TIMEFRAME, since=SINCE, until=until, now=until)
+    bars = store.scan_bars(EXCHANGE, TIMEFRAME).collect().sort("symbol", "ts")
+    per_symbol = bars.partition_by("symbol", maintain_order=True)
+    assert bars.height == len(RESEARCH_SYMBOLS) * RESEARCH_MINUTES and len(per_symbol) == len(RESEARCH_SYMBOLS)
+    yield ResearchData(store, bars, per_symbol, sorted(RESEARCH_SYMBOLS), until)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def duckdb_native(sql_data: SqlData) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB database holding the same bars as a native table ``bars`` (the limit)."""
@@ -149,7 +191,36 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("run_sql_point", "duckdb_native_point"),
     ("run_sql_point", "duckdb_partition_point"),
     ("run_sql_point", "duckdb_parquet_point"),
+    ("backfill_research", "pandas_research"),
+    ("backfill_research", "polars_select_over"),
+    ("backfill_research", "polars_select_per_symbol"),
+    ("polars_select_over", "polars_select_per_symbol"),
+    ("engine_update_batch", "engine_compute_symbol"),
+    ("engine_update", "engine_compute_symbol"),
 )
+
+# Checked below the table, reported and never asserted: (key, baseline key, minimum bars/s ratio to the
+# baseline's bars/s), or (key, None, minimum bars/s).
+TARGETS: tuple[tuple[str, str | None, float], ...] = (
+    ("backfill_research", "pandas_research", 3.0),
+    ("backfill_research", "polars_select_over", 0.8),
+    ("engine_update_batch", None, 1e6),
+    ("engine_update", None, 50e3),
+)
+
+# Lines benchmarks add to the end of the summary (``bench_note``): breakdowns, percentiles, compile times.
+NOTES: list[str] = []
+
+
+@pytest.fixture
+def bench_note() -> Callable[[str], None]:
+    """``bench_note(line)``: print ``line`` now and again at the end of the session, below the ratio table."""
+
+    def note(line: str) -> None:
+        print(line)
+        NOTES.append(line)
+
+    return note
 
 
 @pytest.fixture
@@ -185,12 +256,14 @@ def _ratio_rows() -> list[dict[str, object]]:
         target, baseline = RESULTS.get(target_key), RESULTS.get(baseline_key)
         if target is None or baseline is None:
             continue
+        per_bar = target.bars is not None and baseline.bars is not None and target.bars != baseline.bars
+        scale = baseline.bars / target.bars if per_bar else 1.0  # compare the time per bar
         rows.append({
             "metric": target.label, "value": _value(target, target.min_s), "min_s": target.min_s,
             "baseline": baseline.label, "baseline_value": _value(baseline, baseline.min_s),
-            "baseline_min_s": baseline.min_s, "ratio": target.min_s / baseline.min_s,
+            "baseline_min_s": baseline.min_s, "ratio": target.min_s / baseline.min_s * scale,
             "median_s": target.median_s, "baseline_median_s": baseline.median_s,
-            "ratio_of_medians": target.median_s / baseline.median_s,
+            "ratio_of_medians": target.median_s / baseline.median_s * scale,
         })
     return rows
 
@@ -210,6 +283,26 @@ def _table(rows: list[dict[str, object]]) -> list[str]:
     return lines
 
 
+def _target_lines() -> list[str]:
+    """One line per target whose measurements ran (fastest rounds; medians in parentheses)."""
+    lines = []
+    for key, baseline_key, minimum in TARGETS:
+        target, baseline = RESULTS.get(key), RESULTS.get(baseline_key) if baseline_key else None
+        if target is None or target.bars is None or (baseline_key and (baseline is None or baseline.bars is None)):
+            continue
+        if baseline is None:
+            best, median = target.bars / target.min_s, target.bars / target.median_s
+            got, want = f"{best / 1e6:.2f}M bars/s ({median / 1e6:.2f}M)", f">= {minimum / 1e6:g}M bars/s"
+            label = target.label
+        else:
+            best = (target.bars / target.min_s) / (baseline.bars / baseline.min_s)
+            median = (target.bars / target.median_s) / (baseline.bars / baseline.median_s)
+            got, want = f"{best:.2f}x ({median:.2f}x)", f">= {minimum:g}x"
+            label = f"{target.label} / {baseline.label}, bars/s"
+        lines.append(f"  {'met    ' if best >= minimum else 'MISSED '} {label}: {got}, target {want}")
+    return ["targets (fastest rounds; medians in parentheses):", *lines] if lines else []
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     """Print the ratio table last in the summary (after pytest-benchmark's table and pytest's short summary)."""
@@ -217,13 +310,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return (yield)
     finally:
         rows = _ratio_rows()
-        if rows:
+        lines = (_table(rows) if rows else []) + _target_lines() + NOTES
+        if lines:
             terminalreporter.write_line("")
-            for line in _table(rows):
+            for line in lines:
                 terminalreporter.write_line(line)
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     """Put the ratio table into the ``--benchmark-json`` output too."""
-    output_json["featurestore_ratios"] = {"bench_scale": BENCH_SCALE, "rows": _ratio_rows()}
+    output_json["featurestore_ratios"] = {"bench_scale": BENCH_SCALE, "rows": _ratio_rows(),
+                                          "targets": _target_lines(), "notes": NOTES}
 

@@ -1,0 +1,296 @@
+"""Backfill throughput (bar-rows/s) of the ``research`` view (14 features on 1m bars) over 10M bars, against
+baselines from the same session.
+
+- ``backfill_research``: ``backfill(store, RESEARCH, ...)`` into a fresh store directory per round (hard links to
+  the stored bars of ``research_data``: 50 symbols x 200k one-minute bars): per symbol, read the bars,
+  ``compute_symbol``, write the feature parquet (atomically, with fsync); then the catalog. Everything counted.
+- Baselines, on the same bars already in memory (no reading, no writing: they favour the baselines):
+  - ``pandas_research``: the same 14 features as the straightforward pandas code a quant would write
+    (``pandas_research`` below; ``test_pandas_research_matches_polars`` and the benchmark itself check it
+    gives the same values to 1e-9 relative, so it is the same work);
+  - ``polars_select_over``: the bare polars ``select`` of the view's expressions with ``.over("symbol")`` on the
+    multi-symbol frame (no store, no framework): the limit;
+  - ``polars_select_per_symbol``: the same ``select`` without ``.over``, once per symbol's frame (for reference).
+- After the timed rounds, one more backfill runs with timers around its phases (and under cProfile) and the
+  breakdown (read bars / compute / write / ...) is printed and added to the end-of-session summary.
+
+How to run and keep results: see ``benchmarks/conftest.py``.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import functools
+import io
+import itertools
+import pstats
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+
+import featurestore.backfill
+import featurestore.offline
+from featurestore.backfill import backfill
+from featurestore.builtin_views import RESEARCH
+from featurestore.definitions import FeatureView
+from featurestore.offline import read_symbol_features
+from featurestore.sources.synthetic import synthetic_bars
+from featurestore.store import Store
+
+BACKFILL_ROUNDS = 5
+PANDAS_ROUNDS = 3  # ~8 s a round at full scale
+SELECT_ROUNDS = 5
+STEP = timedelta(minutes=1)  # RESEARCH is a 1m view: a feature row is stamped at its bar's close
+RTOL, ATOL = 1e-9, 1e-13  # pandas vs polars; ATOL only matters for values near 0 (e.g. close / ema - 1)
+
+
+# -- the pandas baseline ---------------------------------------------------------------------------------
+
+def pandas_research(bars: pd.DataFrame) -> pd.DataFrame:
+    """The research view in plain pandas; ``bars`` sorted by (symbol, ts). Columns as ``RESEARCH.compute``."""
+    g = bars.groupby("symbol", sort=False)
+    close, volume = bars["close"], bars["volume"]
+    out = pd.DataFrame({"symbol": bars["symbol"], "ts": bars["ts"] + pd.Timedelta(minutes=1)})
+    for n in (1, 3, 6, 12):
+        out[f"ret_{n}"] = np.log(close / g["close"].shift(n))
+    for n in (12, 24, 48):
+        out[f"ema_{n}"] = g["close"].ewm(span=n, adjust=False, min_periods=n).mean().droplevel(0)
+    for n in (12, 24, 48):
+        out[f"close_ema_{n}_ratio"] = close / out[f"ema_{n}"] - 1.0
+    ret_1 = out.groupby("symbol", sort=False)["ret_1"]
+    out["rv_24"] = ret_1.rolling(24).std().droplevel(0)
+    out["rv_72"] = ret_1.rolling(72).std().droplevel(0)
+    out["log_volume"] = np.log1p(volume)
+    out["adv_30"] = g["volume"].rolling(30).mean().droplevel(0)
+    return out
+
+
+def assert_same_values(pandas_rows: pd.DataFrame, polars_rows: pl.DataFrame) -> None:
+    """Same keys, same nulls (pandas: NaN), every value within RTOL relative (ATOL absolute near 0)."""
+    assert list(pandas_rows.columns) == polars_rows.columns
+    assert pandas_rows["symbol"].tolist() == polars_rows["symbol"].to_list()
+    pandas_ts, polars_ts = pandas_rows["ts"].dt.tz_convert(None), polars_rows["ts"].dt.replace_time_zone(None)
+    assert (pandas_ts.to_numpy() == polars_ts.to_numpy()).all()
+    for name in RESEARCH.feature_names:
+        got, want = pandas_rows[name].to_numpy(dtype=np.float64), polars_rows[name].to_numpy()
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=f"{name}: nulls differ")
+        np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL, equal_nan=True, err_msg=name)
+
+
+def _polars_reference(per_symbol: list[pl.DataFrame]) -> pl.DataFrame:
+    return pl.concat([RESEARCH.compute_symbol(frame) for frame in per_symbol])
+
+
+def test_pandas_research_matches_polars():
+    """The pandas baseline does the same work: equal to the view's polars values on awkward series too (runs
+    under plain ``pytest benchmarks``; ``test_baseline_pandas_research`` repeats the check on the full data)."""
+    since = datetime(2024, 1, 1, tzinfo=UTC)
+    bars = synthetic_bars(["BTC/USDT", "ETH/USDT"], "1m", since=since, until=since + timedelta(minutes=3000))
+    flat = pl.col("ts").is_between(since + timedelta(minutes=500), since + timedelta(minutes=700))
+    bars = bars.with_columns(  # a flat stretch (zero returns, zero variance) and zero-volume bars
+        *(pl.when(flat).then(100.0).otherwise(pl.col(c)).alias(c) for c in ("open", "high", "low", "close")),
+        volume=pl.when(pl.col("ts").dt.minute() % 7 == 0).then(0.0).otherwise(pl.col("volume")))
+    short = synthetic_bars(["SOL/USDT"], "1m", since=since, until=since + timedelta(minutes=50))  # < every window
+    bars = pl.concat([bars, short]).sort("symbol", "ts")
+    per_symbol = bars.partition_by("symbol", maintain_order=True)
+    assert_same_values(pandas_research(bars.to_pandas()), _polars_reference(per_symbol))
+
+
+# -- fixtures --------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference(research_data) -> pl.DataFrame:
+    """The view's rows for every bar (``compute_symbol`` per symbol, concatenated)."""
+    return _polars_reference(research_data.per_symbol)
+
+
+@pytest.fixture(scope="module")
+def pandas_bars(research_data) -> pd.DataFrame:
+    return research_data.bars.select("symbol", "ts", "open", "high", "low", "close", "volume").to_pandas()
+
+
+class FreshStores:
+    """For ``benchmark.pedantic``: a new store per round (hard links to the bars), removed after the round."""
+
+    def __init__(self, data, base: Path) -> None:
+        self.data, self.base, self.counter = data, base, itertools.count()
+
+    def setup(self) -> tuple[tuple[Store], dict[str, object]]:
+        return (self.data.fresh_store(self.base / f"round{next(self.counter)}"),), {}
+
+    def teardown(self, store: Store) -> None:
+        shutil.rmtree(store.root, ignore_errors=True)
+
+
+# -- the library: backfill -------------------------------------------------------------------------------
+
+def test_backfill_research(benchmark, bench_record, bench_note, research_data, tmp_path: Path,
+                           monkeypatch: pytest.MonkeyPatch):
+    stores = FreshStores(research_data, tmp_path)
+
+    def run(store: Store):
+        return backfill(store, RESEARCH, now=research_data.now, progress=False)
+
+    report = benchmark.pedantic(run, setup=stores.setup, teardown=stores.teardown,
+                                rounds=BACKFILL_ROUNDS, warmup_rounds=1)
+    assert report.bars_read == research_data.height
+    assert sum(report.rows_written.values()) == research_data.height
+    bench_record("backfill_research", f"backfill research {research_data.height / 1e6:.1f}M bars",
+                 bars=research_data.height)
+    if benchmark.stats is not None:
+        for line in _breakdown(research_data, tmp_path / "profiled", monkeypatch, benchmark.stats.stats.min):
+            bench_note(line)
+
+
+class PhaseClock:
+    """Seconds spent per named phase, accumulated over calls."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def wrap(self, name: str, function: Callable) -> Callable:
+        @functools.wraps(function)
+        def timed(*args, **kwargs):
+            with self.phase(name):
+                return function(*args, **kwargs)
+
+        return timed
+
+
+class _TimedScan:
+    """A ``LazyFrame`` from ``Store.scan_bars`` whose ``collect`` (the actual read) is timed."""
+
+    def __init__(self, frame: pl.LazyFrame, clock: PhaseClock) -> None:
+        self._frame, self._clock = frame, clock
+
+    def collect(self, *args, **kwargs) -> pl.DataFrame:
+        with self._clock.phase("read bars"):
+            return self._frame.collect(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._frame, name)
+
+
+_PHASES = (  # (phase, what it covers); indented phases are part of the one above
+    ("read bars", "Store.scan_bars (lists the store) + collect"),
+    ("compute", "FeatureView.compute_symbol"),
+    ("read stored features", "read_symbol_features (none: fresh store)"),
+    ("diff against stored", "_rows_to_write"),
+    ("write features", "write_symbol_features"),
+    ("  split_by_year", "filter per year of the stamped rows"),
+    ("  write_parquet_atomic", "snappy encode + fsync + rename"),
+    ("register view", "register_view"),
+    ("refresh catalog", "refresh_catalog"),
+)
+
+
+def _breakdown(data, root: Path, monkeypatch: pytest.MonkeyPatch, best_s: float) -> list[str]:
+    """One more backfill with timers around its phases (library code is wrapped, not changed), under cProfile."""
+    clock = PhaseClock()
+    scan_bars = Store.scan_bars
+
+    def timed_scan(self, *args, **kwargs):
+        with clock.phase("read bars"):
+            return _TimedScan(scan_bars(self, *args, **kwargs), clock)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Store, "scan_bars", timed_scan)
+        patch.setattr(FeatureView, "compute_symbol", clock.wrap("compute", FeatureView.compute_symbol))
+        for module, name, phase in (
+            (featurestore.backfill, "read_symbol_features", "read stored features"),
+            (featurestore.backfill, "_rows_to_write", "diff against stored"),
+            (featurestore.backfill, "write_symbol_features", "write features"),
+            (featurestore.backfill, "register_view", "register view"),
+            (featurestore.backfill, "refresh_catalog", "refresh catalog"),
+            (featurestore.offline, "split_by_year", "  split_by_year"),
+            (featurestore.offline, "write_parquet_atomic", "  write_parquet_atomic"),
+        ):
+            patch.setattr(module, name, clock.wrap(phase, getattr(module, name)))
+        store = data.fresh_store(root)
+        profile = cProfile.Profile()
+        start = time.perf_counter()
+        profile.enable()
+        backfill(store, RESEARCH, now=data.now, progress=False)
+        profile.disable()
+        total = time.perf_counter() - start
+    # the stored rows are the view's values (checked on one symbol, outside the timing)
+    symbol, frame = data.symbols[0], data.per_symbol[0]
+    stored = read_symbol_features(store, RESEARCH, "synthetic", symbol)
+    assert stored.drop("created_at", "view_version").equals(RESEARCH.compute_symbol(frame))
+    shutil.rmtree(root, ignore_errors=True)
+
+    stats = pstats.Stats(profile, stream=io.StringIO())
+    fsync = sum(entry[2] for key, entry in stats.stats.items() if key[2] == "<built-in method posix.fsync>")
+    top = io.StringIO()
+    pstats.Stats(profile, stream=top).sort_stats("tottime").print_stats(8)
+    print(top.getvalue())
+
+    lines = [f"backfill research, where the time goes (one extra round with timers and cProfile: {total:.2f} s; "
+             f"the fastest timed round took {best_s:.2f} s; {data.height / total / 1e6:.2f}M bars/s here):"]
+    accounted = 0.0
+    for phase, covers in _PHASES:
+        seconds = clock.seconds.get(phase, 0.0)
+        accounted += 0.0 if phase.startswith(" ") else seconds
+        lines.append(f"  {phase:<24} {seconds:6.2f} s  {seconds / total:6.1%}  {covers}")
+        if phase == "  write_parquet_atomic":
+            lines.append(f"  {'    of which fsync':<24} {fsync:6.2f} s  {fsync / total:6.1%}  posix.fsync (cProfile)")
+    rest = total - accounted
+    lines.append(f"  {'other':<24} {rest:6.2f} s  {rest / total:6.1%}  the loop, ts filters, stamping, profiling")
+    lines.append("  cProfile, top by own time: " + "; ".join(
+        f"{_func_name(key)} {entry[2]:.2f} s x{entry[1]}"
+        for key, entry in sorted(stats.stats.items(), key=lambda item: -item[1][2])[:5]))
+    return lines
+
+
+def _func_name(key: tuple[str, int, str]) -> str:
+    filename, line, name = key
+    return name if filename == "~" else f"{Path(filename).name}:{line}({name})"
+
+
+# -- baselines -------------------------------------------------------------------------------------------
+
+def test_baseline_pandas_research(benchmark, bench_record, research_data, pandas_bars: pd.DataFrame,
+                                  reference: pl.DataFrame):
+    rows = benchmark.pedantic(pandas_research, args=(pandas_bars,), rounds=PANDAS_ROUNDS, warmup_rounds=1)
+    assert_same_values(rows, reference)
+    bench_record("pandas_research", "pandas groupby (in memory, no I/O)", bars=research_data.height)
+
+
+def _select(over: bool) -> list[pl.Expr]:
+    return [pl.col("symbol"), (pl.col("ts") + STEP).alias("ts"),
+            *((expr.over("symbol") if over else expr).alias(name) for name, expr in RESEARCH.features.items())]
+
+
+def test_baseline_polars_select_over(benchmark, bench_record, research_data, reference: pl.DataFrame):
+    exprs = _select(over=True)
+    rows = benchmark.pedantic(research_data.bars.select, args=exprs, rounds=SELECT_ROUNDS, warmup_rounds=1)
+    assert rows.equals(reference)
+    bench_record("polars_select_over", 'polars select .over("symbol") (in memory)', bars=research_data.height)
+
+
+def test_baseline_polars_select_per_symbol(benchmark, bench_record, research_data, reference: pl.DataFrame):
+    exprs = _select(over=False)
+
+    def per_symbol() -> list[pl.DataFrame]:
+        return [frame.select(exprs) for frame in research_data.per_symbol]
+
+    rows = benchmark.pedantic(per_symbol, rounds=SELECT_ROUNDS, warmup_rounds=1)
+    assert pl.concat(rows).equals(reference)
+    bench_record("polars_select_per_symbol", "polars select per symbol (in memory)", bars=research_data.height)

@@ -21,6 +21,7 @@ all replaced.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -30,9 +31,10 @@ from tqdm import tqdm
 from featurestore.catalog import refresh_catalog
 from featurestore.definitions import FeatureView
 from featurestore.errors import FeatureStoreError
+from featurestore.expressions import VALUE_COLUMNS, columns
 from featurestore.offline import read_symbol_features, write_symbol_features
 from featurestore.registry import register_view
-from featurestore.store import Store
+from featurestore.store import BarSeries, Store
 
 __all__ = ["BackfillReport", "backfill", "resolve_exchange"]
 
@@ -81,19 +83,28 @@ def backfill(store: Store, view: FeatureView, *, now: datetime, symbols: list[st
     chosen = symbols or [s.symbol for s in store.series(exchange=exchange, timeframe=view.timeframe)]
     store.scan_bars(exchange, view.timeframe, chosen)  # refuses unknown symbols before anything is written
     report = BackfillReport(view.name, register_view(store, view, now=now), exchange)
-    for symbol in tqdm(chosen, desc=f"backfill {view.name}", unit="symbol", disable=None if progress else True):
-        bars = store.scan_bars(exchange, view.timeframe, [symbol]).collect()
-        rows = view.compute_symbol(bars)
-        if start is not None:
-            rows = rows.filter(pl.col("ts") >= start)
-        if end is not None:
-            rows = rows.filter(pl.col("ts") < end)
-        stored = read_symbol_features(store, view, exchange, symbol)
-        to_write, replace = _rows_to_write(rows, stored)
-        if replace and stored is not None:
-            report.recomputed.append(symbol)
-        report.bars_read += bars.height
-        report.rows_written[symbol] = write_symbol_features(store, view, exchange, symbol, to_write,
-                                                            now=now, replace=replace)
+    needed = ["symbol", "ts", *sorted({c for node in view.nodes.values() for c in columns(node) if c in VALUE_COLUMNS})]
+    # One writer thread: symbol i is written (polars releases the GIL) while symbol i+1 is read and computed,
+    # so at most two symbols are in memory.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backfill-writer") as writer:
+        pending: tuple[str, Future[int]] | None = None
+        for symbol in tqdm(chosen, desc=f"backfill {view.name}", unit="symbol", disable=None if progress else True):
+            bars = store.scan_series(BarSeries(exchange, view.timeframe, symbol)).select(needed).collect()
+            rows = view.compute_symbol(bars)
+            if start is not None:
+                rows = rows.filter(pl.col("ts") >= start)
+            if end is not None:
+                rows = rows.filter(pl.col("ts") < end)
+            stored = read_symbol_features(store, view, exchange, symbol)
+            to_write, replace = _rows_to_write(rows, stored)
+            if replace and stored is not None:
+                report.recomputed.append(symbol)
+            report.bars_read += bars.height
+            if pending is not None:
+                report.rows_written[pending[0]] = pending[1].result()
+            pending = symbol, writer.submit(write_symbol_features, store, view, exchange, symbol, to_write,
+                                            now=now, replace=replace)
+        if pending is not None:
+            report.rows_written[pending[0]] = pending[1].result()
     refresh_catalog(store)
     return report

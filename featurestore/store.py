@@ -133,6 +133,13 @@ class Store:
             return pl.LazyFrame(schema=_stored_schema())
         return pl.scan_parquet(files, hive_partitioning=False)
 
+    def scan_series(self, series: BarSeries) -> pl.LazyFrame:
+        """Lazily read one stored series (names its files directly: no listing of the store)."""
+        files = self.bar_files(series)
+        if not files:
+            raise FeatureStoreError(f"no stored bars for {series} in {self.root}")
+        return pl.scan_parquet(files, hive_partitioning=False)
+
     def last_bar_ts(self, series: BarSeries) -> datetime | None:
         """Open time of the newest stored bar of the series, or None when nothing is stored."""
         files = self.bar_files(series)
@@ -173,7 +180,10 @@ class Store:
 def split_by_year(frame: pl.DataFrame) -> list[tuple[int, pl.DataFrame]]:
     """The rows of each calendar year of ``ts``, in order of appearance (filters: ~20x faster than group_by)."""
     years = frame["ts"].dt.year()
-    return [(year, frame.filter(years == year)) for year in years.unique(maintain_order=True)]
+    distinct = years.unique(maintain_order=True).to_list()
+    if len(distinct) == 1:
+        return [(distinct[0], frame)]
+    return [(year, frame.filter(years == year)) for year in distinct]
 
 
 def _stored_schema() -> dict[str, pl.DataType]:

@@ -37,12 +37,6 @@ from streaming.engine.ops import cum_sum, ewm_mean, lag, rolling_extreme, rollin
 
 __all__ = ["SymbolState", "ViewEngine"]
 
-_RUN_SOURCE = """
-def run(S, TS, O, H, L, C, V, OUT, OUTV):
-    for i in range(TS.shape[0]):
-        step(S, TS[i], O[i], H[i], L[i], C[i], V[i], OUT[i], OUTV[i])
-    return 0
-"""
 _COMPILED: dict[str, tuple[Any, Any]] = {}
 
 
@@ -68,10 +62,9 @@ def _namespace() -> dict[str, Any]:
 def _compile(source: str) -> tuple[Any, Any]:
     if source not in _COMPILED:
         names = _namespace()
-        exec(compile(source, "<feature view step>", "exec"), names)  # source generated from a parsed tree
-        names["step"] = numba.njit(error_model="numpy", nogil=True)(names["step"])
-        exec(compile(_RUN_SOURCE, "<feature view run>", "exec"), names)
-        _COMPILED[source] = (names["step"], numba.njit(error_model="numpy", nogil=True)(names["run"]))
+        exec(compile(source, "<feature view program>", "exec"), names)  # source generated from a parsed tree
+        jit = numba.njit(error_model="numpy", nogil=True)
+        _COMPILED[source] = (jit(names["step"]), jit(names["run"]))
     return _COMPILED[source]
 
 
@@ -109,7 +102,7 @@ class ViewEngine:
         self.check_state(state)
         self._advance(state, ts, ts, 1)
         self._step(state.vector, float(ts), open_, high, low, close, volume, self._out, self._outv)
-        return ts + self.step_ms, [float(v) if ok else None for v, ok in zip(self._out, self._outv, strict=True)]
+        return ts + self.step_ms, [v if ok else None for v, ok in zip(self._out.tolist(), self._outv.tolist(), strict=True)]
 
     def update_batch(self, state: SymbolState, bars: pl.DataFrame) -> pl.DataFrame:
         """Apply one symbol's bars (sorted by ``ts``); return their feature rows like ``compute_symbol``."""

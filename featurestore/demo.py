@@ -1,5 +1,5 @@
 """The main job, end to end on the embedded default (synthetic market, local files, no servers):
-ingest -> validate -> SQL -> resample -> backfill the built-in views -> SQL over features -> train.
+ingest -> validate -> SQL -> resample -> backfill the built-in views -> SQL over features -> stream + parity -> train.
 
 Each stage prints what it did; a failed stage raises, so the command exits non-zero. Re-running is
 idempotent: stored data is reused and nothing is duplicated.
@@ -82,6 +82,10 @@ def run_demo(store: Store, *, now: datetime, symbols: list[str], since: datetime
     _stage(f"sql: {' '.join(FEATURES_QUERY.split())}")
     with pl.Config(tbl_rows=50, tbl_cols=12, tbl_hide_dataframe_shape=True, tbl_width_chars=160):
         print(run_sql(FEATURES_QUERY, store))
+
+    from streaming.demo_stage import run_streaming_stage  # imports Bytewax and numba: only when needed
+
+    run_streaming_stage(store, now=now, symbols=symbols)
 
     _stage("train: LightGBM on research + daily_trend, walk-forward evaluation, ONNX export, registry")
     from training.demo_stage import run_training_stage  # imports LightGBM and onnxruntime: only when needed

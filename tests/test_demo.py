@@ -22,8 +22,10 @@ def table_rows(output: str, symbol: str) -> list[list[str]]:
 
 
 def data_files(hashes: dict[str, str]) -> dict[str, str]:
-    """Everything but catalog.duckdb, which holds only view definitions and may be rewritten on each run."""
-    return {path: digest for path, digest in hashes.items() if path != "catalog.duckdb"}
+    """Stored data: bars, features, registry, models. Not the online store and the stream's run metrics,
+    which a re-run legitimately rewrites (same rows, new ``updated_at`` and counters)."""
+    return {path: digest for path, digest in hashes.items()
+            if not path.startswith(("online.sqlite", "stream/metrics-", "catalog.duckdb"))}
 
 
 def check_demo_twice(run_cli, hash_tree, store, until: str, bars_per_symbol: int, last_bar: str) -> None:

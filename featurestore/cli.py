@@ -17,7 +17,7 @@ import polars as pl
 from featurestore.errors import FeatureStoreError
 from featurestore.store import Store, default_store_root
 
-__all__ = ["main"]
+__all__ = ["comma_list", "main", "parse_utc"]
 
 
 def parse_utc(text: str) -> datetime:
@@ -29,11 +29,12 @@ def parse_utc(text: str) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _symbols(text: str) -> list[str]:
-    symbols = [s.strip() for s in text.split(",") if s.strip()]
-    if not symbols:
-        raise argparse.ArgumentTypeError("give at least one symbol, e.g. BTC/USDT,ETH/USDT")
-    return symbols
+def comma_list(text: str) -> list[str]:
+    """An argparse type: ``"BTC/USDT, ETH/USDT"`` -> ``["BTC/USDT", "ETH/USDT"]``; empty is an error."""
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("give at least one, comma-separated, e.g. BTC/USDT,ETH/USDT or research")
+    return items
 
 
 def _print_new_rows(new_rows: dict[str, int], store: Store) -> None:
@@ -148,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     ingest.add_argument("--source", choices=["synthetic", "ccxt", "csv", "resample"], default="ccxt")
     ingest.add_argument("--from-timeframe", default="1m", help="resample: the stored timeframe to aggregate")
     ingest.add_argument("--exchange", help="ccxt exchange id (ccxt source, default binance) or a label (csv)")
-    ingest.add_argument("--symbols", type=_symbols, help="comma-separated, e.g. BTC/USDT,ETH/USDT (default BTC/USDT; "
+    ingest.add_argument("--symbols", type=comma_list, help="comma-separated, e.g. BTC/USDT,ETH/USDT (default BTC/USDT; "
                         "resample: all stored)")
     ingest.add_argument("--symbol", help="the symbol of a CSV file")
     ingest.add_argument("--path", type=Path, help="CSV file to import")
@@ -159,7 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     ingest.set_defaults(run=cmd_ingest)
 
     validate = commands.add_parser("validate", parents=[common], help="re-check stored bars and list gaps")
-    validate.add_argument("--symbols", type=_symbols)
+    validate.add_argument("--symbols", type=comma_list)
     validate.set_defaults(run=cmd_validate)
 
     sql = commands.add_parser("sql", parents=[common], help="read-only SQL over the offline store (DuckDB)")
@@ -175,8 +176,8 @@ def _parser() -> argparse.ArgumentParser:
     features.set_defaults(run=cmd_features)
 
     backfill = commands.add_parser("backfill", parents=[common], help="compute feature views into the offline store")
-    backfill.add_argument("--view", type=_symbols, required=True, help="view name(s), comma-separated")
-    backfill.add_argument("--symbols", type=_symbols, help="default: every stored symbol")
+    backfill.add_argument("--view", type=comma_list, required=True, help="view name(s), comma-separated")
+    backfill.add_argument("--symbols", type=comma_list, help="default: every stored symbol")
     backfill.add_argument("--exchange", help="default: the only exchange with bars of the view's timeframe")
     backfill.add_argument("--start", type=parse_utc, help="write rows with ts >= start")
     backfill.add_argument("--end", type=parse_utc, help="write rows with ts < end")
@@ -184,7 +185,7 @@ def _parser() -> argparse.ArgumentParser:
     backfill.set_defaults(run=cmd_backfill)
 
     demo = commands.add_parser("demo", parents=[common], help="the main job, end to end, on the synthetic market")
-    demo.add_argument("--symbols", type=_symbols, default=["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT"])
+    demo.add_argument("--symbols", type=comma_list, default=["BTC/USDT", "ETH/USDT", "SOL/USDT", "BNB/USDT", "XRP/USDT"])
     demo.add_argument("--since", type=parse_utc, default=parse_utc("2024-01-01"))
     demo.add_argument("--until", type=parse_utc, default=parse_utc("2025-01-01"))
     demo.add_argument("--seed", type=int, default=7)

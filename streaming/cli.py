@@ -21,18 +21,11 @@ from pathlib import Path
 
 import polars as pl
 
-from featurestore.cli import parse_utc
+from featurestore.cli import comma_list, parse_utc
 from featurestore.errors import FeatureStoreError
 from featurestore.store import Store
 
 __all__ = ["add_commands"]
-
-
-def _names(text: str) -> list[str]:
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give at least one symbol, e.g. BTC/USDT,ETH/USDT")
-    return names
 
 
 def cmd_stream(args: argparse.Namespace, store: Store, now: datetime) -> int:
@@ -107,7 +100,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     stream = commands.add_parser("stream", parents=[common], help="run the streaming dataflow (replay or live)")
     stream.add_argument("--source", choices=["replay", "ccxt"], default="replay")
     stream.add_argument("--view", required=True)
-    stream.add_argument("--symbols", type=_names, help="comma-separated (replay default: every stored symbol)")
+    stream.add_argument("--symbols", type=comma_list, help="comma-separated (replay default: every stored symbol)")
     stream.add_argument("--exchange", help="replay: the stored series' exchange; ccxt: exchange id (default binance)")
     stream.add_argument("--definitions", type=Path, help="a Python file defining FeatureView objects")
     stream.add_argument("--from", dest="start", type=parse_utc,
@@ -133,7 +126,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     parity = commands.add_parser("parity", parents=[common],
                                  help="replay stored bars through the engine and compare with the offline store")
     parity.add_argument("--view", required=True)
-    parity.add_argument("--symbols", type=_names, help="default: every stored symbol")
+    parity.add_argument("--symbols", type=comma_list, help="default: every stored symbol")
     parity.add_argument("--from", dest="start", type=parse_utc, help="replay from here (engine warmed before)")
     parity.add_argument("--exchange", help="default: the only exchange with bars of the view's timeframe")
     parity.add_argument("--batch", type=int, default=1000, help="bars per engine batch")

@@ -16,23 +16,11 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
+from featurestore.cli import comma_list, parse_utc
 from featurestore.errors import FeatureStoreError
 from featurestore.store import Store
 
 __all__ = ["add_commands"]
-
-
-def _names(text: str) -> list[str]:
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give at least one name, e.g. research or research,daily_trend")
-    return names
-
-
-def _utc(text: str) -> datetime:
-    from featurestore.cli import parse_utc
-
-    return parse_utc(text)
 
 
 def _views(args: argparse.Namespace) -> list:
@@ -110,7 +98,7 @@ def cmd_models(args: argparse.Namespace, store: Store, now: datetime) -> int:
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register ``export``, ``train`` and ``models`` on the ``featurestore`` sub-command parser."""
     export = commands.add_parser("export", parents=[common], help="point-in-time training set to parquet/CSV/Arrow")
-    export.add_argument("--views", type=_names, required=True, help="view name(s), comma-separated; the first "
+    export.add_argument("--views", type=comma_list, required=True, help="view name(s), comma-separated; the first "
                         "view's timeframe gives --all-bars rows and label bars")
     rows = export.add_mutually_exclusive_group()
     rows.add_argument("--entities", type=Path, help="parquet/CSV/Arrow file with symbol, event_ts (UTC) [, extras]")
@@ -126,7 +114,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     export.set_defaults(run=cmd_export)
 
     train = commands.add_parser("train", parents=[common], help="train, evaluate, export to ONNX and register a model")
-    train.add_argument("--views", type=_names, required=True, help="view name(s), comma-separated")
+    train.add_argument("--views", type=comma_list, required=True, help="view name(s), comma-separated")
     train.add_argument("--label", required=True, help="future_ret:h=1 (regressor), bucket:h=12,x=0.01 or "
                        "triple_barrier:h=24,pt=2,sl=2,atr=14 (classifier or regressor on its return)")
     train.add_argument("--name", required=True, help="model name in the registry")
@@ -155,8 +143,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
 
 
 def _shared(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--symbols", type=_names, help="default: every symbol with stored features")
-    parser.add_argument("--start", type=_utc, help="rows with event_ts >= start (UTC)")
-    parser.add_argument("--end", type=_utc, help="rows with event_ts < end (UTC)")
+    parser.add_argument("--symbols", type=comma_list, help="default: every symbol with stored features")
+    parser.add_argument("--start", type=parse_utc, help="rows with event_ts >= start (UTC)")
+    parser.add_argument("--end", type=parse_utc, help="rows with event_ts < end (UTC)")
     parser.add_argument("--exchange", help="exchange of the label bars (default: the only one stored)")
     parser.add_argument("--definitions", type=Path, help="a Python file defining FeatureView objects")

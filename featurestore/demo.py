@@ -1,5 +1,5 @@
 """The main job, end to end on the embedded default (synthetic market, local files, no servers):
-ingest -> validate -> SQL -> resample -> backfill the built-in views -> SQL over features -> stream + parity -> train.
+ingest -> validate -> SQL -> resample -> backfill the built-in views -> SQL over features -> stream + parity -> train -> score.
 
 Each stage prints what it did; a failed stage raises, so the command exits non-zero. Re-running is
 idempotent: stored data is reused and nothing is duplicated.
@@ -91,6 +91,11 @@ def run_demo(store: Store, *, now: datetime, symbols: list[str], since: datetime
     from training.demo_stage import run_training_stage  # imports LightGBM and onnxruntime: only when needed
 
     run_training_stage(store, now=now, symbols=symbols)
+
+    _stage("score: every symbol once through the ONNX scorer, skew guard on, signed signals")
+    from serving.demo_stage import run_serving_stage
+
+    run_serving_stage(store, now=now, symbols=symbols)
     print(f"\nquery it yourself: featurestore sql \"SELECT ...\" --store {store.root}"
           f"  (or: duckdb {store.catalog_path})")
     return 0

@@ -14,10 +14,12 @@ __all__ = [
     "FeatureStoreError",
     "LabelSpecError",
     "LookAheadError",
+    "MissingFeaturesError",
     "ModelExportError",
     "ModelRegistryError",
     "SchemaError",
     "SqlError",
+    "StaleFeaturesError",
     "StoreConflictError",
     "TrainingDataError",
     "UnsupportedExpressionError",
@@ -92,3 +94,11 @@ class ModelExportError(FeatureStoreError):
 
 class ModelRegistryError(FeatureStoreError):
     """A model name or version is not in the model registry, or an artifact is missing."""
+
+
+class MissingFeaturesError(FeatureStoreError):
+    """A model needs a feature row (or a non-null value) that the online store does not have."""
+
+
+class StaleFeaturesError(FeatureStoreError):
+    """An online feature row is older than the age a model accepts (by default the view's TTL)."""

@@ -23,9 +23,10 @@ def table_rows(output: str, symbol: str) -> list[list[str]]:
 
 def data_files(hashes: dict[str, str]) -> dict[str, str]:
     """Stored data: bars, features, registry, models. Not the online store and the stream's run metrics,
-    which a re-run legitimately rewrites (same rows, new ``updated_at`` and counters)."""
+    which a re-run legitimately rewrites (same rows, new ``updated_at`` and counters), nor the signal
+    audit log, which every scoring appends to."""
     return {path: digest for path, digest in hashes.items()
-            if not path.startswith(("online.sqlite", "stream/metrics-", "catalog.duckdb"))}
+            if not path.startswith(("online.sqlite", "stream/metrics-", "catalog.duckdb", "signals/"))}
 
 
 def check_demo_twice(run_cli, hash_tree, store, until: str, bars_per_symbol: int, last_bar: str) -> None:

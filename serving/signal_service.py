@@ -1,0 +1,148 @@
+"""Signals from scores: a side by thresholds, the position transition, a signed record in the audit log.
+
+No order is ever sent: a signal says what a position would become. The current side of each symbol is
+the side of the model's last verified signal in the audit log (FLAT when there is none), so a restarted
+service continues where it stopped; one service writes one audit log.
+
+One decision per feature row: asking again about a row already decided (same model version, row time,
+score, thresholds and size) returns the logged signal itself and appends nothing, so a client's retry
+never shows up as a HOLD, and re-running a job over the same rows leaves the log as it was.
+
+Thresholds default to the |score| threshold the model's backtest used (``meta.json`` ``threshold``, else
+``report.json``), symmetric around 0: LONG above it, SHORT below minus it; 0 when none was recorded.
+
+Signal fields (``signature`` is the HMAC-SHA256 of the canonical JSON of all the others):
+``ts`` (the feature row's time, ISO-8601 UTC: when the decision is taken), ``symbol``, ``side``, ``score``,
+``previous_side``, ``action`` / ``quantity`` / ``position_after`` (the transition in units of ``size``),
+``size``, ``model``, ``model_version``, ``views`` ({view: {version, ts}} of the rows used), ``features``
+(input name -> value used; null when missing and fed as NaN), ``missing`` (those names), ``thresholds``.
+
+>>> import tempfile
+>>> from datetime import datetime, timezone
+>>> from pathlib import Path
+>>> from serving.online_store import OnlineRow, OnlineStore
+>>> from serving.signals import verify_signal
+>>> from serving.scorer import Scorer, load_model
+>>> from serving.toy_model import write_toy_model
+>>> work = Path(tempfile.mkdtemp())
+>>> _ = write_toy_model(work / "model", threshold=0.1)
+>>> t = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
+>>> with OnlineStore(work / "online.sqlite") as online:
+...     _ = online.write([OnlineRow("toy", "BTC/USDT", t, "v1", {"a": 0.5, "b": 1.0}, t)])
+>>> scorer = Scorer(load_model(work / "model"), OnlineStore(work / "online.sqlite", readonly=True))
+>>> with SignalService(scorer, key=b"demo key", audit=AuditLog(work / "signals.jsonl")) as service:
+...     (signal,) = service.signals(["BTC/USDT"], now=t)
+>>> signal["ts"], signal["side"], signal["action"], signal["quantity"], signal["views"]
+('2024-05-01T12:00:00+00:00', 'LONG', 'BUY', 1.0, {'toy': {'version': 'v1', 'ts': '2024-05-01T12:00:00+00:00'}})
+>>> verify_signal(signal, key=b"demo key"), verify_signal(signal, key=b"another key")
+(True, False)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from featurestore.errors import FeatureStoreError
+from serving.audit import AuditLog, last_signals
+from serving.scorer import Model, Score, Scorer
+from serving.signals import Side, Thresholds, json_number, side_for, sign_signal, transition
+
+__all__ = ["SignalService", "default_thresholds"]
+
+
+def default_thresholds(model: Model) -> Thresholds:
+    """``Thresholds(t, -t)`` for the model's recorded backtest threshold ``t`` (0 when none)."""
+    t = model.threshold or 0.0
+    return Thresholds(long_above=abs(t), short_below=-abs(t))
+
+
+def _decision(signal: dict[str, Any]) -> tuple:
+    """What makes two signals the same decision (the same row, model version and settings)."""
+    thresholds = signal["thresholds"]
+    return (signal["model_version"], signal["ts"], signal["score"], thresholds["long_above"],
+            thresholds["short_below"], signal.get("size"))
+
+
+@dataclass(frozen=True, slots=True)
+class _Decided:
+    """A symbol's last signal, kept as bytes: a long-running service holds no objects for the collector."""
+
+    decision: tuple
+    side: Side
+    signal: bytes  # orjson of the signed signal
+
+    @classmethod
+    def of(cls, signal: dict[str, Any]) -> _Decided:
+        return cls(_decision(signal), signal["side"], orjson.dumps(signal))
+
+
+class SignalService:
+    """Scores symbols, turns each score into a signed signal and appends it to ``audit``.
+
+    ``close()`` closes the scorer and the audit log. The key is kept privately and never written.
+    """
+
+    def __init__(self, scorer: Scorer, *, key: bytes, audit: AuditLog, thresholds: Thresholds | None = None,
+                 size: float = 1.0) -> None:
+        if not key:
+            raise FeatureStoreError("an empty signing key signs nothing; set FEATURESTORE_SIGNING_KEY")
+        if not (size > 0 and math.isfinite(size)):
+            raise FeatureStoreError(f"position size must be a positive number, got {size}")
+        self.scorer, self.audit, self.size = scorer, audit, size
+        self.thresholds = thresholds or default_thresholds(scorer.model)
+        self._key = key
+        self._last = {symbol: _Decided.of(signal)
+                      for symbol, signal in last_signals(audit.path, model=scorer.model.name, key=key).items()}
+
+    def __enter__(self) -> SignalService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.scorer.close()
+        self.audit.close()
+
+    def _signal(self, score: Score, previous: Side) -> dict[str, Any]:
+        side = side_for(score.score, self.thresholds)
+        move = transition(previous, side, size=self.size)
+        model = self.scorer.model
+        signal = {
+            "ts": score.ts.isoformat(), "symbol": score.symbol, "side": side, "score": json_number(score.score),
+            "previous_side": previous, "action": move.action, "quantity": move.quantity,
+            "position_after": move.position_after, "size": self.size, "model": model.name,
+            "model_version": model.version,
+            "views": {view: {"version": row.view_version, "ts": row.ts.isoformat()} for view, row in score.rows.items()},
+            "features": {name: value if math.isfinite(value) else json_number(value)
+                         for name, value in zip(score.names, score.inputs, strict=True)},
+            "missing": list(score.missing),
+            "thresholds": {"long_above": self.thresholds.long_above, "short_below": self.thresholds.short_below},
+        }
+        return sign_signal(signal, key=self._key)
+
+    def signals(self, symbols: Sequence[str], *, now: datetime) -> list[dict[str, Any]]:
+        """Score ``symbols`` as of ``now``; a signed signal for each, the new ones appended to the audit log."""
+        decided: dict[str, _Decided] = {}  # this batch's, kept once the log has them
+        signals, new = [], []
+        settings = (self.scorer.model.version, self.thresholds.long_above, self.thresholds.short_below, self.size)
+        for score in self.scorer.score(symbols, now=now):
+            last = decided.get(score.symbol) or self._last.get(score.symbol)
+            decision = (settings[0], score.ts.isoformat(), json_number(score.score), *settings[1:])
+            if last is not None and last.decision == decision:
+                signals.append(orjson.loads(last.signal))
+                continue
+            signal = self._signal(score, last.side if last else "FLAT")
+            decided[score.symbol] = _Decided.of(signal)
+            signals.append(signal)
+            new.append(signal)
+        if new:
+            self.audit.append(new)
+        self._last.update(decided)
+        return signals

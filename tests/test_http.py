@@ -1,0 +1,279 @@
+"""The HTTP service as a user runs it: ``featurestore serve`` in a subprocess, spoken to over a socket on 127.0.0.1.
+
+Every endpoint, the 4xx answers, bearer auth on and off, the metrics text, and schema-based fuzzing of the
+served OpenAPI document with schemathesis (bounded) finding no 5xx and no response off the schema.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from prometheus_client.parser import text_string_to_metric_families
+
+from serving.online_store import OnlineRow, OnlineStore, online_path
+from serving.openapi import openapi_schema
+from serving.signals import verify_signal
+from serving.toy_model import write_toy_model
+
+SCRIPT = str(Path(sys.executable).parent / "featurestore")
+SIGNING_KEY = "sign-" + secrets.token_hex(16)
+TOKEN = "token-" + secrets.token_hex(16)
+
+
+@dataclass
+class Server:
+    port: int
+    store: Path
+    process: subprocess.Popen
+    token: str | None = None
+
+    def request(self, method: str, path: str, body: bytes | str | None = None, headers: dict | None = None,
+                token: str | None = "default") -> tuple[int, dict[str, str], bytes]:
+        headers = dict(headers or {})
+        token = self.token if token == "default" else token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+        finally:
+            connection.close()
+
+    def json(self, method: str, path: str, payload: object = None, **kwargs) -> tuple[int, dict]:
+        body = None if payload is None else json.dumps(payload)
+        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        status, response_headers, data = self.request(method, path, body, headers, **kwargs)
+        assert response_headers["content-type"].startswith("application/json"), (status, data)
+        return status, json.loads(data)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def make_store(root: Path) -> Path:
+    """The toy model in production and online rows written now: fresh, stale, skewed."""
+    store = root / "store"
+    write_toy_model(store / "models" / "toy" / "t0", threshold=0.1)
+    (store / "models" / "toy" / "production").write_text('{"name": "toy", "version": "t0"}')
+    now = datetime.now(UTC)
+    with OnlineStore(online_path(store)) as online:
+        online.write([OnlineRow("toy", "BTC/USDT", now, "v1", {"a": 0.5, "b": None}, now),
+                      OnlineRow("toy", "ETH/USDT", now, "v1", {"a": -0.5, "b": 2.0}, now),
+                      OnlineRow("toy", "OLD/USDT", now - timedelta(hours=2), "v1", {"a": 0.5, "b": 1.0}, now),
+                      OnlineRow("toy", "NEW/USDT", now, "v2", {"a": 0.5, "b": 1.0}, now)])
+    return store
+
+
+def start(store: Path, token: str | None) -> Server:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("FEATURESTORE_HOME", "FEATURESTORE_API_TOKEN")}
+    env["FEATURESTORE_SIGNING_KEY"] = SIGNING_KEY
+    if token:
+        env["MY_TOKEN"] = token
+    process = subprocess.Popen([SCRIPT, "serve", "--store", store, "--port", str(port), "--token-env", "MY_TOKEN"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    server = Server(port, store, process, token)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if server.request("GET", "/openapi.json")[0] == 200:
+                return server
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {process.communicate(timeout=5)}") from None
+            time.sleep(0.1)
+
+
+def stop(server: Server) -> str:
+    server.process.terminate()
+    out, err = server.process.communicate(timeout=30)
+    assert server.process.returncode == 0, err
+    return out + err
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Server]:
+    running = start(make_store(tmp_path_factory.mktemp("http")), token=None)
+    yield running
+    output = stop(running)
+    assert "serving model toy t0 on http://127.0.0.1" in output and "auth: off" in output
+    assert "Traceback" not in output and SIGNING_KEY not in output
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory) -> Iterator[Server]:
+    running = start(make_store(tmp_path_factory.mktemp("https")), token=TOKEN)
+    yield running
+    output = stop(running)
+    assert "auth: bearer token from $MY_TOKEN" in output and TOKEN not in output and SIGNING_KEY not in output
+
+
+def test_features_by_path_encoded_path_and_query(server):
+    for path in ("/features/toy/BTC/USDT", "/features/toy/BTC%2FUSDT", "/features/toy?symbol=BTC/USDT",
+                 "/features/toy?symbol=BTC%2FUSDT"):
+        status, row = server.json("GET", path)
+        assert status == 200, path
+        assert (row["view"], row["symbol"], row["view_version"], row["features"]) == (
+            "toy", "BTC/USDT", "v1", {"a": 0.5, "b": None})
+        assert datetime.fromisoformat(row["ts"]).utcoffset() == timedelta(0)
+    for path in ("/features/toy/XRP/USDT", "/features/nope/BTC/USDT", "/features/toy/", "/features/nope?symbol=X"):
+        status, error = server.json("GET", path)
+        assert (status, error["error"]) == (404, "not_found"), path
+        assert "no online row for view" in error["message"]
+    assert server.json("GET", "/features/toy") == (422, {
+        "error": "invalid_query", "message": "give the symbol: /features/{view}?symbol=BTC/USDT"})
+
+
+def test_score_one_and_many(server):
+    status, body = server.json("POST", "/score", {"symbols": ["BTC/USDT"]})
+    assert status == 200
+    (signal,) = body["signals"]
+    assert verify_signal(signal, key=SIGNING_KEY.encode())
+    assert (signal["symbol"], signal["side"], signal["model"], signal["missing"]) == ("BTC/USDT", "LONG", "toy",
+                                                                                      ["toy__b"])
+    status, body = server.json("POST", "/score", {"symbols": ["ETH/USDT", "BTC/USDT"]})
+    assert status == 200 and [s["symbol"] for s in body["signals"]] == ["ETH/USDT", "BTC/USDT"]
+    assert [(s["side"], s["action"]) for s in body["signals"]] == [("SHORT", "SELL"), ("LONG", "BUY")]
+    assert all(verify_signal(s, key=SIGNING_KEY.encode()) for s in body["signals"])
+    assert body["signals"][1] == signal  # the same row again: the decision already logged
+    logged = [json.loads(line) for line in (server.store / "signals" / "signals.jsonl").read_text().splitlines()]
+    assert logged[-2:] == [signal, body["signals"][0]]
+
+
+@pytest.mark.parametrize(("symbols", "status", "code", "message"), [
+    (["XRP/USDT"], 404, "missing_features", "no online row of view 'toy' for XRP/USDT"),
+    (["BTC/USDT", "OLD/USDT"], 409, "stale_features", "view 'toy' for OLD/USDT: the online row at"),
+    (["NEW/USDT"], 409, "version_skew", "the online row is version v2, model toy t0 was trained on version v1"),
+])
+def test_score_refusals(server, symbols, status, code, message):
+    got, error = server.json("POST", "/score", {"symbols": symbols})
+    assert (got, error["error"]) == (status, code) and message in error["message"]
+
+
+@pytest.mark.parametrize(("body", "content_type", "status", "code"), [
+    ("{not json", "application/json", 400, "not_json"),
+    ("[" * 100_000 + "]" * 100_000, "application/json", 400, "not_json"),
+    ('{"symbols": ["BTC/USDT"]}', "text/plain", 415, "unsupported_media_type"),
+    ('{"symbols": ["BTC/USDT"]}', None, 415, "unsupported_media_type"),
+    ('["BTC/USDT"]', "application/json", 422, "invalid_body"),
+    ('{"symbols": []}', "application/json", 422, "invalid_body"),
+    ('{"symbols": "BTC/USDT"}', "application/json", 422, "invalid_body"),
+    ('{"symbols": ["BTC/USDT"], "extra": 1}', "application/json", 422, "invalid_body"),
+    ('{"symbols": [1]}', "application/json", 422, "invalid_body"),
+    ('{"symbols": [""]}', "application/json", 422, "invalid_body"),
+    ('{"symbols": ["' + "X" * 101 + '"]}', "application/json", 422, "invalid_body"),
+    ('{"symbols": ["BTC/USDT", "BTC/USDT"]}', "application/json", 422, "invalid_body"),
+    ('{"symbols": ["\\ud800"]}', "application/json", 422, "invalid_body"),  # a lone surrogate: not UTF-8
+    (json.dumps({"symbols": [f"S{i}" for i in range(257)]}), "application/json", 422, "batch_too_large"),
+    ('{"symbols": ["' + "X" * (1 << 20) + '"]}', "application/json", 413, "too_large"),
+])
+def test_malformed_score_requests(server, body, content_type, status, code):
+    headers = {"Content-Type": content_type} if content_type else {}
+    got, response_headers, data = server.request("POST", "/score", body, headers)
+    assert (got, json.loads(data)["error"]) == (status, code)
+    assert response_headers["content-type"] == "application/json"
+
+
+def test_unknown_routes_and_methods_answer_json(server):
+    assert server.json("GET", "/nope")[0] == 404
+    assert server.json("GET", "/health/")[0] == 404
+    status, headers, data = server.request("DELETE", "/score")
+    assert status == 405 and headers["allow"] == "POST" and json.loads(data)["error"] == "method_not_allowed"
+    assert server.json("GET", "/score")[0] == 405
+
+
+def test_health(server):
+    status, health = server.json("GET", "/health")
+    assert status == 200 and health["status"] == "degraded"  # OLD/USDT is stale, NEW/USDT skewed
+    assert health["model"] == {"name": "toy", "version": "t0", "kind": "regressor", "views": {"toy": "v1"},
+                               "inputs": 2, "input_dtype": "float64",
+                               "thresholds": {"long_above": 0.1, "short_below": -0.1}}
+    rows = {row["symbol"]: row for row in health["views"]["toy"]}
+    assert sorted(rows) == ["BTC/USDT", "ETH/USDT", "NEW/USDT", "OLD/USDT"]
+    assert rows["BTC/USDT"]["fresh"] and rows["BTC/USDT"]["version_matches"]
+    assert not rows["OLD/USDT"]["fresh"] and rows["OLD/USDT"]["age_seconds"] > 7200
+    assert rows["NEW/USDT"]["fresh"] and not rows["NEW/USDT"]["version_matches"]
+    assert rows["BTC/USDT"]["max_age_seconds"] == 3600
+
+
+def test_metrics_parse_and_count(server):
+    before = server.request("GET", "/metrics")[2].decode()
+    server.json("GET", "/features/toy/BTC/USDT")
+    server.json("POST", "/score", {"symbols": ["XRP/USDT"]})
+    status, headers, data = server.request("GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain; version=0.0.4")
+
+    def samples(text: str) -> dict:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    old, new = samples(before), samples(data.decode())
+    feature_ok = ("featurestore_http_requests_total", (("method", "GET"),
+                                                       ("route", "/features/{view}/{symbol:path}"), ("status", "200")))
+    refused = ("featurestore_http_requests_total", (("method", "POST"), ("route", "/score"), ("status", "404")))
+    assert new[feature_ok] == old.get(feature_ok, 0) + 1 and new[refused] == old.get(refused, 0) + 1
+    assert new[("featurestore_scoring_refusals_total", (("reason", "missing_features"),))] >= 1
+    buckets = [(dict(labels)["le"], value) for (name, labels), value in new.items()
+               if name == "featurestore_http_request_duration_seconds_bucket" and ("route", "/score") in labels]
+    assert ("+Inf", new[("featurestore_http_request_duration_seconds_count", (("route", "/score"),))]) in buckets
+    assert [v for _, v in sorted(buckets, key=lambda b: float(b[0]))] == sorted(v for _, v in buckets)
+
+
+def test_openapi_document(server):
+    status, schema = server.json("GET", "/openapi.json")
+    assert status == 200 and schema["openapi"] == "3.1.0" and "security" not in schema
+    assert schema["paths"]["/score"]["post"]["requestBody"]["content"]["application/json"]["schema"][
+        "properties"]["symbols"]["maxItems"] == 256
+
+
+def test_bearer_auth(secured):
+    for path in ("/health", "/metrics", "/features/toy/BTC/USDT", "/nope"):
+        for token in (None, "wrong", TOKEN + "x", TOKEN[:-1]):
+            status, headers, data = secured.request("GET", path, token=token)
+            assert (status, headers.get("www-authenticate"), json.loads(data)["error"]) == (401, "Bearer",
+                                                                                            "unauthorized"), (path, token)
+    assert secured.request("POST", "/score", '{"symbols": ["BTC/USDT"]}', {"Content-Type": "application/json"},
+                           token=None)[0] == 401
+    assert secured.json("POST", "/score", {"symbols": ["BTC/USDT"]})[0] == 200
+    assert secured.json("GET", "/health")[0] == 200
+    status, schema = secured.json("GET", "/openapi.json", token=None)  # the contract is public, data is not
+    assert status == 200 and schema["security"] == [{"bearer": []}]
+
+
+# --- schema-based fuzzing ---------------------------------------------------------------------------
+
+# The document the server serves (checked equal below); loaded at import for schemathesis' parametrize.
+SCHEMA = openapi_schema(max_batch=256, auth=True)
+fuzzed = schemathesis.openapi.from_dict(SCHEMA)
+
+
+def test_the_fuzzed_document_is_the_served_one(secured):
+    assert secured.json("GET", "/openapi.json", token=None) == (200, SCHEMA)
+
+
+@fuzzed.parametrize()
+@settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
+def test_fuzzing_finds_no_server_error(case, secured):
+    response = case.call_and_validate(base_url=f"http://127.0.0.1:{secured.port}",
+                                      headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code < 500
+

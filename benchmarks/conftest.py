@@ -18,6 +18,9 @@ Data (``BENCH_SCALE`` scales the number of bars, default 1.0):
 - ``research_data``: a store of 50 symbols x 200,000 one-minute bars (10M bars, one file per symbol), built
   through ``ingest_synthetic`` (~10 s), and the same bars in memory, whole and split per symbol.
   Read-only: backfill into ``research_data.fresh_store(dir)`` (hard links to its bar files).
+- ``export_data``: a store of 10 symbols x 500,000 one-minute bars (5M bars, with a two-day outage in the middle
+  of every series: two ``ingest_synthetic`` calls) backfilled with the ``research`` and ``indicators`` views
+  (10M feature rows; ~20-30 s), and each view's stored rows in memory. Read-only.
 
 Every benchmark registers its timings through the ``bench_record`` fixture; ``COMPARISONS`` pairs each
 library measurement with a baseline measured in the same session, and the table at the end of the terminal
@@ -44,7 +47,10 @@ import duckdb
 import polars as pl
 import pytest
 
+from featurestore.backfill import backfill
+from featurestore.builtin_views import INDICATORS, RESEARCH
 from featurestore.ingest import ingest_synthetic
+from featurestore.offline import read_features
 from featurestore.sources.synthetic import synthetic_bars
 from featurestore.store import BarSeries, Store
 
@@ -74,6 +80,9 @@ SQL_SYMBOLS = SYMBOLS
 SQL_MINUTES = max(2 * 1440, round(365 * 1440 * BENCH_SCALE))
 RESEARCH_SYMBOLS = _MAJORS + [f"S{i:02d}/USDT" for i in range(len(_MAJORS), 50)]  # 50 symbols, SYMBOLS first
 RESEARCH_MINUTES = max(1440, round(200_000 * BENCH_SCALE))  # 50 x 200k = 10M bars, 2024 only (one file each)
+EXPORT_SYMBOLS = SYMBOLS[:10]
+EXPORT_MINUTES = max(4 * 1440, round(500_000 * BENCH_SCALE))  # 10 x 500k = 5M bars; x 2 views = 10M feature rows
+EXPORT_GAP = timedelta(days=2)  # no bars (hence no feature rows) for two days in the middle of every series
 
 
 @dataclass(frozen=True)
@@ -155,6 +164,44 @@ def research_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Research
     shutil.rmtree(root, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class ExportData:
+    """A store with two backfilled 1m views over bars with a gap, and every stored feature row in memory."""
+
+    store: Store
+    bars: int
+    symbols: list[str]
+    gap_start: datetime  # no bar opens in [gap_start, gap_end)
+    gap_end: datetime
+    now: datetime  # the close of the last stored bar
+    features: dict[str, pl.DataFrame]  # per view name: ``read_features(store, view).collect()``, sorted by (symbol, ts)
+
+    @property
+    def feature_rows(self) -> int:
+        return sum(frame.height for frame in self.features.values())
+
+
+@pytest.fixture(scope="session")
+def export_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExportData]:
+    """5M one-minute bars (10 symbols x 500k, a two-day gap in the middle), backfilled with ``research`` and
+    ``indicators`` (10M feature rows), through the library's ingest and backfill paths."""
+    root = tmp_path_factory.mktemp("export_store")
+    store = Store(root)
+    half = EXPORT_MINUTES // 2
+    gap_start = SINCE + timedelta(minutes=half)
+    gap_end = gap_start + EXPORT_GAP
+    now = gap_end + timedelta(minutes=EXPORT_MINUTES - half)
+    bars = sum(sum(ingest_synthetic(store, EXPORT_SYMBOLS, TIMEFRAME, since=since, until=until, now=now).values())
+               for since, until in ((SINCE, gap_start), (gap_end, now)))
+    for view in (RESEARCH, INDICATORS):
+        backfill(store, view, now=now, progress=False)
+    features = {view.name: read_features(store, view).collect() for view in (RESEARCH, INDICATORS)}
+    assert bars == len(EXPORT_SYMBOLS) * EXPORT_MINUTES
+    assert all(frame.height == bars for frame in features.values())
+    yield ExportData(store, bars, sorted(EXPORT_SYMBOLS), gap_start, gap_end, now, features)
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def duckdb_native(sql_data: SqlData) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB database holding the same bars as a native table ``bars`` (the limit)."""
@@ -197,6 +244,12 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("polars_select_over", "polars_select_per_symbol"),
     ("engine_update_batch", "engine_compute_symbol"),
     ("engine_update", "engine_compute_symbol"),
+    ("export_parquet", "polars_join_asof"),
+    ("export_parquet", "pandas_merge_asof"),
+    ("pandas_merge_asof", "polars_join_asof"),
+    ("serving_score", "serving_booster_predict"),
+    ("serving_score", "serving_sklearn_predict"),
+    ("serving_score", "serving_onnx_run"),
 )
 
 # Checked below the table, reported and never asserted: (key, baseline key, minimum bars/s ratio to the
@@ -206,6 +259,8 @@ TARGETS: tuple[tuple[str, str | None, float], ...] = (
     ("backfill_research", "polars_select_over", 0.8),
     ("engine_update_batch", None, 1e6),
     ("engine_update", None, 50e3),
+    ("export_parquet", "polars_join_asof", 0.5),  # "bars" = entity rows: within 2x of the bare join's time
+    ("serving_score", "serving_sklearn_predict", 20.0),  # one scored vector per call
 )
 
 # Lines benchmarks add to the end of the summary (``bench_note``): breakdowns, percentiles, compile times.

@@ -12,6 +12,7 @@ __all__ = [
     "DefinitionError",
     "ExchangeError",
     "FeatureStoreError",
+    "FutureFeaturesError",
     "LabelSpecError",
     "LookAheadError",
     "MissingFeaturesError",
@@ -102,3 +103,7 @@ class MissingFeaturesError(FeatureStoreError):
 
 class StaleFeaturesError(FeatureStoreError):
     """An online feature row is older than the age a model accepts (by default the view's TTL)."""
+
+
+class FutureFeaturesError(FeatureStoreError):
+    """An online feature row is newer than the moment being scored (a replayed bar scored with later rows)."""

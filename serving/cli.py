@@ -25,8 +25,9 @@ from featurestore.store import Store
 
 if TYPE_CHECKING:
     from serving.signal_service import SignalService
+    from serving.signals import Thresholds
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "model_options", "thresholds_from_args"]
 
 
 def _max_age(text: str) -> dict[str, timedelta] | timedelta:
@@ -45,18 +46,24 @@ def _service(args: argparse.Namespace, store: Store, *, fsync: bool) -> SignalSe
     from serving.audit import AuditLog, audit_path
     from serving.scorer import open_scorer
     from serving.signal_service import SignalService
-    from serving.signals import Thresholds, signing_key
+    from serving.signals import signing_key
 
     key = signing_key()
     model = args.model or _production_model(store, args.models)
-    thresholds = None
-    if args.long_above is not None or args.short_below is not None:
-        if args.long_above is None or args.short_below is None:
-            raise FeatureStoreError("give both --long-above and --short-below (or neither: the model's threshold)")
-        thresholds = Thresholds(args.long_above, args.short_below)
     scorer = open_scorer(store, model, version=args.version, models=args.models, max_age=args.max_age)
     audit = AuditLog(args.audit or audit_path(store.root), fsync=fsync)
-    return SignalService(scorer, key=key, audit=audit, thresholds=thresholds, size=args.size)
+    return SignalService(scorer, key=key, audit=audit, thresholds=thresholds_from_args(args), size=args.size)
+
+
+def thresholds_from_args(args: argparse.Namespace) -> Thresholds | None:
+    """``--long-above`` and ``--short-below`` (both or neither: None, the model's threshold)."""
+    from serving.signals import Thresholds
+
+    if args.long_above is None and args.short_below is None:
+        return None
+    if args.long_above is None or args.short_below is None:
+        raise FeatureStoreError("give both --long-above and --short-below (or neither: the model's threshold)")
+    return Thresholds(args.long_above, args.short_below)
 
 
 def _production_model(store: Store, models: Path | None) -> str:
@@ -122,7 +129,8 @@ def cmd_materialize(args: argparse.Namespace, store: Store, now: datetime) -> in
     return 0
 
 
-def _model_options(parser: argparse.ArgumentParser) -> None:
+def model_options(parser: argparse.ArgumentParser) -> None:
+    """The options that choose a model and turn its scores into signals (``score``, ``serve``, ``stream``)."""
     parser.add_argument("--model", help="registry name (its production version) or a model directory (contains '/'); "
                         "serve: default the only production model")
     parser.add_argument("--version", help="a registry version instead of production")
@@ -140,7 +148,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     """Register ``score``, ``serve``, ``verify-signal`` and ``materialize`` on the ``featurestore`` parser."""
     score = commands.add_parser("score", parents=[common], help="score symbols now: signed signals as JSON lines")
     score.add_argument("--symbols", type=comma_list, required=True, help="comma-separated, e.g. BTC/USDT,ETH/USDT")
-    _model_options(score)
+    model_options(score)
     score.set_defaults(run=cmd_score)
 
     serve = commands.add_parser("serve", parents=[common], help="HTTP service: features, scores, health, metrics")
@@ -149,7 +157,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     serve.add_argument("--token-env", default="FEATURESTORE_API_TOKEN",
                        help="environment variable holding the bearer token (auth is off when it is unset)")
     serve.add_argument("--max-batch", type=int, default=256, help="most symbols in one POST /score")
-    _model_options(serve)
+    model_options(serve)
     serve.set_defaults(run=cmd_serve)
 
     verify = commands.add_parser("verify-signal", parents=[common], help="check the signature of every signal")

@@ -7,9 +7,9 @@ Endpoints (``serving.openapi`` describes them at ``/openapi.json``):
   (``BTC%2FUSDT``), or use ``GET /features/{view}?symbol=BTC/USDT``.
 - ``POST /score`` with ``{"symbols": [...]}`` (1 to ``max_batch`` distinct symbols): one signed signal per
   symbol, scored in one batch and appended to the audit log. Refusals: 404 ``missing_features`` (no
-  online row, or a null the model never saw missing in training), 409 ``version_skew`` or
-  ``stale_features``, 422 (bad body or too many symbols), 413 (body over ``max_body_bytes``), 415 (not
-  ``application/json``), 400 (not JSON).
+  online row, or a null the model never saw missing in training), 409 ``version_skew``,
+  ``stale_features`` or ``future_features`` (a row newer than the server's clock), 422 (bad body or too
+  many symbols), 413 (body over ``max_body_bytes``), 415 (not ``application/json``), 400 (not JSON).
 - ``GET /health``: the model loaded, and every online row's age and version against the model's.
 - ``GET /metrics``: Prometheus text format (``serving.metrics``).
 
@@ -43,7 +43,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from featurestore.errors import FeatureStoreError, MissingFeaturesError, StaleFeaturesError, VersionSkewError
+from featurestore.errors import (
+    FeatureStoreError,
+    FutureFeaturesError,
+    MissingFeaturesError,
+    StaleFeaturesError,
+    VersionSkewError,
+)
 from serving.metrics import HttpMetrics
 from serving.openapi import MAX_SYMBOL_LENGTH, openapi_schema
 from serving.signal_service import SignalService
@@ -53,7 +59,7 @@ __all__ = ["create_app", "serve"]
 
 _log = logging.getLogger(__name__)
 _REFUSALS = ((MissingFeaturesError, 404, "missing_features"), (VersionSkewError, 409, "version_skew"),
-             (StaleFeaturesError, 409, "stale_features"))
+             (StaleFeaturesError, 409, "stale_features"), (FutureFeaturesError, 409, "future_features"))
 
 
 class _Refusal(Exception):

@@ -12,6 +12,8 @@ The skew guard refuses to score, naming view, symbol and both values, when
 - a row is older than the view's max age, measured against the injected clock ``now``
   (``StaleFeaturesError``). The default is the TTL recorded in ``meta.json``, the TTL the training join
   used: the model saw an older row as null;
+- a row is newer than ``now`` (``FutureFeaturesError``): scoring an earlier moment (a replayed bar) with a
+  row computed later would use the future, which training's as-of join never does;
 - a feature is null (or NaN) and the model never saw it missing in training (``MissingFeaturesError``):
   LightGBM, and our ONNX export, read a missing value as 0 at such splits, a silent imputation.
 
@@ -53,6 +55,7 @@ import numpy as np
 
 from featurestore.errors import (
     FeatureStoreError,
+    FutureFeaturesError,
     MissingFeaturesError,
     ModelRegistryError,
     StaleFeaturesError,
@@ -64,6 +67,7 @@ from serving.online_store import OnlineRow, OnlineStore, online_path
 __all__ = ["Model", "Score", "Scorer", "load_model", "open_scorer", "resolve_model_dir"]
 
 _DTYPES = {"float64": (np.float64, "tensor(double)"), "float32": (np.float32, "tensor(float)")}
+_ZERO = timedelta(0)
 _MISSING_NONE = 0  # LightGBM decision_type bits 2-3: 0 None (NaN read as 0), 1 Zero, 2 NaN (learned branch)
 
 
@@ -206,7 +210,8 @@ class Scorer:
         self.session = _session(model)
         self._layout = [(*_view_layout(view, model.columns), version, self.max_age[view])
                         for view, version in model.view_versions.items()]
-        self._primary = next(iter(model.view_versions))
+        self._views = list(model.view_versions)
+        self._primary = self._views[0]
         self._run, self._outputs = self.session.run, ["probabilities" if model.kind == "classifier" else "variable"]
         classes = model.classes or (-1, 0, 1)
         self._up, self._down = classes.index(1), classes.index(-1)
@@ -221,34 +226,46 @@ class Scorer:
     def close(self) -> None:
         self.online.close()
 
-    def _rows(self, view: str, symbols: list[str]) -> dict[str, OnlineRow]:
-        if len(symbols) == 1:
-            row = self.online.get(view, symbols[0])
-            return {} if row is None else {symbols[0]: row}
-        return self.online.get_many(view, symbols)
+    def _read(self, symbols: list[str], given: Mapping[str, Mapping[str, OnlineRow]] | None
+              ) -> dict[str, Mapping[str, OnlineRow]]:
+        """Per view, symbol -> row: ``given`` views as given, the others from the online store (one query for
+        one symbol, one query per view for several)."""
+        wanted = [view for view in self._views if not given or view not in given]
+        if len(symbols) == 1 and wanted:
+            (symbol,) = symbols
+            found = self.online.get_views(wanted, symbol)
+            read = {view: {symbol: found[view]} if view in found else {} for view in wanted}
+        else:
+            read = {view: self.online.get_many(view, symbols) for view in wanted}
+        return {view: read[view] if view in read else given[view] for view in self._views}
 
     def _problem(self, view: str, symbol: str, row: OnlineRow | None, now: datetime) -> tuple[type, str]:
-        """Why ``row`` cannot be scored: missing, another version, or too old."""
+        """Why ``row`` cannot be scored: missing, another version, from the future, or too old."""
         if row is None:
             return MissingFeaturesError, f"no online row of view {view!r} for {symbol}"
         trained = self.model.view_versions[view]
         if row.view_version != trained:
             return VersionSkewError, (f"view {view!r} for {symbol}: the online row is version {row.view_version}, "
                                       f"model {self.model.name} {self.model.version} was trained on version {trained}")
+        if row.ts > now:
+            return FutureFeaturesError, (f"view {view!r} for {symbol}: the online row at {row.ts.isoformat()} is after "
+                                    f"the scoring time {now.isoformat()}")
         return StaleFeaturesError, (f"view {view!r} for {symbol}: the online row at {row.ts.isoformat()} is "
                                     f"{now - row.ts} old at {now.isoformat()}, older than the max age {self.max_age[view]}")
 
-    def score(self, symbols: Sequence[str], *, now: datetime) -> list[Score]:
-        """Score ``symbols`` (one ``session.run``), or raise naming every problem."""
+    def score(self, symbols: Sequence[str], *, now: datetime,
+              given: Mapping[str, Mapping[str, OnlineRow]] | None = None) -> list[Score]:
+        """Score ``symbols`` (one ``session.run``), or raise naming every problem. ``given``: per view, rows
+        to use instead of reading the online store (the dataflow scores the rows it has just computed)."""
         symbols = list(symbols)
         X = np.empty((len(symbols), len(self.model.feature_names)), dtype=self._dtype)
-        rows: dict[str, dict[str, OnlineRow]] = {}
+        rows = self._read(symbols, given)
         problems: list[tuple[type, str]] = []
         for view, columns, getter, features, trained, limit in self._layout:
-            found = rows[view] = self._rows(view, symbols)
+            found = rows[view]
             for i, symbol in enumerate(symbols):
                 row = found.get(symbol)
-                if row is None or row.view_version != trained or now - row.ts > limit:
+                if row is None or row.view_version != trained or not _ZERO <= now - row.ts <= limit:
                     problems.append(self._problem(view, symbol, row, now))
                     continue
                 try:

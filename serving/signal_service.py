@@ -48,8 +48,15 @@ from typing import Any
 
 import orjson
 
-from featurestore.errors import FeatureStoreError
+from featurestore.errors import (
+    FeatureStoreError,
+    FutureFeaturesError,
+    MissingFeaturesError,
+    StaleFeaturesError,
+    VersionSkewError,
+)
 from serving.audit import AuditLog, last_signals
+from serving.online_store import OnlineRow
 from serving.scorer import Model, Score, Scorer
 from serving.signals import Side, Thresholds, json_number, side_for, sign_signal, transition
 
@@ -146,3 +153,31 @@ class SignalService:
             self.audit.append(new)
         self._last.update(decided)
         return signals
+
+    def signal_rows(self, rows: Sequence[OnlineRow]) -> tuple[list[dict[str, Any]], list[str]]:
+        """Decide fresh feature rows (a dataflow's output, in time order per symbol): each is scored as of its
+        own time, with the newest online rows of the model's other views, and becomes a signed signal.
+
+        A row at or before its symbol's last signal from this model version was decided already (a replay
+        after a restart re-emits rows): skipped. A row the skew guard refuses is skipped with the reason.
+        Returns the new signals (appended to the audit log) and the refusals.
+        """
+        decided: dict[str, _Decided] = {}
+        new, refused = [], []
+        version = self.scorer.model.version
+        for row in rows:
+            last = decided.get(row.symbol) or self._last.get(row.symbol)
+            if last is not None and last.decision[0] == version and datetime.fromisoformat(last.decision[1]) >= row.ts:
+                continue
+            try:
+                (score,) = self.scorer.score([row.symbol], now=row.ts, given={row.view: {row.symbol: row}})
+            except (MissingFeaturesError, VersionSkewError, StaleFeaturesError, FutureFeaturesError) as exc:
+                refused.append(str(exc))
+                continue
+            signal = self._signal(score, last.side if last else "FLAT")
+            decided[row.symbol] = _Decided.of(signal)
+            new.append(signal)
+        if new:
+            self.audit.append(new)
+        self._last.update(decided)
+        return new, refused

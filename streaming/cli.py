@@ -7,6 +7,7 @@ the command functions only.
                         [--batch 1000] [--recovery-dir DIR] [--workers N] [--jsonl FILE] [--offline-parts]
     featurestore stream --source ccxt --exchange binance --view research --symbols BTC/USDT
     featurestore stream ... --process-id 0 --addresses "host0:2101;host1:2101"     (one per machine)
+    featurestore stream --view research --model NAME [--audit FILE]     every row scored: signed signals
     featurestore parity --view research [--symbols ..] [--from ..]
     featurestore online get --view research [--symbol BTC/USDT]
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -24,6 +25,7 @@ import polars as pl
 from featurestore.cli import comma_list, parse_utc
 from featurestore.errors import FeatureStoreError
 from featurestore.store import Store
+from serving.cli import model_options
 
 __all__ = ["add_commands"]
 
@@ -48,7 +50,7 @@ def cmd_stream(args: argparse.Namespace, store: Store, now: datetime) -> int:
         start=args.start.isoformat() if args.start else None, until=args.until.isoformat() if args.until else None,
         batch=args.batch, speed=args.speed, poll_interval_s=args.poll_interval,
         jsonl=str(args.jsonl) if args.jsonl else None, offline_parts=args.offline_parts,
-        metrics=str(args.metrics) if args.metrics else None)
+        metrics=str(args.metrics) if args.metrics else None, **_signal_config(args, store))
     print(f"streaming view {view.name} v{view.version} from {args.source} for {len(symbols)} symbol(s): "
           f"{', '.join(symbols)}", flush=True)
     started = time.perf_counter()
@@ -61,6 +63,23 @@ def cmd_stream(args: argparse.Namespace, store: Store, now: datetime) -> int:
     print(f"done in {elapsed:.1f} s; online store: {store.root / 'online.sqlite'}"
           + (f"; rows: {config.jsonl}" if config.jsonl else ""))
     return 0
+
+
+def _signal_config(args: argparse.Namespace, store: Store) -> dict:
+    """The ``StreamConfig`` fields of ``--model`` and its options (none without ``--model``)."""
+    from serving.cli import thresholds_from_args
+    from serving.scorer import load_model, resolve_model_dir
+
+    if args.model is None:
+        return {}
+    model_dir = resolve_model_dir(store, args.model, version=args.version, models=args.models)
+    max_age = args.max_age
+    if isinstance(max_age, timedelta):
+        max_age = dict.fromkeys(load_model(model_dir).view_versions, max_age)
+    thresholds = thresholds_from_args(args)
+    return {"model": str(model_dir), "audit": str(args.audit) if args.audit else None,
+            "thresholds": [thresholds.long_above, thresholds.short_below] if thresholds else None,
+            "size": args.size, "max_age_s": {v: age.total_seconds() for v, age in max_age.items()} if max_age else None}
 
 
 def cmd_parity(args: argparse.Namespace, store: Store, now: datetime) -> int:
@@ -121,6 +140,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     stream.add_argument("--workers", type=int, default=1, help="worker threads in this process")
     stream.add_argument("--process-id", type=int, help="cluster: this process's index in --addresses")
     stream.add_argument("--addresses", help='cluster: "host:port;host:port;..." of every process')
+    model_options(stream)  # --model: score every row, signed signals to the audit log
     stream.set_defaults(run=cmd_stream)
 
     parity = commands.add_parser("parity", parents=[common],

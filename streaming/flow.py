@@ -6,6 +6,7 @@
       -> key by symbol -> features (streaming.keyed_state: warm start, duplicates/late counted)
       -> online store  (always)       -> metrics JSON (always)
       -> JSONL file    (``jsonl``)    -> parquet parts (``offline_parts``)
+      -> signed signals in the audit log (``model``: every row scored, see ``streaming.sinks.signals``)
 
 A ``StreamConfig`` describes a run in plain JSON-able fields, so every process of a cluster can
 build the same flow. Run it from Python, or with Bytewax's own runner, the config in an environment
@@ -26,7 +27,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -38,12 +39,14 @@ from featurestore.backfill import resolve_exchange
 from featurestore.errors import FeatureStoreError
 from featurestore.registry import resolve_view
 from featurestore.store import Store
+from serving.audit import audit_path
 from serving.online_store import online_path
+from serving.signals import Thresholds
 from streaming.clock import Clock, to_ms, wall_clock_ms
 from streaming.engine import ViewEngine
 from streaming.items import BarItem
 from streaming.keyed_state import feature_logic_builder, warm_from_store
-from streaming.sinks import JsonlSink, MetricsSink, OfflinePartsSink, OnlineSink
+from streaming.sinks import JsonlSink, MetricsSink, OfflinePartsSink, OnlineSink, SignalSink
 from streaming.sources.replay import ReplaySource
 
 if TYPE_CHECKING:
@@ -70,6 +73,9 @@ class StreamConfig:
     ``poll_interval_s`` at most; ``start`` overrides where it begins, ``until`` ends it).
     ``exchange`` for replay is the stored series' exchange (default: the only one stored).
     ``metrics`` defaults to ``<store>/stream/metrics-<view>.json``.
+    ``model``: a published model directory (resolve a registry name first, so every process scores with the
+    same version); each row becomes a signal in ``audit`` (default ``<store>/signals/signals.jsonl``), sides
+    by ``thresholds`` ([long_above, short_below], default the model's), ``max_age_s`` per view as ``Scorer``'s.
     """
 
     store: str
@@ -86,6 +92,11 @@ class StreamConfig:
     jsonl: str | None = None
     offline_parts: bool = False
     metrics: str | None = None
+    model: str | None = None
+    audit: str | None = None
+    thresholds: list[float] | None = None
+    size: float = 1.0
+    max_age_s: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.source not in ("replay", "ccxt"):
@@ -143,6 +154,11 @@ def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
         op.output("jsonl", rows, JsonlSink(Path(config.jsonl), view, names))
     if config.offline_parts:
         op.output("offline_parts", rows, OfflinePartsSink(store, view, names, exchange, clock=clock))
+    if config.model:
+        op.output("signals", rows, SignalSink(
+            store.root, view, names, config.model, config.audit or audit_path(store.root),
+            thresholds=Thresholds(*config.thresholds) if config.thresholds else None, size=config.size,
+            max_age={v: timedelta(seconds=s) for v, s in config.max_age_s.items()} if config.max_age_s else None))
     return flow
 
 

@@ -15,6 +15,7 @@ from featurestore.builtin_views import DAILY_TREND
 from featurestore.definitions import FeatureView
 from featurestore.errors import (
     FeatureStoreError,
+    FutureFeaturesError,
     MissingFeaturesError,
     ModelRegistryError,
     StaleFeaturesError,
@@ -166,6 +167,20 @@ def test_stale_rows_are_refused_past_the_ttl_or_the_max_age(toy, scorer, tmp_pat
         strict.score(["BTC/USDT"], now=T + timedelta(seconds=31))
     with pytest.raises(FeatureStoreError, match=r"max age given for \['daily'\]"):
         Scorer(load_model(toy[0]), OnlineStore(online_path(tmp_path), readonly=True), max_age={"daily": timedelta(1)})
+
+
+def test_a_row_newer_than_the_scoring_time_is_refused_and_given_rows_replace_the_stores(scorer, tmp_path):
+    X, _ = training_rows(2, seed=6)
+    write(tmp_path, online_rows(X[:1], ["BTC/USDT"]))
+    with pytest.raises(FutureFeaturesError, match=r"view 'fast' for BTC/USDT: the online row at 2024-05-01T12:00:00"
+                                                  r"\+00:00 is after the scoring time 2024-05-01T11:59:00\+00:00"):
+        scorer.score(["BTC/USDT"], now=T - timedelta(minutes=1))
+    # The dataflow passes the row it has just computed for its view; the other view comes from the store.
+    fresh = {row.view: row for row in online_rows(X[1:], ["BTC/USDT"], ts=T + timedelta(minutes=5))}
+    (score,) = scorer.score(["BTC/USDT"], now=T + timedelta(minutes=5), given={"fast": {"BTC/USDT": fresh["fast"]}})
+    assert score.rows["fast"] is fresh["fast"] and score.rows["slow"].ts == T
+    expected = np.where([v == "fast" for v, _ in COLUMNS], X[1], X[0])
+    assert np.array_equal(np.array(score.inputs), expected, equal_nan=True)
 
 
 def test_a_missing_view_row_or_symbol_is_refused(scorer, tmp_path):

@@ -1,0 +1,114 @@
+"""Sink: score every emitted feature row with a published model and append a signed signal to the audit log.
+
+A closed bar becomes a signal in the same dataflow, with no extra hop: the rows the feature step has
+just computed are scored as they are (not re-read from the online store), each as of its own time, with
+the newest online rows of the model's other views (e.g. ``daily_trend`` kept fresh by ``featurestore
+materialize``); the skew guard refuses what the ``score`` command would refuse, a row of another view
+newer than the bar included. One partition, so one worker of the cluster writes the audit log.
+
+Exactly once under recovery: the audit log is the state. A row at or before its symbol's last signal
+from the same model version is skipped, so the rows Bytewax replays after a restart add nothing.
+
+>>> import json, os, tempfile
+>>> from datetime import datetime, timezone
+>>> import polars as pl
+>>> from featurestore.definitions import FeatureView
+>>> from serving.toy_model import write_toy_model
+>>> from streaming.items import Counts, FeatureRows
+>>> toy = FeatureView("toy", "1h", {"a": pl.col("close").pct_change(), "b": pl.col("volume").log()})
+>>> work = Path(tempfile.mkdtemp())
+>>> _ = write_toy_model(work / "model", versions={"toy": toy.version}, threshold=0.1)
+>>> os.environ["FEATURESTORE_SIGNING_KEY"] = "demo key"
+>>> part = SignalSink(work, toy, ["a", "b"], work / "model", work / "signals.jsonl").build_part("signals", "signals", None)
+>>> t = int(datetime(2024, 5, 1, 12, tzinfo=timezone.utc).timestamp() * 1000)
+>>> part.write_batch([FeatureRows("BTC/USDT", [t, t + 3_600_000], [(0.5, 1.0), (-0.5, None)], Counts())])
+>>> part.close()
+signals: model toy t0: 2 signed, 0 refused -> ...signals.jsonl
+>>> [json.loads(line)["side"] for line in (work / "signals.jsonl").read_text().splitlines()]
+['LONG', 'SHORT']
+>>> del os.environ["FEATURESTORE_SIGNING_KEY"]
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from featurestore.definitions import FeatureView
+from featurestore.errors import FeatureStoreError, VersionSkewError
+from serving.audit import AuditLog
+from serving.online_store import OnlineRow, OnlineStore, online_path
+from serving.scorer import Scorer, load_model
+from serving.signal_service import SignalService
+from serving.signals import Thresholds, signing_key
+from streaming.clock import to_datetime
+from streaming.items import FeatureRows
+
+__all__ = ["SignalSink"]
+
+
+class SignalSink(FixedPartitionedSink[FeatureRows, None]):
+    """Signals for ``view``'s rows from the model in ``model_dir``, appended to ``audit``.
+
+    ``thresholds`` default to the model's backtest threshold; ``max_age`` as for ``Scorer``. Refuses, when
+    built, a model that does not use ``view`` or was trained on another version of it, and a missing
+    signing key.
+    """
+
+    def __init__(self, store_root: str | Path, view: FeatureView, feature_names: list[str], model_dir: str | Path,
+                 audit: str | Path, *, thresholds: Thresholds | None = None, size: float = 1.0,
+                 max_age: dict[str, timedelta] | None = None) -> None:
+        self.store_root, self.view, self.feature_names = Path(store_root), view, feature_names
+        self.model_dir, self.audit = Path(model_dir), Path(audit)
+        self.thresholds, self.size, self.max_age = thresholds, size, max_age
+        model = load_model(self.model_dir)
+        trained = model.view_versions.get(view.name)
+        if trained is None:
+            raise FeatureStoreError(f"model {model.name} {model.version} uses views {list(model.view_versions)}, "
+                                    f"not {view.name!r}: stream one of those to score it")
+        if trained != view.version:
+            raise VersionSkewError(f"model {model.name} {model.version} was trained on view {view.name!r} version "
+                                   f"{trained}, the definitions are version {view.version}: retrain, or stream the "
+                                   f"definitions it was trained on")
+        signing_key()  # refuse now, not in a worker
+
+    def list_parts(self) -> list[str]:
+        return ["signals"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SignalPartition:
+        online = online_path(self.store_root)
+        if not online.exists():
+            OnlineStore(online).close()  # create it: the online sink may not have written yet
+        scorer = Scorer(load_model(self.model_dir), OnlineStore(online, readonly=True), max_age=self.max_age)
+        service = SignalService(scorer, key=signing_key(), audit=AuditLog(self.audit),
+                                thresholds=self.thresholds, size=self.size)
+        return _SignalPartition(self, service)
+
+
+class _SignalPartition(StatefulSinkPartition[FeatureRows, None]):
+    def __init__(self, sink: SignalSink, service: SignalService) -> None:
+        self._sink, self._service = sink, service
+        self._signed = self._refused = 0
+        self._first_refusal: str | None = None
+
+    def write_batch(self, values: list[FeatureRows]) -> None:
+        sink = self._sink
+        view, version, names = sink.view.name, sink.view.version, sink.feature_names
+        rows = [OnlineRow(view, item.symbol, moment, version, dict(zip(names, row, strict=True)), moment)
+                for item in values for moment, row in zip(map(to_datetime, item.ts), item.values, strict=True)]
+        signed, refused = self._service.signal_rows(rows)
+        self._signed += len(signed)
+        self._refused += len(refused)
+        self._first_refusal = self._first_refusal or next(iter(refused), None)
+
+    def snapshot(self) -> None:
+        return None
+
+    def close(self) -> None:
+        model = self._service.scorer.model
+        detail = f" (first: {self._first_refusal})" if self._refused else ""
+        print(f"signals: model {model.name} {model.version}: {self._signed:,} signed, {self._refused:,} refused{detail} "
+              f"-> {self._sink.audit}", flush=True)
+        self._service.close()

@@ -1,0 +1,145 @@
+"""Scoring inside the dataflow: every closed bar's feature row becomes a signed signal in the same flow.
+
+Run as users run it (``featurestore stream --model``, a subprocess): the signals' scores equal LightGBM's
+own prediction on the backfilled rows, sides follow the thresholds and positions chain; a re-run adds
+nothing, and a run stopped part-way then resumed writes the very file one run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from datetime import UTC, datetime
+
+import lightgbm as lgb
+import polars as pl
+import pytest
+from conftest import FEATURESTORE
+
+from featurestore.backfill import backfill
+from featurestore.builtin_views import INDICATORS, RESEARCH
+from featurestore.ingest import ingest_synthetic
+from featurestore.offline import read_features
+from featurestore.store import Store
+from serving.audit import audit_path
+from serving.materialize import materialize_latest
+from serving.online_store import OnlineStore, online_path
+from serving.signals import Thresholds, side_for, verify_signal
+from training.labels import parse_label
+from training.model import ModelParams
+from training.registry import models_root, promote
+from training.train import train_model
+
+NOW = datetime(2030, 1, 1, tzinfo=UTC)
+SINCE, START, UNTIL = (datetime(2024, 5, d, tzinfo=UTC) for d in (1, 3, 4))
+SYMBOLS = ["BTC/USDT", "ETH/USDT"]
+KEY = "stream-signal-test-key"
+THRESHOLD = 2e-4
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Store:
+    """Three days of 1m bars for two symbols, backfilled for ``research`` and ``indicators``; production
+    models ``reg`` (research) and ``both`` (research + indicators), trained on the first two days."""
+    store = Store(tmp_path_factory.mktemp("stream_signals") / "store")
+    ingest_synthetic(store, SYMBOLS, "1m", since=SINCE, until=UNTIL, now=NOW)
+    for view in (RESEARCH, INDICATORS):
+        backfill(store, view, now=NOW, progress=False)
+    params = ModelParams(num_threads=1, num_boost_round=30, min_data_in_leaf=40)
+    for name, views in (("reg", [RESEARCH]), ("both", [RESEARCH, INDICATORS])):
+        result = train_model(store, views=views, label=parse_label("future_ret:h=1"), name=name, end=START,
+                             models_root=models_root(store), now=NOW, folds=2, threshold=THRESHOLD, params=params)
+        promote(models_root(store), name, result.version)
+    return store
+
+
+@pytest.fixture
+def store(trained, tmp_path) -> Store:
+    return Store(shutil.copytree(trained.root, tmp_path / "store"))
+
+
+def stream(store: Store, *args: object, key: str | None = KEY) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("FEATURESTORE_HOME", "FEATURESTORE_SIGNING_KEY")}
+    if key is not None:
+        env["FEATURESTORE_SIGNING_KEY"] = key
+    command = [FEATURESTORE, "stream", "--view", "research", "--symbols", ",".join(SYMBOLS), "--store", store.root,
+               *args]
+    return subprocess.run(list(map(str, command)), capture_output=True, text=True, env=env, timeout=180, check=False)
+
+
+def signals(store: Store) -> list[dict]:
+    return [json.loads(line) for line in audit_path(store.root).read_text().splitlines()]
+
+
+def production_booster(store: Store, name: str) -> lgb.Booster:
+    version = json.loads((models_root(store) / name / "production").read_text())["version"]
+    return lgb.Booster(model_file=str(models_root(store) / name / version / "model.txt"))
+
+
+@pytest.mark.slow
+def test_every_streamed_row_becomes_the_signal_lightgbm_would_give(store):
+    done = stream(store, "--from", START.isoformat(), "--model", "reg")
+
+    assert done.returncode == 0, done.stderr
+    assert "signals: model reg " in done.stdout and ": 2,880 signed, 0 refused" in done.stdout
+    got = signals(store)
+    assert len(got) == 2 * 1440 and all(verify_signal(s, key=KEY.encode()) for s in got)
+    rows = read_features(store, RESEARCH).filter(pl.col("ts") > START).sort("symbol", "ts").collect()
+    booster = production_booster(store, "reg")
+    expected = booster.predict(rows.select(name.split("__", 1)[1] for name in booster.feature_name()).to_numpy())
+    thresholds = Thresholds(THRESHOLD, -THRESHOLD)
+    for symbol in SYMBOLS:
+        mine = [s for s in got if s["symbol"] == symbol]
+        expected_ts = rows.filter(pl.col("symbol") == symbol)["ts"].to_list()
+        assert [datetime.fromisoformat(s["ts"]) for s in mine] == expected_ts  # every row, in time order
+        assert [s["previous_side"] for s in mine] == ["FLAT"] + [s["side"] for s in mine[:-1]]
+        assert all(s["side"] == side_for(s["score"], thresholds) for s in mine)
+    by_key = {(s["symbol"], s["ts"]): s["score"] for s in got}
+    scores = [by_key[(symbol, ts.isoformat())] for symbol, ts in rows.select("symbol", "ts").iter_rows()]
+    assert scores == expected.tolist()  # the float64 ONNX graph gives LightGBM's own prediction, exactly
+
+
+@pytest.mark.slow
+def test_a_rerun_adds_nothing_and_a_resumed_run_writes_what_one_run_wrote(store, tmp_path):
+    whole = stream(store, "--from", START.isoformat(), "--model", "reg", "--audit", tmp_path / "whole.jsonl")
+    assert whole.returncode == 0, whole.stderr
+    again = stream(store, "--from", START.isoformat(), "--model", "reg", "--audit", tmp_path / "whole.jsonl")
+    assert again.returncode == 0 and ": 0 signed, 0 refused" in again.stdout
+
+    part = stream(store, "--from", START.isoformat(), "--until", "2024-05-03T10:00", "--model", "reg",
+                  "--audit", tmp_path / "parts.jsonl")
+    assert part.returncode == 0 and ": 1,200 signed" in part.stdout  # 2 x 600 bars: rows until 10:00 inclusive
+    rest = stream(store, "--from", START.isoformat(), "--model", "reg", "--audit", tmp_path / "parts.jsonl",
+                  "--batch", "1")
+    assert rest.returncode == 0 and ": 1,680 signed" in rest.stdout
+    # The same signed lines, byte for byte; symbols interleave by batch, each symbol's lines keep time order.
+    parts, whole = ((tmp_path / name).read_text().splitlines() for name in ("parts.jsonl", "whole.jsonl"))
+    for symbol in SYMBOLS:
+        assert [x for x in parts if symbol in x] == [x for x in whole if symbol in x]
+    assert len(parts) == len(whole) == 2 * 1440
+
+
+@pytest.mark.slow
+def test_rows_of_other_views_from_after_the_bar_are_refused(store):
+    with OnlineStore(online_path(store.root)) as online:  # the newest indicators row: the end of the data
+        materialize_latest(store, INDICATORS, SYMBOLS, online, now=NOW)
+
+    done = stream(store, "--from", START.isoformat(), "--model", "both")
+
+    assert done.returncode == 0, done.stderr
+    assert re.search(r": 2 signed, 2,878 refused \(first: refusing to score: view 'indicators' for (BTC|ETH)/USDT: the "
+                     r"online row at 2024-05-04T00:00:00\+00:00 is after the scoring time 2024-05-03T00:01:00\+00:00\)",
+                     done.stdout)
+    assert {s["ts"] for s in signals(store)} == {"2024-05-04T00:00:00+00:00"}
+
+
+def test_a_model_that_cannot_score_the_view_is_refused_before_the_flow_starts(store):
+    other_view = stream(store, "--model", "reg", "--view", "indicators")
+    assert other_view.returncode == 1
+    assert "model reg " in other_view.stderr and "uses views ['research'], not 'indicators'" in other_view.stderr
+    unsigned = stream(store, "--model", "reg", key=None)
+    assert unsigned.returncode == 1 and "set FEATURESTORE_SIGNING_KEY" in unsigned.stderr
+    assert not audit_path(store.root).exists()

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -170,7 +171,8 @@ def point_in_time_join(entities: pl.DataFrame, rows: pl.DataFrame, *, view: str,
         "symbol", pl.col("ts").cast(EVENT_TS).alias("__key"), pl.col("ts").alias(out_cols[0]),
         *(pl.col(f).alias(c) for f, c in zip(features, out_cols[1:], strict=True)),
         *(["created_at"] if as_of_created else []),
-    ).sort("symbol", "__key")
+    )
+    right = _by_symbol_and_key(right)
     if not as_of_created:
         joined = _asof(left, right, ttl)
     else:
@@ -181,12 +183,24 @@ def point_in_time_join(entities: pl.DataFrame, rows: pl.DataFrame, *, view: str,
             visible = right.filter(pl.col("created_at") <= cutoffs[index]) if index >= 0 else right.clear()
             parts.append(_asof(part.drop("__bucket"), visible.drop("created_at"), ttl))
         joined = pl.concat(parts) if parts else _asof(left, right.drop("created_at"), ttl)
-    return joined.sort("__row").drop("__row", "__key")
+    return (joined if joined["__row"].is_sorted() else joined.sort("__row")).drop("__row", "__key")
+
+
+def _by_symbol_and_key(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` sorted by (symbol, __key), stable; as it is when it already is (one symbol, keys in order: the
+    export's case, where a re-sort of every column took 40% of the join)."""
+    if frame["__key"].is_sorted() and frame["symbol"].n_unique() <= 1:
+        return frame
+    return frame.sort("symbol", "__key", maintain_order=True)
 
 
 def _asof(left: pl.DataFrame, right: pl.DataFrame, ttl: timedelta) -> pl.DataFrame:
-    return left.sort("symbol", "__key", maintain_order=True).join_asof(
-        right, on="__key", by="symbol", strategy="backward", tolerance=ttl, check_sortedness=False)
+    left = _by_symbol_and_key(left)
+    symbols = left["symbol"].unique()
+    if symbols.len() == 1 and right["symbol"].unique().equals(symbols):  # one symbol: no `by`, 3x faster
+        return left.join_asof(right.drop("symbol"), on="__key", strategy="backward", tolerance=ttl,
+                              check_sortedness=False)
+    return left.join_asof(right, on="__key", by="symbol", strategy="backward", tolerance=ttl, check_sortedness=False)
 
 
 def _stored_symbols(store: Store, view: FeatureView) -> list[str]:
@@ -351,8 +365,9 @@ def _open_writer(kind: str, path: Path, schema: Any) -> Any:
     import pyarrow.ipc as pa_ipc
     import pyarrow.parquet as pq
 
-    if kind == "parquet":
-        return pq.ParquetWriter(path, schema, compression="zstd")
+    if kind == "parquet":  # dictionaries only for symbols: on float columns they cost 1.7x and grow the file
+        return pq.ParquetWriter(path, schema, compression="zstd",
+                                use_dictionary=[name for name in schema.names if name == "symbol"])
     return pa_ipc.new_file(path, schema) if kind == "arrow" else pa_csv.CSVWriter(path, schema)
 
 
@@ -363,23 +378,31 @@ def write_training_set(path: str | Path, store: Store, views: Sequence[FeatureVi
     path = Path(path)
     kind = output_format(path, format)
     ttl = {**parse_ttl(None, views), **(options.get("ttl") or {})}
-    rows, first, last, symbols, writer = 0, None, None, [], None
-    with atomic_path(path) as tmp:
+    rows, first, last, symbols, writer, pending = 0, None, None, [], None, None
+    # One writer thread: symbol i is encoded and written (pyarrow releases the GIL) while symbol i+1 is read
+    # and joined, so at most two symbols are in memory.
+    with atomic_path(path) as tmp, ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-writer") as pool:
         try:
             for chunk in iter_training_set(store, views, entities, labels=labels, **options):
                 table = chunk.to_arrow()
                 if writer is None:
                     schema, writer = table.schema, _open_writer(kind, tmp, table.schema)
-                writer.write_table(table.cast(schema))
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(writer.write_table, table.cast(schema))
                 rows += chunk.height
                 symbols.append(chunk["symbol"][0])
                 low, high = chunk["event_ts"].min(), chunk["event_ts"].max()
                 first, last = min(first or low, low), max(last or high, high)
+            if pending is not None:
+                pending.result()
             if writer is None:  # no rows: still a readable file with the right columns
                 empty = _concat([], views, labels).to_arrow()
                 writer = _open_writer(kind, tmp, empty.schema)
                 writer.write_table(empty)
         finally:
+            if pending is not None:
+                wait([pending])  # never close the writer under a write; an error was raised above
             if writer is not None:
                 writer.close()
     meta = {

@@ -20,15 +20,11 @@ How to run and keep results: see ``benchmarks/conftest.py``.
 from __future__ import annotations
 
 import cProfile
-import functools
 import io
 import itertools
 import pstats
 import shutil
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -36,6 +32,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+from phases import PhaseClock, TimedLazy, phase_table, top_by_own_time
 
 import featurestore.backfill
 import featurestore.offline
@@ -151,49 +148,12 @@ def test_backfill_research(benchmark, bench_record, bench_note, research_data, t
             bench_note(line)
 
 
-class PhaseClock:
-    """Seconds spent per named phase, accumulated over calls."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] += time.perf_counter() - start
-
-    def wrap(self, name: str, function: Callable) -> Callable:
-        @functools.wraps(function)
-        def timed(*args, **kwargs):
-            with self.phase(name):
-                return function(*args, **kwargs)
-
-        return timed
-
-
-class _TimedScan:
-    """A ``LazyFrame`` from ``Store.scan_bars`` whose ``collect`` (the actual read) is timed."""
-
-    def __init__(self, frame: pl.LazyFrame, clock: PhaseClock) -> None:
-        self._frame, self._clock = frame, clock
-
-    def collect(self, *args, **kwargs) -> pl.DataFrame:
-        with self._clock.phase("read bars"):
-            return self._frame.collect(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        return getattr(self._frame, name)
-
-
 _PHASES = (  # (phase, what it covers); indented phases are part of the one above
     ("read bars", "Store.scan_bars (lists the store) + collect"),
     ("compute", "FeatureView.compute_symbol"),
     ("read stored features", "read_symbol_features (none: fresh store)"),
     ("diff against stored", "_rows_to_write"),
-    ("write features", "write_symbol_features"),
+    ("write features", "write_symbol_features, in the writer thread: overlaps the phases above"),
     ("  split_by_year", "filter per year of the stamped rows"),
     ("  write_parquet_atomic", "snappy encode + fsync + rename"),
     ("register view", "register_view"),
@@ -208,7 +168,7 @@ def _breakdown(data, root: Path, monkeypatch: pytest.MonkeyPatch, best_s: float)
 
     def timed_scan(self, *args, **kwargs):
         with clock.phase("read bars"):
-            return _TimedScan(scan_bars(self, *args, **kwargs), clock)
+            return TimedLazy(scan_bars(self, *args, **kwargs), clock, "read bars")
 
     with monkeypatch.context() as patch:
         patch.setattr(Store, "scan_bars", timed_scan)
@@ -244,24 +204,11 @@ def _breakdown(data, root: Path, monkeypatch: pytest.MonkeyPatch, best_s: float)
 
     lines = [f"backfill research, where the time goes (one extra round with timers and cProfile: {total:.2f} s; "
              f"the fastest timed round took {best_s:.2f} s; {data.height / total / 1e6:.2f}M bars/s here):"]
-    accounted = 0.0
-    for phase, covers in _PHASES:
-        seconds = clock.seconds.get(phase, 0.0)
-        accounted += 0.0 if phase.startswith(" ") else seconds
-        lines.append(f"  {phase:<24} {seconds:6.2f} s  {seconds / total:6.1%}  {covers}")
-        if phase == "  write_parquet_atomic":
-            lines.append(f"  {'    of which fsync':<24} {fsync:6.2f} s  {fsync / total:6.1%}  posix.fsync (cProfile)")
-    rest = total - accounted
-    lines.append(f"  {'other':<24} {rest:6.2f} s  {rest / total:6.1%}  the loop, ts filters, stamping, profiling")
-    lines.append("  cProfile, top by own time: " + "; ".join(
-        f"{_func_name(key)} {entry[2]:.2f} s x{entry[1]}"
-        for key, entry in sorted(stats.stats.items(), key=lambda item: -item[1][2])[:5]))
+    lines += phase_table(clock, _PHASES, total=total, overlapping=["write features"],
+                         other="the loop, ts filters, waiting for the writer, profiling",
+                         extra={"  write_parquet_atomic": ("    of which fsync", fsync, "posix.fsync (cProfile)")})
+    lines.append(top_by_own_time(stats))
     return lines
-
-
-def _func_name(key: tuple[str, int, str]) -> str:
-    filename, line, name = key
-    return name if filename == "~" else f"{Path(filename).name}:{line}({name})"
 
 
 # -- baselines -------------------------------------------------------------------------------------------

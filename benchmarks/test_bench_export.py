@@ -32,14 +32,12 @@ How to run and keep results: see ``benchmarks/conftest.py``
 from __future__ import annotations
 
 import cProfile
-import functools
 import io
 import os
 import pstats
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -47,6 +45,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+from phases import PhaseClock, TimedLazy, phase_table, top_by_own_time
 
 import featurestore.export
 from featurestore.builtin_views import INDICATORS, RESEARCH
@@ -196,51 +195,6 @@ def test_export_parquet(benchmark, bench_record, bench_note, export_data, entiti
 
 # -- where the export's time goes ------------------------------------------------------------------------
 
-class PhaseClock:
-    """Seconds spent per named phase, accumulated over calls."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] += time.perf_counter() - start
-
-    def wrap(self, name: str, function: Callable) -> Callable:
-        @functools.wraps(function)
-        def timed(*args, **kwargs):
-            with self.phase(name):
-                return function(*args, **kwargs)
-
-        return timed
-
-
-class _TimedLazy:
-    """A ``LazyFrame`` whose ``collect`` (the actual read) is timed as ``phase``; derived frames stay timed."""
-
-    def __init__(self, frame: pl.LazyFrame, clock: PhaseClock, phase: str) -> None:
-        self._frame, self._clock, self._phase = frame, clock, phase
-
-    def collect(self, *args, **kwargs) -> pl.DataFrame:
-        with self._clock.phase(self._phase):
-            return self._frame.collect(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        attribute = getattr(self._frame, name)
-        if not callable(attribute):
-            return attribute
-
-        def derived(*args, **kwargs):
-            out = attribute(*args, **kwargs)
-            return _TimedLazy(out, self._clock, self._phase) if isinstance(out, pl.LazyFrame) else out
-
-        return derived
-
-
 class _TimedWriter:
     def __init__(self, writer, clock: PhaseClock) -> None:
         self._writer, self._clock = writer, clock
@@ -284,12 +238,12 @@ def _breakdown(data, entities: pl.DataFrame, path: Path, monkeypatch: pytest.Mon
             plan = plan_entities(*args, **kwargs)
         if plan.entities is None:
             return plan
-        return module._Plan(plan.symbols, _TimedLazy(plan.entities, clock, "entities"), plan.ttl, plan.exchange)
+        return module._Plan(plan.symbols, TimedLazy(plan.entities, clock, "entities"), plan.ttl, plan.exchange)
 
     with monkeypatch.context() as patch:
         patch.setattr(module, "_plan", timed_plan)
-        patch.setattr(module, "read_features", lambda *a, **k: _TimedLazy(read_features(*a, **k), clock, "read features"))
-        patch.setattr(Store, "scan_bars", lambda *a, **k: _TimedLazy(scan_bars(*a, **k), clock, "read bars"))
+        patch.setattr(module, "read_features", lambda *a, **k: TimedLazy(read_features(*a, **k), clock, "read features"))
+        patch.setattr(Store, "scan_bars", lambda *a, **k: TimedLazy(scan_bars(*a, **k), clock, "read bars"))
         patch.setattr(module, "point_in_time_join", timed_join)
         patch.setattr(module, "_attach_labels", clock.wrap("label", module._attach_labels))
         patch.setattr(module, "_open_writer", lambda *a, **k: _TimedWriter(open_writer(*a, **k), clock))
@@ -306,17 +260,9 @@ def _breakdown(data, entities: pl.DataFrame, path: Path, monkeypatch: pytest.Mon
     print(top.getvalue())
     lines = [f"export, where the time goes (one extra run with timers and cProfile: {total:.2f} s; the fastest "
              f"timed round took {best_s:.2f} s):"]
-    accounted = 0.0
-    for phase, covers in _PHASES:
-        seconds = clock.seconds.get(phase, 0.0)
-        accounted += 0.0 if phase.startswith(" ") or phase == "write parquet" else seconds
-        lines.append(f"  {phase:<20} {seconds:6.2f} s  {seconds / total:6.1%}  {covers}")
-    rest = total - accounted
-    lines.append(f"  {'other':<20} {rest:6.2f} s  {rest / total:6.1%}  to_arrow, cast, waiting for the writer, "
-                 f"close, sidecar, loop, profiling")
-    lines.append("  cProfile, top by own time: " + "; ".join(
-        f"{_func_name(key)} {entry[2]:.2f} s x{entry[1]}"
-        for key, entry in sorted(stats.stats.items(), key=lambda item: -item[1][2])[:5]))
+    lines += phase_table(clock, _PHASES, total=total, overlapping=["write parquet"],
+                         other="to_arrow, cast, waiting for the writer, close, sidecar, loop, profiling")
+    lines.append(top_by_own_time(stats))
     return lines
 
 
@@ -355,11 +301,6 @@ def _variants(data, entities: pl.DataFrame, reference: pl.DataFrame, path: Path)
         f"  one symbol ({chunk.height:,} entity rows x {rows.height:,} rows a view), both views, best of 5: "
         + "; ".join(f"{name} {seconds * 1e3:.0f} ms" for name, seconds in per_view.items()),
     ]
-
-
-def _func_name(key: tuple[str, int, str]) -> str:
-    filename, line, name = key
-    return name if filename == "~" else f"{Path(filename).name}:{line}({name})"
 
 
 # -- training time (info) --------------------------------------------------------------------------------

@@ -244,6 +244,11 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("polars_select_over", "polars_select_per_symbol"),
     ("engine_update_batch", "engine_compute_symbol"),
     ("engine_update", "engine_compute_symbol"),
+    ("flow_replay_batched", "backfill_research"),
+    ("flow_replay_batched", "engine_update_batch"),
+    ("flow_replay_per_bar", "engine_update"),
+    ("flow_replay_batched_2workers", "flow_replay_batched"),
+    ("flow_replay_per_bar_2workers", "flow_replay_per_bar"),
     ("export_parquet", "polars_join_asof"),
     ("export_parquet", "pandas_merge_asof"),
     ("pandas_merge_asof", "polars_join_asof"),
@@ -259,6 +264,8 @@ TARGETS: tuple[tuple[str, str | None, float], ...] = (
     ("backfill_research", "polars_select_over", 0.8),
     ("engine_update_batch", None, 1e6),
     ("engine_update", None, 50e3),
+    ("flow_replay_batched", None, 1e6),
+    ("flow_replay_per_bar", None, 50e3),
     ("export_parquet", "polars_join_asof", 0.5),  # "bars" = entity rows: within 2x of the bare join's time
     ("serving_score", "serving_sklearn_predict", 20.0),  # one scored vector per call
 )

@@ -13,12 +13,14 @@ Counts(received=3, applied=2, duplicates=1, late=0, conflicts=0)
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import polars as pl
 
-__all__ = ["Bar", "BarBatch", "BarItem", "Counts", "FeatureRows"]
+__all__ = ["Bar", "BarBatch", "BarItem", "Counts", "FeatureRows", "RowValues"]
 
 
 class Bar(NamedTuple):
@@ -44,9 +46,9 @@ class BarBatch:
 BarItem = Bar | BarBatch
 
 
-@dataclass(frozen=True)
-class Counts:
-    """A symbol's running counters: bars received, applied, and not applied (by reason)."""
+class Counts(NamedTuple):
+    """A symbol's running counters: bars received, applied, and not applied (by reason). A tuple: the
+    per-bar path builds one for every bar, 3x cheaper than a frozen dataclass."""
 
     received: int = 0
     applied: int = 0
@@ -55,17 +57,49 @@ class Counts:
     conflicts: int = 0  # same ts as a bar already applied but different values: logged, not applied
 
 
+class RowValues(Sequence[tuple[float | None, ...]]):
+    """Feature rows held as the engine's arrays (values, validity), made tuples only when asked for: the
+    online sink reads one row of a 1,000-bar window, and turning all of them into tuples took 30% of a
+    batched replay.
+
+    >>> import numpy as np
+    >>> rows = RowValues(np.array([[1.0, 2.0], [3.0, 4.0]]), np.array([[True, False], [True, True]]))
+    >>> len(rows), rows[0], rows[-1], list(rows)
+    (2, (1.0, None), (3.0, 4.0), [(1.0, None), (3.0, 4.0)])
+    """
+
+    __slots__ = ("_valid", "_values")
+
+    def __init__(self, values: np.ndarray, valid: np.ndarray) -> None:
+        self._values, self._valid = values, valid
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getitem__(self, index):  # an int: one row; a slice: a list of rows
+        if isinstance(index, slice):
+            return list(RowValues(self._values[index], self._valid[index]))
+        return tuple(v if ok else None for v, ok in zip(self._values[index].tolist(), self._valid[index].tolist(),
+                                                        strict=True))
+
+    def __iter__(self) -> Iterator[tuple[float | None, ...]]:
+        if self._valid.all():
+            return map(tuple, self._values.tolist())
+        return (tuple(v if ok else None for v, ok in zip(row, valid, strict=True))
+                for row, valid in zip(self._values.tolist(), self._valid.tolist(), strict=True))
+
+
 @dataclass(frozen=True)
 class FeatureRows:
     """The feature rows one input item produced for ``symbol``, and the symbol's counters after it.
 
     ``ts`` holds each row's time in epoch ms (the bar's open + timeframe); ``values`` one tuple per row,
-    in the view's feature order, ``None`` for null.
+    in the view's feature order, ``None`` for null (a list, or the engine's arrays as ``RowValues``).
     """
 
     symbol: str
     ts: list[int]
-    values: list[tuple[float | None, ...]]
+    values: Sequence[tuple[float | None, ...]]
     counts: Counts
 
     def __len__(self) -> int:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
@@ -42,7 +42,7 @@ from featurestore.errors import FeatureStoreError
 from featurestore.store import Store
 from streaming.clock import to_datetime
 from streaming.engine import SymbolState, ViewEngine
-from streaming.items import Bar, BarBatch, BarItem, Counts, FeatureRows
+from streaming.items import Bar, BarBatch, BarItem, Counts, FeatureRows, RowValues
 
 __all__ = ["RECENT_BARS", "FeatureLogic", "KeyedState", "Warm", "feature_logic_builder", "warm_from_store"]
 
@@ -91,6 +91,12 @@ class KeyedState:
         for ts in list(self.recent)[:max(0, len(self.recent) - RECENT_BARS)]:
             del self.recent[ts]
 
+    def remember_one(self, ts: int, prices: tuple[float, ...]) -> None:
+        """``remember([(ts, prices)])`` for the per-bar path, without copying the keys."""
+        self.recent[ts] = prices
+        if len(self.recent) > RECENT_BARS:
+            del self.recent[next(iter(self.recent))]
+
 
 class FeatureLogic(StatefulLogic[BarItem, FeatureRows, KeyedState]):
     """Bars of one symbol in, one ``FeatureRows`` out per item."""
@@ -124,31 +130,31 @@ class FeatureLogic(StatefulLogic[BarItem, FeatureRows, KeyedState]):
 
     def _apply_batch(self, batch: BarBatch) -> FeatureRows:
         state, n = self.state, batch.bars.height
-        out = self.engine.update_batch(state.engine, batch.bars)
+        ts, values, valid = self.engine.update_arrays(state.engine, batch.bars)
         tail = batch.bars.tail(RECENT_BARS)
         state.remember(list(zip(tail["ts"].dt.epoch("ms").to_list(), tail.select(_PRICES).rows(), strict=True)))
-        state.counts = replace(state.counts, received=state.counts.received + n, applied=state.counts.applied + n)
-        return FeatureRows(batch.symbol, out["ts"].dt.epoch("ms").to_list(),
-                           out.select(self.engine.feature_names).rows(), state.counts)
+        state.counts = state.counts._replace(received=state.counts.received + n, applied=state.counts.applied + n)
+        return FeatureRows(batch.symbol, ts.tolist(), RowValues(values, valid), state.counts)
 
     def _apply_bar(self, bar: Bar) -> tuple[int, tuple[float | None, ...]] | None:
         state, prices = self.state, tuple(bar[2:])
-        counts = replace(state.counts, received=state.counts.received + 1)
+        received, applied, duplicates, late, conflicts = state.counts
         last = state.engine.last_bar_ts
         if last is None or bar.ts > last:
             row_ts, values = self.engine.update(state.engine, bar.ts, *prices)
-            state.remember([(bar.ts, prices)])
-            state.counts = replace(counts, applied=counts.applied + 1)
+            state.remember_one(bar.ts, prices)
+            state.counts = Counts(received + 1, applied + 1, duplicates, late, conflicts)
             return row_ts, tuple(values)
+        counts = Counts(received + 1, applied, duplicates, late, conflicts)
         known = state.recent.get(bar.ts)
         if known == prices:
-            state.counts = replace(counts, duplicates=counts.duplicates + 1)
+            state.counts = counts._replace(duplicates=duplicates + 1)
         elif known is not None:
-            state.counts = replace(counts, conflicts=counts.conflicts + 1)
+            state.counts = counts._replace(conflicts=conflicts + 1)
             log.warning("%s: bar at %s conflicts with the bar applied then (applied %s, received %s); not applied, "
                         "the backfill decides", bar.symbol, to_datetime(bar.ts).isoformat(), known, prices)
         else:
-            state.counts = replace(counts, late=counts.late + 1)
+            state.counts = counts._replace(late=late + 1)
             log.warning("%s: late bar at %s (the last applied bar opened at %s); not applied, the backfill decides",
                         bar.symbol, to_datetime(bar.ts).isoformat(), to_datetime(last).isoformat())
         return None

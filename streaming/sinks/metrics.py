@@ -18,7 +18,6 @@ research v...: 1 symbol(s), 5 bars received, 4 applied, 1 dropped (1 duplicate, 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, fields
 from pathlib import Path
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -58,8 +57,8 @@ class _MetricsPartition(StatefulSinkPartition[FeatureRows, dict]):
 
     def _write(self, now: int) -> None:
         sink = self._sink
-        symbols = {symbol: asdict(counts) for symbol, counts in sorted(self._counts.items())}
-        total = {f.name: sum(c[f.name] for c in symbols.values()) for f in fields(Counts)}
+        symbols = {symbol: counts._asdict() for symbol, counts in sorted(self._counts.items())}
+        total = {name: sum(c[name] for c in symbols.values()) for name in Counts._fields}
         document = {"view": sink.view.name, "view_version": sink.view.version,
                     "updated_at": to_datetime(now).isoformat(), "total": total, "symbols": symbols}
         write_bytes_atomic(json.dumps(document, indent=1).encode(), sink.path)

@@ -81,7 +81,8 @@ class _ReplayPartition(StatefulSourcePartition[BarItem, int]):
         self._ts = bars["ts"].dt.epoch("ms").to_numpy()
         cuts = (np.flatnonzero(np.diff(self._ts // (batch * step_ms))) + 1).tolist()
         self._starts, self._ends = [0, *cuts], [*cuts, len(self._ts)]
-        self._rows = bars.rows() if batch == 1 else None
+        self._bars_one_by_one = [Bar._make(row) for row in bars.select(
+            "symbol", pl.col("ts").dt.epoch("ms"), *BAR_COLUMNS[2:]).rows()] if batch == 1 else None
         self._window = 0 if len(self._ts) else len(self._starts)
         self._last = last_emitted
         self._speed, self._clock = speed, clock
@@ -104,9 +105,8 @@ class _ReplayPartition(StatefulSourcePartition[BarItem, int]):
             if market_now is not None and self._close_ms(self._window) > market_now:
                 break
             start, end = self._starts[self._window], self._ends[self._window]
-            if self._rows is not None:
-                symbol, _, *prices = self._rows[start]
-                items.append(Bar(symbol, int(self._ts[start]), *prices))
+            if self._bars_one_by_one is not None:
+                items.append(self._bars_one_by_one[start])
             else:
                 items.append(BarBatch(self._symbol, self._bars.slice(start, end - start)))
             emitted += end - start

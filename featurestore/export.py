@@ -189,15 +189,21 @@ def point_in_time_join(entities: pl.DataFrame, rows: pl.DataFrame, *, view: str,
 def _by_symbol_and_key(frame: pl.DataFrame) -> pl.DataFrame:
     """``frame`` sorted by (symbol, __key), stable; as it is when it already is (one symbol, keys in order: the
     export's case, where a re-sort of every column took 40% of the join)."""
-    if frame["__key"].is_sorted() and frame["symbol"].n_unique() <= 1:
+    if _one_symbol(frame) and frame["__key"].is_sorted():
         return frame
     return frame.sort("symbol", "__key", maintain_order=True)
 
 
+def _one_symbol(frame: pl.DataFrame) -> bool:
+    """Every row has the same (non-null) symbol; 6x cheaper than ``n_unique`` on strings."""
+    symbol = frame["symbol"]
+    return symbol.is_empty() or (symbol.null_count() == 0 and bool((symbol == symbol[0]).all()))
+
+
 def _asof(left: pl.DataFrame, right: pl.DataFrame, ttl: timedelta) -> pl.DataFrame:
     left = _by_symbol_and_key(left)
-    symbols = left["symbol"].unique()
-    if symbols.len() == 1 and right["symbol"].unique().equals(symbols):  # one symbol: no `by`, 3x faster
+    if (left.height and right.height and left["symbol"][0] == right["symbol"][0] and _one_symbol(left)
+            and _one_symbol(right)):  # one symbol on both sides: no `by`, 3x faster
         return left.join_asof(right.drop("symbol"), on="__key", strategy="backward", tolerance=ttl,
                               check_sortedness=False)
     return left.join_asof(right, on="__key", by="symbol", strategy="backward", tolerance=ttl, check_sortedness=False)

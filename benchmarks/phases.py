@@ -69,18 +69,14 @@ class TimedLazy:
 
 
 def phase_table(clock: PhaseClock, phases: Sequence[tuple[str, str]], *, total: float, other: str,
-                overlapping: Sequence[str] = (), extra: dict[str, tuple[str, float, str]] | None = None) -> list[str]:
+                overlapping: Sequence[str] = ()) -> list[str]:
     """One line per (phase, what it covers), then ``other`` = ``total`` minus the top-level phases. Indented
-    phases are part of the one above; ``overlapping`` phases run in another thread (not subtracted);
-    ``extra[phase]`` = (name, seconds, covers): a line printed after that phase."""
+    phases are part of the one above; ``overlapping`` phases run in another thread (not subtracted)."""
     lines, accounted = [], 0.0
     for phase, covers in phases:
         seconds = clock.seconds.get(phase, 0.0)
         accounted += 0.0 if phase.startswith(" ") or phase in overlapping else seconds
         lines.append(f"  {phase:<24} {seconds:6.2f} s  {seconds / total:6.1%}  {covers}")
-        if extra and phase in extra:
-            name, seconds, covers = extra[phase]
-            lines.append(f"  {name:<24} {seconds:6.2f} s  {seconds / total:6.1%}  {covers}")
     rest = total - accounted
     lines.append(f"  {'other':<24} {rest:6.2f} s  {rest / total:6.1%}  {other}")
     return lines

@@ -153,9 +153,9 @@ _PHASES = (  # (phase, what it covers); indented phases are part of the one abov
     ("compute", "FeatureView.compute_symbol"),
     ("read stored features", "read_symbol_features (none: fresh store)"),
     ("diff against stored", "_rows_to_write"),
-    ("write features", "write_symbol_features, in the writer thread: overlaps the phases above"),
+    ("write features", "write_symbol_features, in 2 writer threads: overlaps the phases above"),
     ("  split_by_year", "filter per year of the stamped rows"),
-    ("  write_parquet_atomic", "snappy encode + fsync + rename"),
+    ("  encode parquet", "_write_parquet: snappy encode to the temporary file (before the store's write lock)"),
     ("register view", "register_view"),
     ("refresh catalog", "refresh_catalog"),
 )
@@ -180,7 +180,7 @@ def _breakdown(data, root: Path, monkeypatch: pytest.MonkeyPatch, best_s: float)
             (featurestore.backfill, "register_view", "register view"),
             (featurestore.backfill, "refresh_catalog", "refresh catalog"),
             (featurestore.offline, "split_by_year", "  split_by_year"),
-            (featurestore.offline, "write_parquet_atomic", "  write_parquet_atomic"),
+            (featurestore.offline, "_write_parquet", "  encode parquet"),
         ):
             patch.setattr(module, name, clock.wrap(phase, getattr(module, name)))
         store = data.fresh_store(root)
@@ -197,7 +197,6 @@ def _breakdown(data, root: Path, monkeypatch: pytest.MonkeyPatch, best_s: float)
     shutil.rmtree(root, ignore_errors=True)
 
     stats = pstats.Stats(profile, stream=io.StringIO())
-    fsync = sum(entry[2] for key, entry in stats.stats.items() if key[2] == "<built-in method posix.fsync>")
     top = io.StringIO()
     pstats.Stats(profile, stream=top).sort_stats("tottime").print_stats(8)
     print(top.getvalue())
@@ -205,8 +204,7 @@ def _breakdown(data, root: Path, monkeypatch: pytest.MonkeyPatch, best_s: float)
     lines = [f"backfill research, where the time goes (one extra round with timers and cProfile: {total:.2f} s; "
              f"the fastest timed round took {best_s:.2f} s; {data.height / total / 1e6:.2f}M bars/s here):"]
     lines += phase_table(clock, _PHASES, total=total, overlapping=["write features"],
-                         other="the loop, ts filters, waiting for the writer, profiling",
-                         extra={"  write_parquet_atomic": ("    of which fsync", fsync, "posix.fsync (cProfile)")})
+                         other="the loop, ts filters, waiting for the writer, profiling")
     lines.append(top_by_own_time(stats))
     return lines
 

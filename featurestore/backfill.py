@@ -21,6 +21,7 @@ all replaced.
 
 from __future__ import annotations
 
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +38,8 @@ from featurestore.registry import register_view
 from featurestore.store import BarSeries, Store
 
 __all__ = ["BackfillReport", "backfill", "resolve_exchange"]
+
+_WRITERS = 2  # symbols being written at once
 
 
 @dataclass
@@ -84,10 +87,11 @@ def backfill(store: Store, view: FeatureView, *, now: datetime, symbols: list[st
     store.scan_bars(exchange, view.timeframe, chosen)  # refuses unknown symbols before anything is written
     report = BackfillReport(view.name, register_view(store, view, now=now), exchange)
     needed = ["symbol", "ts", *sorted({c for node in view.nodes.values() for c in columns(node) if c in VALUE_COLUMNS})]
-    # One writer thread: symbol i is written (polars releases the GIL) while symbol i+1 is read and computed,
-    # so at most two symbols are in memory.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="backfill-writer") as writer:
-        pending: tuple[str, Future[int]] | None = None
+    # Writer threads: symbols i-1 and i are encoded and written (polars releases the GIL) while symbol i+1 is
+    # read and computed, so at most WRITERS + 1 symbols are in memory. Encoding parquet costs more than
+    # computing the features: with one writer the backfill waited for it half of the time.
+    with ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="backfill-writer") as writer:
+        pending: deque[tuple[str, Future[int]]] = deque()
         for symbol in tqdm(chosen, desc=f"backfill {view.name}", unit="symbol", disable=None if progress else True):
             bars = store.scan_series(BarSeries(exchange, view.timeframe, symbol)).select(needed).collect()
             rows = view.compute_symbol(bars)
@@ -100,11 +104,12 @@ def backfill(store: Store, view: FeatureView, *, now: datetime, symbols: list[st
             if replace and stored is not None:
                 report.recomputed.append(symbol)
             report.bars_read += bars.height
-            if pending is not None:
-                report.rows_written[pending[0]] = pending[1].result()
-            pending = symbol, writer.submit(write_symbol_features, store, view, exchange, symbol, to_write,
-                                            now=now, replace=replace)
-        if pending is not None:
-            report.rows_written[pending[0]] = pending[1].result()
+            if len(pending) == _WRITERS:
+                done, written = pending.popleft()
+                report.rows_written[done] = written.result()
+            pending.append((symbol, writer.submit(write_symbol_features, store, view, exchange, symbol, to_write,
+                                                  now=now, replace=replace)))
+        for done, written in pending:
+            report.rows_written[done] = written.result()
     refresh_catalog(store)
     return report

@@ -18,6 +18,7 @@ featurestore.errors.FeatureStoreError: no stored features for view 'research' (v
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,7 +26,7 @@ from urllib.parse import quote
 
 import polars as pl
 
-from featurestore.atomic import write_parquet_atomic
+from featurestore.atomic import atomic_path
 from featurestore.definitions import FeatureView
 from featurestore.errors import FeatureStoreError, VersionSkewError
 from featurestore.store import Store, split_by_year
@@ -95,23 +96,37 @@ def write_symbol_features(store: Store, view: FeatureView, exchange: str, symbol
         return 0
     stamped = rows.with_columns(created_at=pl.lit(now).cast(pl.Datetime("us", "UTC")),
                                 view_version=pl.lit(view.version))
-    written = 0
-    with store.write_lock():
-        stale = set(_files(store, view, exchange, symbol)) if replace else set()
-        for year, part in split_by_year(stamped):
-            path = _symbol_dir(store, view, exchange, symbol) / f"year={year}" / _FILE
-            stale.discard(path)
-            if path.exists() and not replace:
-                stored = pl.read_parquet(path, hive_partitioning=False)
-                part = pl.concat([stored, part.join(stored.select("ts"), on="ts", how="anti")]).sort("ts")
-                written += part.height - stored.height
-            else:
+    written, fresh = 0, set()
+    directory = _symbol_dir(store, view, exchange, symbol)
+    with contextlib.ExitStack() as renames:
+        if replace:  # nothing stored is read: encode before taking the lock, so other symbols' writers overlap
+            for year, part in split_by_year(stamped):
+                fresh.add(path := directory / f"year={year}" / _FILE)
+                _write_parquet(part, renames.enter_context(atomic_path(path)))
                 written += part.height
-            # snappy: feature values are near-random floats that compress little; it writes ~2x faster than zstd
-            write_parquet_atomic(part, path, compression="snappy")
-        for path in stale:
-            path.unlink()
+        with store.write_lock():
+            if replace:
+                stale = set(_files(store, view, exchange, symbol)) - fresh
+                renames.close()  # fsync and rename every encoded file
+                for path in stale:
+                    path.unlink()
+                return written
+            for year, part in split_by_year(stamped):
+                path = directory / f"year={year}" / _FILE
+                if path.exists():
+                    stored = pl.read_parquet(path, hive_partitioning=False)
+                    part = pl.concat([stored, part.join(stored.select("ts"), on="ts", how="anti")]).sort("ts")
+                    written += part.height - stored.height
+                else:
+                    written += part.height
+                with atomic_path(path) as tmp:
+                    _write_parquet(part, tmp)
     return written
+
+
+def _write_parquet(rows: pl.DataFrame, path: Path) -> None:
+    # snappy: feature values are near-random floats that compress little; it writes ~2x faster than zstd
+    rows.write_parquet(path, compression="snappy", statistics=True)
 
 
 def read_features(store: Store, view: FeatureView, *, symbols: list[str] | None = None,

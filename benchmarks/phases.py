@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import cProfile
 import functools
+import io
 import pstats
 import time
 from collections import defaultdict
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import polars as pl
 
-__all__ = ["PhaseClock", "TimedLazy", "phase_table", "top_by_own_time"]
+__all__ = ["PhaseClock", "TimedLazy", "phase_table", "run_profiled"]
 
 
 class PhaseClock:
@@ -69,9 +71,10 @@ class TimedLazy:
 
 
 def phase_table(clock: PhaseClock, phases: Sequence[tuple[str, str]], *, total: float, other: str,
-                overlapping: Sequence[str] = ()) -> list[str]:
+                overlapping: Sequence[str] = (), stats: pstats.Stats | None = None) -> list[str]:
     """One line per (phase, what it covers), then ``other`` = ``total`` minus the top-level phases. Indented
-    phases are part of the one above; ``overlapping`` phases run in another thread (not subtracted)."""
+    phases are part of the one above; ``overlapping`` phases run in another thread (not subtracted). With
+    ``stats`` (``run_profiled``'s), a last line with the top functions by own time."""
     lines, accounted = [], 0.0
     for phase, covers in phases:
         seconds = clock.seconds.get(phase, 0.0)
@@ -79,7 +82,22 @@ def phase_table(clock: PhaseClock, phases: Sequence[tuple[str, str]], *, total: 
         lines.append(f"  {phase:<24} {seconds:6.2f} s  {seconds / total:6.1%}  {covers}")
     rest = total - accounted
     lines.append(f"  {'other':<24} {rest:6.2f} s  {rest / total:6.1%}  {other}")
-    return lines
+    return lines + ([top_by_own_time(stats)] if stats else [])
+
+
+def run_profiled(call: Callable[[], object]) -> tuple[float, pstats.Stats]:
+    """Run ``call`` under cProfile (this thread only); print its top functions; return (seconds, stats)."""
+    profile = cProfile.Profile()
+    start = time.perf_counter()
+    profile.enable()
+    call()
+    profile.disable()
+    total = time.perf_counter() - start
+    top = io.StringIO()
+    stats = pstats.Stats(profile, stream=top)
+    stats.sort_stats("tottime").print_stats(8)
+    print(top.getvalue())
+    return total, stats
 
 
 def top_by_own_time(stats: pstats.Stats, count: int = 5) -> str:

@@ -19,12 +19,8 @@ How to run and keep results: see ``benchmarks/conftest.py``.
 
 from __future__ import annotations
 
-import cProfile
-import io
 import itertools
-import pstats
 import shutil
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -32,7 +28,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
-from phases import PhaseClock, TimedLazy, phase_table, top_by_own_time
+from phases import PhaseClock, TimedLazy, phase_table, run_profiled
 
 import featurestore.backfill
 import featurestore.offline
@@ -184,28 +180,17 @@ def _breakdown(data, root: Path, monkeypatch: pytest.MonkeyPatch, best_s: float)
         ):
             patch.setattr(module, name, clock.wrap(phase, getattr(module, name)))
         store = data.fresh_store(root)
-        profile = cProfile.Profile()
-        start = time.perf_counter()
-        profile.enable()
-        backfill(store, RESEARCH, now=data.now, progress=False)
-        profile.disable()
-        total = time.perf_counter() - start
+        total, stats = run_profiled(lambda: backfill(store, RESEARCH, now=data.now, progress=False))
     # the stored rows are the view's values (checked on one symbol, outside the timing)
     symbol, frame = data.symbols[0], data.per_symbol[0]
     stored = read_symbol_features(store, RESEARCH, "synthetic", symbol)
     assert stored.drop("created_at", "view_version").equals(RESEARCH.compute_symbol(frame))
     shutil.rmtree(root, ignore_errors=True)
 
-    stats = pstats.Stats(profile, stream=io.StringIO())
-    top = io.StringIO()
-    pstats.Stats(profile, stream=top).sort_stats("tottime").print_stats(8)
-    print(top.getvalue())
-
     lines = [f"backfill research, where the time goes (one extra round with timers and cProfile: {total:.2f} s; "
              f"the fastest timed round took {best_s:.2f} s; {data.height / total / 1e6:.2f}M bars/s here):"]
     lines += phase_table(clock, _PHASES, total=total, overlapping=["write features"],
-                         other="the loop, ts filters, waiting for the writer, profiling")
-    lines.append(top_by_own_time(stats))
+                         other="the loop, ts filters, waiting for the writer, profiling", stats=stats)
     return lines
 
 

@@ -31,10 +31,7 @@ How to run and keep results: see ``benchmarks/conftest.py``
 
 from __future__ import annotations
 
-import cProfile
-import io
 import os
-import pstats
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -45,7 +42,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
-from phases import PhaseClock, TimedLazy, phase_table, top_by_own_time
+from phases import PhaseClock, TimedLazy, phase_table, run_profiled
 
 import featurestore.export
 from featurestore.builtin_views import INDICATORS, RESEARCH
@@ -247,22 +244,11 @@ def _breakdown(data, entities: pl.DataFrame, path: Path, monkeypatch: pytest.Mon
         patch.setattr(module, "point_in_time_join", timed_join)
         patch.setattr(module, "_attach_labels", clock.wrap("label", module._attach_labels))
         patch.setattr(module, "_open_writer", lambda *a, **k: _TimedWriter(open_writer(*a, **k), clock))
-        profile = cProfile.Profile()
-        start = time.perf_counter()
-        profile.enable()
-        _export(data, entities, path)
-        profile.disable()
-        total = time.perf_counter() - start
-
-    stats = pstats.Stats(profile, stream=io.StringIO())
-    top = io.StringIO()
-    pstats.Stats(profile, stream=top).sort_stats("tottime").print_stats(8)
-    print(top.getvalue())
+        total, stats = run_profiled(lambda: _export(data, entities, path))
     lines = [f"export, where the time goes (one extra run with timers and cProfile: {total:.2f} s; the fastest "
              f"timed round took {best_s:.2f} s):"]
     lines += phase_table(clock, _PHASES, total=total, overlapping=["write parquet"],
-                         other="to_arrow, cast, waiting for the writer, close, sidecar, loop, profiling")
-    lines.append(top_by_own_time(stats))
+                         other="to_arrow, cast, waiting for the writer, close, sidecar, loop, profiling", stats=stats)
     return lines
 
 

@@ -201,12 +201,13 @@ def _one_symbol(frame: pl.DataFrame) -> bool:
 
 
 def _asof(left: pl.DataFrame, right: pl.DataFrame, ttl: timedelta) -> pl.DataFrame:
-    left = _by_symbol_and_key(left)
+    """``right`` must be sorted by (symbol, __key)."""
+    options = {"on": "__key", "strategy": "backward", "tolerance": ttl, "check_sortedness": False}
     if (left.height and right.height and left["symbol"][0] == right["symbol"][0] and _one_symbol(left)
-            and _one_symbol(right)):  # one symbol on both sides: no `by`, 3x faster
-        return left.join_asof(right.drop("symbol"), on="__key", strategy="backward", tolerance=ttl,
-                              check_sortedness=False)
-    return left.join_asof(right, on="__key", by="symbol", strategy="backward", tolerance=ttl, check_sortedness=False)
+            and _one_symbol(right)):  # one symbol on both sides: ordered by key alone, no `by` (3x faster)
+        left = left if left["__key"].is_sorted() else left.sort("__key", maintain_order=True)
+        return left.join_asof(right.drop("symbol"), **options)
+    return left.sort("symbol", "__key", maintain_order=True).join_asof(right, by="symbol", **options)
 
 
 def _stored_symbols(store: Store, view: FeatureView) -> list[str]:

@@ -248,8 +248,8 @@ class Scorer:
             return VersionSkewError, (f"view {view!r} for {symbol}: the online row is version {row.view_version}, "
                                       f"model {self.model.name} {self.model.version} was trained on version {trained}")
         if row.ts > now:
-            return FutureFeaturesError, (f"view {view!r} for {symbol}: the online row at {row.ts.isoformat()} is after "
-                                    f"the scoring time {now.isoformat()}")
+            return FutureFeaturesError, (f"view {view!r} for {symbol}: the online row at {row.ts.isoformat()} is "
+                                         f"after the scoring time {now.isoformat()}")
         return StaleFeaturesError, (f"view {view!r} for {symbol}: the online row at {row.ts.isoformat()} is "
                                     f"{now - row.ts} old at {now.isoformat()}, older than the max age {self.max_age[view]}")
 

@@ -12,5 +12,5 @@ from streaming.sinks.offline_parts import OfflinePartsSink, parts_dir, scan_part
 from streaming.sinks.online import OnlineSink
 from streaming.sinks.signals import SignalSink
 
-__all__ = ["JsonlSink", "MetricsSink", "OfflinePartsSink", "OnlineSink", "SignalSink", "parts_dir", "read_jsonl", "read_metrics",
-           "scan_parts", "summary_line"]
+__all__ = ["JsonlSink", "MetricsSink", "OfflinePartsSink", "OnlineSink", "SignalSink", "parts_dir", "read_jsonl",
+           "read_metrics", "scan_parts", "summary_line"]

@@ -18,7 +18,7 @@
   ``LATENCY_SKIPPED`` bars, the warm start among them, are not counted). A bar's latency ends when the online
   sink's SQLite COMMIT of its row returned, in the writer (the sink partition's ``write_batch`` wrapped during
   this test): the row is then in the store for every reader. Checked from outside too: a reader in another
-  process polls ``OnlineStore(readonly=True).get`` in a tight loop and stamps each new row (``perf_counter_ns`` is
+  process polls ``SqliteOnlineStore(readonly=True).get`` in a tight loop and stamps each new row (``perf_counter_ns`` is
   CLOCK_MONOTONIC on Linux: one clock for both processes; a poll takes a few microseconds). Both sides share the
   2 cores: a descheduled reader sees rows late (or misses one), a writer descheduled right after its commit
   stamps it late. The source's ``next_awake`` returns the next bar's due time, so Bytewax does not poll it
@@ -50,8 +50,8 @@ import pytest
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 
 from featurestore.builtin_views import RESEARCH
+from featurestore.online.sqlite import SqliteOnlineStore
 from featurestore.store import Store
-from serving.online_store import OnlineStore, online_path
 from streaming.clock import to_ms, wall_clock_ms
 from streaming.engine import ViewEngine
 from streaming.flow import StreamConfig, build_flow
@@ -76,15 +76,15 @@ MINUTE = timedelta(minutes=1)
 
 _READER = """
 import json, sys, time
-from serving.online_store import OnlineStore
+from featurestore.online.sqlite import SqliteOnlineStore
 path, view, symbol, last_ms = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 clock, seen, previous = time.perf_counter_ns, {}, None
-with OnlineStore(path, readonly=True) as online:
-    online.get(view, symbol)
+with SqliteOnlineStore(path, readonly=True) as online:
+    online.latest(view, symbol)
     print("ready", flush=True)
     deadline = time.monotonic() + 120
     while previous != last_ms and time.monotonic() < deadline:
-        row = online.get(view, symbol)
+        row = online.latest(view, symbol)
         now = clock()
         if row is not None:
             ms = int(row.ts.timestamp() * 1000)
@@ -143,7 +143,7 @@ def _checker(frames: list[pl.DataFrame], bars: int) -> Callable[[Store], None]:
         config = StreamConfig(store=str(store.root), view="research", symbols=[want[0]])
         total = read_metrics(config.metrics_path)["total"]
         assert total["received"] == total["applied"] == bars
-        with OnlineStore(online_path(store.root), readonly=True) as online:
+        with SqliteOnlineStore(store.online_path, readonly=True) as online:
             rows = {row.symbol: row for row in online.rows("research")}
         assert {symbol: row.ts for symbol, row in rows.items()} == closes
         assert (rows[want[0]].ts, rows[want[0]].features) == (want[1], dict(zip(NAMES, want[2:], strict=True)))
@@ -261,7 +261,7 @@ def _percentiles_us(ns: np.ndarray) -> str:
 def test_flow_bar_to_online_latency(benchmark, bench_record, bench_note, research_data, warmed, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch):
     store = research_data.fresh_store(tmp_path / "store")
-    OnlineStore(online_path(store.root)).close()  # the schema, so that the reader can open it first
+    SqliteOnlineStore(store.online_path).close()  # the schema, so that the reader can open it first
     frame = research_data.per_symbol[0]
     symbol = frame["symbol"][0]
     live = frame.tail(LATENCY_SKIPPED + LATENCY_BARS).select("ts", "open", "high", "low", "close", "volume")
@@ -280,7 +280,7 @@ def test_flow_bar_to_online_latency(benchmark, bench_record, bench_note, researc
 
     monkeypatch.setattr(_OnlinePartition, "write_batch", timed_write)
     last_ms = feed[-1].ts + 60_000
-    reader = subprocess.Popen([sys.executable, "-c", _READER, str(online_path(store.root)), "research", symbol,
+    reader = subprocess.Popen([sys.executable, "-c", _READER, str(store.online_path), "research", symbol,
                                str(last_ms)], stdout=subprocess.PIPE, text=True)
     try:
         assert reader.stdout.readline().strip() == "ready"

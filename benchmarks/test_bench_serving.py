@@ -48,7 +48,9 @@ import numpy as np
 import pytest
 
 from featurestore.builtin_views import DAILY_TREND, RESEARCH
-from serving.online_store import OnlineRow, OnlineStore, online_path
+from featurestore.online import OnlineRow
+from featurestore.online.sqlite import SqliteOnlineStore
+from featurestore.store import Store
 from serving.scorer import Scorer, load_model
 from serving.toy_model import write_toy_model
 
@@ -95,8 +97,8 @@ class Setup:
                 features = {f: None if np.isnan(v) else float(v)
                             for (v_name, f), v in zip(COLUMNS, values, strict=True) if v_name == view.name}
                 rows.append(OnlineRow(view.name, symbol, NOW, view.version, features, NOW))
-        with OnlineStore(online_path(self.root)) as online:
-            online.write(rows)
+        with SqliteOnlineStore(Store(self.root).online_path) as online:
+            online.put_many(rows)
         return X
 
 
@@ -121,7 +123,7 @@ def setup(tmp_path_factory) -> Iterator[Setup]:
 
 
 def _scorer(setup: Setup) -> Scorer:
-    return Scorer(load_model(setup.root / "models" / "bench" / "b1"), OnlineStore(online_path(setup.root), readonly=True))
+    return Scorer(load_model(setup.root / "models" / "bench" / "b1"), SqliteOnlineStore(setup.online_path, readonly=True))
 
 
 def _percentiles(ns: np.ndarray) -> tuple[float, float, float]:
@@ -210,7 +212,7 @@ def test_serving_baseline_sklearn_predict(benchmark, bench_record, bench_note, s
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
     """Send one HTTP/1.1 request on a keep-alive connection; read the whole response; return its status."""
-    writer.write(request)
+    writer.put_many(request)
     head = (await reader.readuntil(b"\r\n\r\n")).lower()
     start = head.index(b"content-length:") + len(b"content-length:")
     await reader.readexactly(int(head[start:head.index(b"\r\n", start)]))

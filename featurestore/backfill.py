@@ -31,13 +31,12 @@ from tqdm import tqdm
 
 from featurestore.catalog import refresh_catalog
 from featurestore.definitions import FeatureView
-from featurestore.errors import FeatureStoreError
 from featurestore.expressions import VALUE_COLUMNS, columns
 from featurestore.offline import read_symbol_features, write_symbol_features
 from featurestore.registry import register_view
 from featurestore.store import BarSeries, Store
 
-__all__ = ["BackfillReport", "backfill", "resolve_exchange"]
+__all__ = ["BackfillReport", "backfill"]
 
 _WRITERS = 2  # symbols being written at once
 
@@ -50,21 +49,6 @@ class BackfillReport:
     rows_written: dict[str, int] = field(default_factory=dict)
     bars_read: int = 0
     recomputed: list[str] = field(default_factory=list)
-
-
-def resolve_exchange(store: Store, timeframe: str, exchange: str | None) -> str:
-    """The exchange whose ``timeframe`` bars feed a view: the one given, or the only one stored."""
-    exchanges = sorted({s.exchange for s in store.series(timeframe=timeframe)})
-    if exchange is not None:
-        if exchange not in exchanges:
-            raise FeatureStoreError(f"no {timeframe} bars from exchange {exchange!r} in {store.root}; "
-                                    f"stored: {exchanges or 'none'}")
-        return exchange
-    if len(exchanges) != 1:
-        raise FeatureStoreError(
-            f"no {timeframe} bars in {store.root}; ingest some first (featurestore ingest --timeframe {timeframe})"
-            if not exchanges else f"{timeframe} bars from several exchanges ({', '.join(exchanges)}): pass --exchange")
-    return exchanges[0]
 
 
 def _rows_to_write(rows: pl.DataFrame, stored: pl.DataFrame | None) -> tuple[pl.DataFrame, bool]:
@@ -82,7 +66,7 @@ def backfill(store: Store, view: FeatureView, *, now: datetime, symbols: list[st
              exchange: str | None = None, start: datetime | None = None, end: datetime | None = None,
              progress: bool = True) -> BackfillReport:
     """Compute ``view`` for ``symbols`` (default: all stored) and store rows with ``start <= ts < end``."""
-    exchange = resolve_exchange(store, view.timeframe, exchange)
+    exchange = store.resolve_exchange(view.timeframe, exchange)
     chosen = symbols or [s.symbol for s in store.series(exchange=exchange, timeframe=view.timeframe)]
     store.scan_bars(exchange, view.timeframe, chosen)  # refuses unknown symbols before anything is written
     report = BackfillReport(view.name, register_view(store, view, now=now), exchange)

@@ -19,7 +19,6 @@ import sys
 
 import duckdb
 
-from featurestore.offline import stored_versions, version_dir
 from featurestore.registry import current_version
 from featurestore.store import Store
 
@@ -41,11 +40,10 @@ def view_definitions(store: Store) -> dict[str, str]:
     views: dict[str, str] = {}
     if store.series():
         views["bars"] = _parquet_view(f"{store.bars_root}/**/*.parquet")
-    for view_dir in sorted((store.root / "kind=features").glob("view=*")):
-        name = view_dir.name.split("=", 1)[1]
+    for name in store.feature_views():
         version = current_version(store, name)
-        if version is not None and version in stored_versions(store, name):
-            views[f"features_{name}"] = _parquet_view(f"{version_dir(store, name, version)}/**/*.parquet")
+        if version is not None and version in store.stored_versions(name):
+            views[f"features_{name}"] = _parquet_view(f"{store.version_dir(name, version)}/**/*.parquet")
     return views
 
 

@@ -15,13 +15,13 @@ first view's timeframe and attached to the last bar closed by ``event_ts`` (``ev
 timeframe``), with a sample-uniqueness weight over the exported rows. Output rows are sorted by
 ``(symbol, event_ts)``, ties in input order; ``event_ts`` is ``Datetime("us", "UTC")``.
 
->>> from datetime import datetime, timezone
+>>> from datetime import datetime, timedelta, timezone
 >>> import polars as pl
 >>> utc = lambda h, m=0: datetime(2024, 1, 1, h, m, tzinfo=timezone.utc)
 >>> entities = pl.DataFrame({"symbol": ["A", "A", "A"], "event_ts": [utc(0, 30), utc(1), utc(3)]})
 >>> features = pl.DataFrame({"symbol": ["A", "A"], "ts": [utc(1), utc(2)], "x": [1.0, 2.0],
 ...                          "created_at": [utc(5), utc(5)]})
->>> out = point_in_time_join(entities, features, view="v", features=["x"], ttl=parse_duration("1h"))
+>>> out = point_in_time_join(entities, features, view="v", features=["x"], ttl=timedelta(hours=1))
 >>> out["v__x"].to_list()
 [None, 1.0, 2.0]
 """
@@ -29,23 +29,21 @@ timeframe``), with a sample-uniqueness weight over the exported rows. Output row
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
-from urllib.parse import unquote
 
 import numpy as np
 import polars as pl
 
 from featurestore.atomic import atomic_path, write_bytes_atomic
-from featurestore.backfill import resolve_exchange
 from featurestore.definitions import FeatureView
+from featurestore.durations import parse_ttl
 from featurestore.errors import TrainingDataError
-from featurestore.offline import read_features, version_dir
+from featurestore.offline import read_features
 from featurestore.store import Store
 from featurestore.timeframes import timeframe_ms
 
@@ -56,8 +54,6 @@ __all__ = [
     "feature_column",
     "iter_training_set",
     "output_format",
-    "parse_duration",
-    "parse_ttl",
     "point_in_time_join",
     "read_entities",
     "training_set",
@@ -69,9 +65,6 @@ EXPORT_FORMATS: tuple[str, ...] = ("parquet", "csv", "arrow")
 _SUFFIX_FORMAT = {".parquet": "parquet", ".pq": "parquet", ".csv": "csv", ".arrow": "arrow", ".feather": "arrow",
                   ".ipc": "arrow"}
 EVENT_TS = pl.Datetime("us", "UTC")
-_DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d|w)$")
-_UNIT = {"ms": timedelta(milliseconds=1), "s": timedelta(seconds=1), "m": timedelta(minutes=1),
-         "h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 
 
 class Label(Protocol):
@@ -91,30 +84,6 @@ class Label(Protocol):
 def feature_column(view: str, feature: str) -> str:
     """The training-set column of ``feature`` of ``view``: ``view__feature``."""
     return f"{view}__{feature}"
-
-
-def parse_duration(text: str) -> timedelta:
-    """``90s``, ``15m``, ``2h``, ``1d``, ``1w`` (also ``ms``) -> timedelta."""
-    match = _DURATION.match(text.strip())
-    if match is None:
-        raise TrainingDataError(f"not a duration: {text!r}; use a count and a unit ms, s, m, h, d or w, e.g. 2h or 90m")
-    return int(match.group(1)) * _UNIT[match.group(2)]
-
-
-def parse_ttl(text: str | None, views: Sequence[FeatureView]) -> dict[str, timedelta]:
-    """TTL per view: ``None`` -> one timeframe each; ``2h`` -> 2h for every view; ``research=2m,daily_trend=1d``
-    -> per view (unnamed views keep their default)."""
-    ttl = {view.name: timedelta(milliseconds=timeframe_ms(view.timeframe)) for view in views}
-    if text is None:
-        return ttl
-    if "=" not in text:
-        return dict.fromkeys(ttl, parse_duration(text))
-    for part in text.split(","):
-        name, _, value = part.partition("=")
-        if name.strip() not in ttl:
-            raise TrainingDataError(f"--ttl {text!r}: {name.strip()!r} is not one of the exported views {sorted(ttl)}")
-        ttl[name.strip()] = parse_duration(value)
-    return ttl
 
 
 def _check_entities(frame: pl.DataFrame | pl.LazyFrame, source: str) -> pl.LazyFrame:
@@ -210,11 +179,6 @@ def _asof(left: pl.DataFrame, right: pl.DataFrame, ttl: timedelta) -> pl.DataFra
     return left.sort("symbol", "__key", maintain_order=True).join_asof(right, by="symbol", **options)
 
 
-def _stored_symbols(store: Store, view: FeatureView) -> list[str]:
-    root = version_dir(store, view.name, view.version)
-    return sorted({unquote(p.name.split("=", 1)[1]) for p in root.glob("exchange=*/symbol=*")})
-
-
 def _attach_labels(frame: pl.DataFrame, bars: pl.DataFrame, labels: Sequence[Label], timeframe: str) -> pl.DataFrame:
     """Labels of the last bar closed by each ``event_ts`` (strictly less than one bar earlier), plus weights."""
     step = timedelta(milliseconds=timeframe_ms(timeframe))
@@ -295,8 +259,8 @@ def _plan(store: Store, views: Sequence[FeatureView], entities: Any, *, all_bars
     if len(set(label_cols)) != len(label_cols):
         raise TrainingDataError(f"labels {[label.spec for label in labels]} give the same column twice; "
                                 f"use one label per kind and horizon")
-    exchange = resolve_exchange(store, views[0].timeframe, exchange) if labels else None
-    stored = {view.name: set(_stored_symbols(store, view)) for view in views}
+    exchange = store.resolve_exchange(views[0].timeframe, exchange) if labels else None
+    stored = {view.name: set(store.stored_symbols(view.name, view.version)) for view in views}
     for view in views:  # raises VersionSkewError / "run backfill" before anything else
         read_features(store, view)
     frame = None

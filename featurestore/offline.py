@@ -1,8 +1,7 @@
 """The offline feature store: feature rows as parquet, one sorted file per view version, symbol and year.
 
-Layout::
-
-    <root>/kind=features/view=<name>/version=<v>/exchange=<x>/symbol=<url-quoted>/year=<yyyy>/features.parquet
+Paths are ``featurestore.layout``'s:
+``kind=features/view=<name>/version=<v>/exchange=<x>/symbol=<url-quoted>/year=<yyyy>/features.parquet``.
 
 Columns: ``symbol``, ``ts`` (the feature row's time: the close of the last bar it uses), one Float64
 column per feature, ``created_at`` (when the row was written) and ``view_version``. Versions live
@@ -22,7 +21,6 @@ import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import quote
 
 import polars as pl
 
@@ -31,29 +29,7 @@ from featurestore.definitions import FeatureView
 from featurestore.errors import FeatureStoreError, VersionSkewError
 from featurestore.store import Store, split_by_year
 
-__all__ = ["StoredRange", "read_features", "read_symbol_features", "stored_range", "stored_versions", "version_dir",
-           "write_symbol_features"]
-
-_FILE = "features.parquet"
-
-
-def _view_dir(store: Store, view_name: str) -> Path:
-    return store.root / "kind=features" / f"view={view_name}"
-
-
-def version_dir(store: Store, view_name: str, version: str) -> Path:
-    return _view_dir(store, view_name) / f"version={version}"
-
-
-def _symbol_dir(store: Store, view: FeatureView, exchange: str, symbol: str) -> Path:
-    return version_dir(store, view.name, view.version) / f"exchange={quote(exchange, safe='')}" / \
-        f"symbol={quote(symbol, safe='')}"
-
-
-def stored_versions(store: Store, view_name: str) -> list[str]:
-    """Versions of a view with at least one stored file."""
-    return sorted(path.name.split("=", 1)[1] for path in _view_dir(store, view_name).glob("version=*")
-                  if any(path.rglob(_FILE)))
+__all__ = ["StoredRange", "read_features", "read_symbol_features", "stored_range", "write_symbol_features"]
 
 
 @dataclass(frozen=True)
@@ -66,7 +42,7 @@ class StoredRange:
 
 
 def _files(store: Store, view: FeatureView, exchange: str, symbol: str) -> list[Path]:
-    return sorted(_symbol_dir(store, view, exchange, symbol).glob(f"year=*/{_FILE}"))
+    return store.feature_files(view.name, view.version, exchange, [symbol])
 
 
 def stored_range(store: Store, view: FeatureView, exchange: str, symbol: str) -> StoredRange:
@@ -97,11 +73,10 @@ def write_symbol_features(store: Store, view: FeatureView, exchange: str, symbol
     stamped = rows.with_columns(created_at=pl.lit(now).cast(pl.Datetime("us", "UTC")),
                                 view_version=pl.lit(view.version))
     written, fresh = 0, set()
-    directory = _symbol_dir(store, view, exchange, symbol)
     with contextlib.ExitStack() as renames:
         if replace:  # nothing stored is read: encode before taking the lock, so other symbols' writers overlap
             for year, part in split_by_year(stamped):
-                fresh.add(path := directory / f"year={year}" / _FILE)
+                fresh.add(path := store.feature_year_file(view.name, view.version, exchange, symbol, year))
                 _write_parquet(part, renames.enter_context(atomic_path(path)))
                 written += part.height
         with store.write_lock():
@@ -112,7 +87,7 @@ def write_symbol_features(store: Store, view: FeatureView, exchange: str, symbol
                     path.unlink()
                 return written
             for year, part in split_by_year(stamped):
-                path = directory / f"year={year}" / _FILE
+                path = store.feature_year_file(view.name, view.version, exchange, symbol, year)
                 if path.exists():
                     stored = pl.read_parquet(path, hive_partitioning=False)
                     part = pl.concat([stored, part.join(stored.select("ts"), on="ts", how="anti")]).sort("ts")
@@ -137,12 +112,10 @@ def read_features(store: Store, view: FeatureView, *, symbols: list[str] | None 
     (``VersionSkewError``) unless that ``version`` is asked for explicitly.
     """
     wanted = version or view.version
-    files = sorted(version_dir(store, view.name, wanted).glob(f"exchange=*/symbol=*/year=*/{_FILE}"))
-    if symbols is not None:
-        files = [f for f in files if f.parent.parent.name in {f"symbol={quote(s, safe='')}" for s in symbols}]
+    files = store.feature_files(view.name, wanted, symbols=symbols)
     if files:
         return pl.scan_parquet(files, hive_partitioning=False)
-    others = [v for v in stored_versions(store, view.name) if v != wanted]
+    others = [v for v in store.stored_versions(view.name) if v != wanted]
     if others and version is None:
         raise VersionSkewError(
             f"view {view.name!r}: stored features are version(s) {', '.join(others)}, but the current definitions "

@@ -70,13 +70,9 @@ def resolve_view(name: str, definitions: str | Path | None = None) -> FeatureVie
     return views[name]
 
 
-def _registry_file(store: Store, name: str) -> Path:
-    return store.root / "registry" / f"{name}.json"
-
-
 def registered(store: Store, name: str) -> dict:
     """The registry entry of a view: ``{"name", "current", "versions": {version: {...}}}`` (empty if none)."""
-    path = _registry_file(store, name)
+    path = store.registry_file(name)
     return json.loads(path.read_text()) if path.exists() else {"name": name, "current": None, "versions": {}}
 
 
@@ -94,5 +90,5 @@ def register_view(store: Store, view: FeatureView, *, now: datetime) -> str:
         "definition": view.definition,
     })
     entry["current"] = view.version
-    write_bytes_atomic(json.dumps(entry, indent=1, sort_keys=True).encode(), _registry_file(store, view.name))
+    write_bytes_atomic(json.dumps(entry, indent=1, sort_keys=True).encode(), store.registry_file(view.name))
     return view.version

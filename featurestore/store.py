@@ -1,12 +1,8 @@
-"""The store directory: raw bars as hive-partitioned parquet, one sorted file per series and year.
+"""The store directory's bars: hive-partitioned parquet, one sorted file per series and year.
 
-Layout (readable as-is by DuckDB and polars; by pandas with ``pd.read_parquet(dir, partitioning=None)``,
-since pyarrow's hive inference would clash with the key columns the files also hold)::
-
-    <root>/kind=bars/exchange=<x>/timeframe=<tf>/symbol=<url-quoted>/year=<yyyy>/bars.parquet
-    <root>/catalog.duckdb        views over the parquet (see ``featurestore.catalog``)
-
-Each file holds the partition keys as columns too, sorted by ``ts``, unique on ``ts``.
+Paths are ``featurestore.layout``'s (``kind=bars/exchange=<x>/timeframe=<tf>/symbol=<s>/year=<y>/bars.parquet``),
+readable as-is by DuckDB and polars; by pandas with ``pd.read_parquet(dir, partitioning=None)``, since
+pyarrow's hive inference would clash with the key columns the files also hold. Each file holds the partition keys as columns too, sorted by ``ts``, unique on ``ts``.
 
 >>> import tempfile, polars as pl
 >>> from datetime import datetime, timezone
@@ -28,21 +24,19 @@ import contextlib
 import fcntl
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import quote, unquote
 
 import polars as pl
 
 from featurestore.atomic import write_parquet_atomic
 from featurestore.bars import BAR_COLUMNS, TS_DTYPE
 from featurestore.errors import FeatureStoreError, StoreConflictError
+from featurestore.layout import BarSeries, Layout
 
 __all__ = ["BarSeries", "Store", "default_store_root", "split_by_year"]
 
 STORED_BAR_COLUMNS = ("exchange", "timeframe", *BAR_COLUMNS)
-_BAR_FILE = "bars.parquet"
 
 
 def default_store_root(explicit: str | os.PathLike | None = None) -> Path:
@@ -50,73 +44,20 @@ def default_store_root(explicit: str | os.PathLike | None = None) -> Path:
     return Path(explicit or os.environ.get("FEATURESTORE_HOME") or "store")
 
 
-def _key(name: str, value: str) -> str:
-    return f"{name}={quote(value, safe='')}"
-
-
-def _value(part: str) -> str:
-    return unquote(part.split("=", 1)[1])
-
-
-@dataclass(frozen=True, order=True)
-class BarSeries:
-    """One stored series of bars: the unit that is unique on ``ts``."""
-
-    exchange: str
-    timeframe: str
-    symbol: str
-
-
-class Store:
-    """A store directory. Construction touches nothing on disk; writes create what they need."""
-
-    def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root).absolute()
+class Store(Layout):
+    """A store directory (its paths: ``featurestore.layout``). Construction touches nothing on disk; writes
+    create what they need."""
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
-
-    @property
-    def catalog_path(self) -> Path:
-        return self.root / "catalog.duckdb"
-
-    @property
-    def bars_root(self) -> Path:
-        return self.root / "kind=bars"
-
-    def series_dir(self, series: BarSeries) -> Path:
-        return (self.bars_root / _key("exchange", series.exchange) / _key("timeframe", series.timeframe)
-                / _key("symbol", series.symbol))
 
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:
         """Serialise writers across processes (readers never wait: files are replaced atomically)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".write.lock", "w") as handle:
+        with open(self.lock_path, "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
-
-    def _year_file(self, series: BarSeries, year: int) -> Path:
-        return self.series_dir(series) / f"year={year}" / _BAR_FILE
-
-    def series(self, *, exchange: str | None = None, timeframe: str | None = None,
-               symbols: list[str] | None = None) -> list[BarSeries]:
-        """Every stored series, optionally filtered, sorted."""
-        found = [
-            BarSeries(_value(path.parts[-3]), _value(path.parts[-2]), _value(path.parts[-1]))
-            for path in self.bars_root.glob("exchange=*/timeframe=*/symbol=*")
-            if any(path.glob(f"year=*/{_BAR_FILE}"))
-        ]
-        return sorted(
-            s for s in found
-            if (exchange is None or s.exchange == exchange)
-            and (timeframe is None or s.timeframe == timeframe)
-            and (symbols is None or s.symbol in symbols)
-        )
-
-    def bar_files(self, series: BarSeries) -> list[Path]:
-        """The series' files in time order (one per year); naming the partition keeps look-ups cheap."""
-        return sorted(self.series_dir(series).glob(f"year=*/{_BAR_FILE}"))
 
     def scan_bars(self, exchange: str, timeframe: str, symbols: list[str] | None = None) -> pl.LazyFrame:
         """Lazily read the bars of one exchange and timeframe, sorted by ``(symbol, ts)``."""
@@ -165,7 +106,7 @@ class Store:
                  for year, part in split_by_year(incoming.filter(pl.col("symbol") == symbol))]
         for symbol, year, part in parts:
             series = BarSeries(exchange, timeframe, symbol)
-            path = self._year_file(series, year)
+            path = self.year_file(series, year)
             stored = pl.read_parquet(path, hive_partitioning=False) if path.exists() else None
             fresh = part if stored is None else _only_new(stored, part, path)
             new_rows[symbol] = new_rows.get(symbol, 0) + fresh.height

@@ -1,5 +1,6 @@
 """serving: what a model reads at decision time.
 
-``serving.online_store`` holds the latest feature row per view and symbol (SQLite, written by the
-streaming flow, read by any process); ``serving.signals`` turns scores into signed signals.
+``serving.scorer`` reads the latest feature rows of a model's views from the online store
+(``featurestore.online``) and scores them with the model's ONNX graph; ``serving.signals`` turns
+scores into signed signals, ``serving.audit`` keeps them, ``serving.http`` serves all of it.
 """

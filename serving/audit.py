@@ -28,12 +28,7 @@ import orjson
 
 from serving.signals import verify_signal
 
-__all__ = ["AuditLog", "audit_path", "last_signals"]
-
-
-def audit_path(store_root: str | os.PathLike) -> Path:
-    """Where a store directory keeps its signal audit log."""
-    return Path(store_root) / "signals" / "signals.jsonl"
+__all__ = ["AuditLog", "last_signals"]
 
 
 class AuditLog:

@@ -159,7 +159,7 @@ def create_app(service: SignalService, *, clock: Callable[[], datetime], token: 
     schema = openapi_schema(max_batch=max_batch, auth=token is not None)
 
     def row_json(view: str, symbol: str) -> Response:
-        row = scorer.online.get(view, symbol)
+        row = scorer.online.latest(view, symbol)
         if row is None:
             raise _Refusal(404, "not_found", f"no online row for view {view!r} and symbol {symbol!r}; the model "
                                              f"uses views {list(scorer.model.view_versions)}")

@@ -26,13 +26,14 @@ for none, basic and all, measured alternately); it stays at onnxruntime's defaul
 
 >>> import tempfile
 >>> from datetime import datetime, timezone
->>> from serving.online_store import OnlineRow, OnlineStore
+>>> from featurestore.online import OnlineRow
+>>> from featurestore.online.sqlite import SqliteOnlineStore
 >>> model = Path(tempfile.mkdtemp())
 >>> from serving.toy_model import write_toy_model
 >>> booster = write_toy_model(model)  # 20 trees on view "toy" v1 (features a, b; b missing in training), TTL 1h
 >>> t = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
->>> with OnlineStore(Path(tempfile.mkdtemp()) / "online.sqlite") as online:
-...     _ = online.write([OnlineRow("toy", "BTC/USDT", t, "v1", {"a": 0.5, "b": None}, t)])
+>>> with SqliteOnlineStore(Path(tempfile.mkdtemp()) / "online.sqlite") as online:
+...     _ = online.put_many([OnlineRow("toy", "BTC/USDT", t, "v1", {"a": 0.5, "b": None}, t)])
 ...     scorer = Scorer(load_model(model), online)
 ...     (score,) = scorer.score(["BTC/USDT"], now=t)
 >>> score.symbol, score.missing, score.score == float(booster.predict(np.array([[0.5, np.nan]]))[0])
@@ -61,8 +62,8 @@ from featurestore.errors import (
     StaleFeaturesError,
     VersionSkewError,
 )
+from featurestore.online import OnlineRow, OnlineStore, connect
 from featurestore.store import Store
-from serving.online_store import OnlineRow, OnlineStore, online_path
 
 __all__ = ["Model", "Score", "Scorer", "load_model", "open_scorer", "resolve_model_dir"]
 
@@ -310,5 +311,5 @@ def open_scorer(store: Store, model: str, *, version: str | None = None, models:
                 max_age: Mapping[str, timedelta] | timedelta | None = None) -> Scorer:
     """A scorer on ``store``'s online store for a model name (production version) or directory."""
     loaded = load_model(resolve_model_dir(store, model, version=version, models=models))
-    return Scorer(loaded, OnlineStore(online_path(store.root), readonly=True), max_age=max_age)
+    return Scorer(loaded, connect(store.online_url, readonly=True), max_age=max_age)
 

@@ -20,16 +20,17 @@ Signal fields (``signature`` is the HMAC-SHA256 of the canonical JSON of all the
 >>> import tempfile
 >>> from datetime import datetime, timezone
 >>> from pathlib import Path
->>> from serving.online_store import OnlineRow, OnlineStore
+>>> from featurestore.online import OnlineRow
+>>> from featurestore.online.sqlite import SqliteOnlineStore
 >>> from serving.signals import verify_signal
 >>> from serving.scorer import Scorer, load_model
 >>> from serving.toy_model import write_toy_model
 >>> work = Path(tempfile.mkdtemp())
 >>> _ = write_toy_model(work / "model", threshold=0.1)
 >>> t = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
->>> with OnlineStore(work / "online.sqlite") as online:
-...     _ = online.write([OnlineRow("toy", "BTC/USDT", t, "v1", {"a": 0.5, "b": 1.0}, t)])
->>> scorer = Scorer(load_model(work / "model"), OnlineStore(work / "online.sqlite", readonly=True))
+>>> with SqliteOnlineStore(work / "online.sqlite") as online:
+...     _ = online.put_many([OnlineRow("toy", "BTC/USDT", t, "v1", {"a": 0.5, "b": 1.0}, t)])
+>>> scorer = Scorer(load_model(work / "model"), SqliteOnlineStore(work / "online.sqlite", readonly=True))
 >>> with SignalService(scorer, key=b"demo key", audit=AuditLog(work / "signals.jsonl")) as service:
 ...     (signal,) = service.signals(["BTC/USDT"], now=t)
 >>> signal["ts"], signal["side"], signal["action"], signal["quantity"], signal["views"]
@@ -55,8 +56,8 @@ from featurestore.errors import (
     StaleFeaturesError,
     VersionSkewError,
 )
+from featurestore.online import OnlineRow
 from serving.audit import AuditLog, last_signals
-from serving.online_store import OnlineRow
 from serving.scorer import Model, Score, Scorer
 from serving.signals import Side, Thresholds, json_number, side_for, sign_signal, transition
 

@@ -35,12 +35,9 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
-from featurestore.backfill import resolve_exchange
 from featurestore.errors import FeatureStoreError
 from featurestore.registry import resolve_view
 from featurestore.store import Store
-from serving.audit import audit_path
-from serving.online_store import online_path
 from serving.signals import Thresholds
 from streaming.clock import Clock, to_ms, wall_clock_ms
 from streaming.engine import ViewEngine
@@ -118,7 +115,7 @@ class StreamConfig:
 
     @property
     def metrics_path(self) -> Path:
-        return Path(self.metrics) if self.metrics else Path(self.store) / "stream" / f"metrics-{self.view}.json"
+        return Path(self.metrics) if self.metrics else Store(self.store).stream_metrics_path(self.view)
 
 
 def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
@@ -131,7 +128,7 @@ def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
     store = Store(config.store)
     names = ViewEngine(view).feature_names
     if config.source == "replay":
-        exchange = resolve_exchange(store, view.timeframe, config.exchange)
+        exchange = store.resolve_exchange(view.timeframe, config.exchange)
         bars_source = source or ReplaySource(store, exchange, view.timeframe, config.symbols,
                                              start_ms=_moment(config.start), end_ms=_moment(config.until),
                                              batch=config.batch, speed=config.speed, clock=clock)
@@ -148,7 +145,7 @@ def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
     bars = op.input("bars", flow, bars_source)
     keyed = op.key_on("by_symbol", bars, lambda item: item.symbol)
     rows = op.stateful("features", keyed, feature_logic_builder(view, warm_from_store(store, exchange)))
-    op.output("online", rows, OnlineSink(online_path(store.root), view, names, clock))
+    op.output("online", rows, OnlineSink(store.online_url, view, names, clock))
     op.output("metrics", rows, MetricsSink(config.metrics_path, view, clock=clock))
     if config.jsonl:
         op.output("jsonl", rows, JsonlSink(Path(config.jsonl), view, names))
@@ -156,7 +153,7 @@ def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
         op.output("offline_parts", rows, OfflinePartsSink(store, view, names, exchange, clock=clock))
     if config.model:
         op.output("signals", rows, SignalSink(
-            store.root, view, names, config.model, config.audit or audit_path(store.root),
+            store.root, view, names, config.model, config.audit or store.audit_path,
             thresholds=Thresholds(*config.thresholds) if config.thresholds else None, size=config.size,
             max_age={v: timedelta(seconds=s) for v, s in config.max_age_s.items()} if config.max_age_s else None))
     return flow

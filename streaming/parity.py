@@ -21,7 +21,6 @@ from datetime import datetime
 
 import polars as pl
 
-from featurestore.backfill import resolve_exchange
 from featurestore.bars import BAR_COLUMNS
 from featurestore.definitions import FeatureView
 from featurestore.offline import read_features
@@ -83,7 +82,7 @@ def replay_parity(store: Store, view: FeatureView, *, symbols: list[str] | None 
                   start: datetime | None = None, batch: int = 1000) -> ParityReport:
     """Replay the stored bars with ``ts >= start`` through the engine (warmed on the bars before, fed
     ``batch`` bars at a time) and compare the rows with the offline store's rows of the same times."""
-    exchange = resolve_exchange(store, view.timeframe, exchange)
+    exchange = store.resolve_exchange(view.timeframe, exchange)
     chosen = symbols or [s.symbol for s in store.series(exchange=exchange, timeframe=view.timeframe)]
     engine = ViewEngine(view)
     streamed = []

@@ -27,7 +27,7 @@ from featurestore.builtin_views import INDICATORS, RESEARCH
 from featurestore.definitions import FeatureView
 from featurestore.errors import VersionSkewError
 from featurestore.ingest import ingest_bars, ingest_csv, ingest_synthetic
-from featurestore.offline import read_features, stored_versions
+from featurestore.offline import read_features
 from featurestore.registry import registered
 from featurestore.sources.synthetic import synthetic_bars
 from featurestore.store import Store
@@ -259,7 +259,7 @@ def test_changed_definitions_are_a_new_version_that_never_mixes_with_the_old(tmp
                    cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"backfilled view research v{new}" in done.stdout
-    assert stored_versions(store, "research") == sorted([old, new])
+    assert store.stored_versions("research") == sorted([old, new])
     assert registered(store, "research")["current"] == new
 
     shown = run_cli("features", "show", "research", "--definitions", definitions, "--store", store.root, cwd=tmp_path)

@@ -15,11 +15,10 @@ from hypothesis import strategies as st
 from featurestore.backfill import backfill
 from featurestore.builtin_views import DAILY_TREND
 from featurestore.definitions import FeatureView
+from featurestore.durations import parse_duration, parse_ttl
 from featurestore.errors import FeatureStoreError, TrainingDataError
 from featurestore.export import (
     iter_training_set,
-    parse_duration,
-    parse_ttl,
     point_in_time_join,
     training_set,
     write_training_set,
@@ -249,9 +248,9 @@ def test_other_refusals(store, tmp_path):
         training_set(store, [HOURLY])
     with pytest.raises(TrainingDataError, match="cannot tell the format"):
         write_training_set(tmp_path / "x.txt", store, [HOURLY], all_bars=True)
-    with pytest.raises(TrainingDataError, match="not a duration"):
+    with pytest.raises(FeatureStoreError, match="not a duration"):
         parse_duration("2 hours")
-    with pytest.raises(TrainingDataError, match="'nope' is not one of the exported views"):
+    with pytest.raises(FeatureStoreError, match="'nope' is not one of the exported views"):
         parse_ttl("nope=1h", [HOURLY])
     with pytest.raises(FeatureStoreError, match="run `featurestore backfill --view other`"):
         training_set(store, [FeatureView("other", "1h", {"c": close})], all_bars=True)

@@ -26,8 +26,8 @@ from featurestore.builtin_views import RESEARCH
 from featurestore.errors import ExchangeError, FeatureStoreError
 from featurestore.ingest import ingest_exchange, ingest_synthetic
 from featurestore.offline import read_features
+from featurestore.online.sqlite import SqliteOnlineStore
 from featurestore.store import Store
-from serving.online_store import OnlineStore, online_path
 from streaming.clock import fixed_clock, to_ms
 from streaming.flow import CONFIG_ENV, StreamConfig, build_flow
 from streaming.items import Bar, BarBatch
@@ -77,7 +77,7 @@ def assert_bit_identical(got: pl.DataFrame, expected: pl.DataFrame) -> None:
 
 
 def online_rows(store: Store) -> dict[str, tuple]:
-    with OnlineStore(online_path(store.root), readonly=True) as online:
+    with SqliteOnlineStore(store.online_path, readonly=True) as online:
         return {r.symbol: (r.ts, r.view_version, r.features) for r in online.rows("research")}
 
 

@@ -24,7 +24,9 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from prometheus_client.parser import text_string_to_metric_families
 
-from serving.online_store import OnlineRow, OnlineStore, online_path
+from featurestore.online import OnlineRow
+from featurestore.online.sqlite import SqliteOnlineStore
+from featurestore.store import Store
 from serving.openapi import openapi_schema
 from serving.signals import verify_signal
 from serving.toy_model import write_toy_model
@@ -75,8 +77,8 @@ def make_store(root: Path) -> Path:
     write_toy_model(store / "models" / "toy" / "t0", threshold=0.1)
     (store / "models" / "toy" / "production").write_text('{"name": "toy", "version": "t0"}')
     now = datetime.now(UTC)
-    with OnlineStore(online_path(store)) as online:
-        online.write([OnlineRow("toy", "BTC/USDT", now, "v1", {"a": 0.5, "b": None}, now),
+    with SqliteOnlineStore(Store(store).online_path) as online:
+        online.put_many([OnlineRow("toy", "BTC/USDT", now, "v1", {"a": 0.5, "b": None}, now),
                       OnlineRow("toy", "ETH/USDT", now, "v1", {"a": -0.5, "b": 2.0}, now),
                       OnlineRow("toy", "OLD/USDT", now - timedelta(hours=2), "v1", {"a": 0.5, "b": 1.0}, now),
                       OnlineRow("toy", "NEW/USDT", now, "v2", {"a": 0.5, "b": 1.0}, now)])

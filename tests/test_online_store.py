@@ -15,7 +15,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from featurestore.errors import FeatureStoreError
-from serving.online_store import OnlineRow, OnlineStore, online_path
+from featurestore.online import OnlineRow
+from featurestore.online.sqlite import SqliteOnlineStore
+from featurestore.store import Store
 
 T = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
@@ -28,108 +30,108 @@ def row(symbol: str = "BTC/USDT", ts: datetime = T, version: str = "v1", value: 
 
 @pytest.fixture
 def online(tmp_path):
-    with OnlineStore(online_path(tmp_path)) as store:
+    with SqliteOnlineStore(Store(tmp_path).online_path) as store:
         yield store
 
 
 def test_a_newer_row_replaces_and_an_older_one_is_ignored(online):
-    assert online.write([row(value=1.0)]) == 1
-    assert online.write([row(ts=T + MINUTE, value=2.0)]) == 1
-    assert online.write([row(ts=T, value=99.0)]) == 0  # older: would move the row back in time
-    got = online.get("research", "BTC/USDT")
+    assert online.put_many([row(value=1.0)]) == 1
+    assert online.put_many([row(ts=T + MINUTE, value=2.0)]) == 1
+    assert online.put_many([row(ts=T, value=99.0)]) == 0  # older: would move the row back in time
+    got = online.latest("research", "BTC/USDT")
     assert (got.ts, got.features["ret_1"], got.updated_at) == (T + MINUTE, 2.0, T + 2 * MINUTE)
 
 
 def test_same_time_replaces_only_with_the_same_version(online):
-    online.write([row(value=1.0, version="v1")])
-    assert online.write([row(value=1.5, version="v1")]) == 1  # a replay of the same row (or a fix) rewrites it
-    assert online.write([row(value=7.0, version="v2")]) == 0  # another definition at the same time: kept out
-    assert online.get("research", "BTC/USDT").features["ret_1"] == 1.5
-    assert online.write([row(ts=T + MINUTE, value=3.0, version="v2")]) == 1  # newer: any version
-    got = online.get("research", "BTC/USDT")
+    online.put_many([row(value=1.0, version="v1")])
+    assert online.put_many([row(value=1.5, version="v1")]) == 1  # a replay of the same row (or a fix) rewrites it
+    assert online.put_many([row(value=7.0, version="v2")]) == 0  # another definition at the same time: kept out
+    assert online.latest("research", "BTC/USDT").features["ret_1"] == 1.5
+    assert online.put_many([row(ts=T + MINUTE, value=3.0, version="v2")]) == 1  # newer: any version
+    got = online.latest("research", "BTC/USDT")
     assert (got.view_version, got.features["ret_1"]) == ("v2", 3.0)
 
 
 def test_replaying_the_same_rows_is_idempotent(online):
     rows = [row(symbol=s, ts=T + k * MINUTE, value=float(k)) for k in range(5) for s in ("A", "B")]
-    online.write(rows)
+    online.put_many(rows)
     first = online.rows("research")
-    online.write(rows)
-    online.write(rows[:4])
+    online.put_many(rows)
+    online.put_many(rows[:4])
     assert online.rows("research") == first
     assert [(r.symbol, r.ts) for r in first] == [("A", T + 4 * MINUTE), ("B", T + 4 * MINUTE)]
 
 
 def test_get_many_keeps_the_order_asked_and_leaves_out_missing_symbols(online):
-    online.write([row(symbol=s) for s in ("ETH/USDT", "BTC/USDT", "SOL/USDT")] + [row(symbol="XRP/USDT", view="other")])
+    online.put_many([row(symbol=s) for s in ("ETH/USDT", "BTC/USDT", "SOL/USDT")] + [row(symbol="XRP/USDT", view="other")])
     got = online.get_many("research", ["SOL/USDT", "DOGE/USDT", "BTC/USDT"])
     assert list(got) == ["SOL/USDT", "BTC/USDT"]
-    assert online.get("research", "XRP/USDT") is None
-    assert online.get("research", "DOGE/USDT") is None
+    assert online.latest("research", "XRP/USDT") is None
+    assert online.latest("research", "DOGE/USDT") is None
     assert [r.symbol for r in online.rows("research")] == ["BTC/USDT", "ETH/USDT", "SOL/USDT"]
 
 
 def test_values_round_trip_bit_for_bit(online):
     values = [0.1 + 0.2, -0.0, 5e-324, 1e308, math.inf, -math.inf, math.nan, None]
-    online.write([OnlineRow("v", "X", T, "v1", {f"f{k}": v for k, v in enumerate(values)}, T)])
-    got = list(online.get("v", "X").features.values())
+    online.put_many([OnlineRow("v", "X", T, "v1", {f"f{k}": v for k, v in enumerate(values)}, T)])
+    got = list(online.latest("v", "X").features.values())
     bits = [None if v is None else struct.pack("<d", v) for v in values]
     assert [None if v is None else struct.pack("<d", v) for v in got] == bits
 
 
 def test_wal_mode_and_a_read_only_reader(tmp_path):
-    path = online_path(tmp_path)
+    path = Store(tmp_path).online_path
     with pytest.raises(FeatureStoreError, match=r"no online store at .*featurestore stream"):
-        OnlineStore(path, readonly=True)
-    with OnlineStore(path) as writer:
-        writer.write([row()])
+        SqliteOnlineStore(path, readonly=True)
+    with SqliteOnlineStore(path) as writer:
+        writer.put_many([row()])
         assert writer._con.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    with OnlineStore(path, readonly=True) as reader:
-        assert reader.get("research", "BTC/USDT").features == {"ret_1": 1.0, "rv_24": 2.0}
+    with SqliteOnlineStore(path, readonly=True) as reader:
+        assert reader.latest("research", "BTC/USDT").features == {"ret_1": 1.0, "rv_24": 2.0}
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
-            reader.write([row(ts=T + MINUTE)])
+            reader.put_many([row(ts=T + MINUTE)])
 
 
 def test_naive_times_are_refused(online):
     with pytest.raises(FeatureStoreError, match="no timezone"):
-        online.write([row(ts=datetime(2024, 5, 1))])
+        online.put_many([row(ts=datetime(2024, 5, 1))])
 
 
 def test_get_views_reads_a_symbols_rows_of_several_views_in_one_query(online):
-    online.write([row(view="research"), row(view="daily", ts=T - MINUTE), row(view="research", symbol="ETH/USDT")])
+    online.put_many([row(view="research"), row(view="daily", ts=T - MINUTE), row(view="research", symbol="ETH/USDT")])
     got = online.get_views(["daily", "research", "absent"], "BTC/USDT")
-    assert got == {"daily": online.get("daily", "BTC/USDT"), "research": online.get("research", "BTC/USDT")}
+    assert got == {"daily": online.latest("daily", "BTC/USDT"), "research": online.latest("research", "BTC/USDT")}
     assert got["daily"].ts == T - MINUTE and online.get_views(["research"], "SOL/USDT") == {}
 
 
 def open_and_write(path, start: threading.Barrier, symbol: str) -> None:
     start.wait()
-    with OnlineStore(path) as online:
+    with SqliteOnlineStore(path) as online:
         for minute in range(3):
-            online.write([row(symbol=symbol, ts=T + minute * MINUTE)])
+            online.put_many([row(symbol=symbol, ts=T + minute * MINUTE)])
 
 
 def test_writers_opening_a_new_store_at_once_all_succeed(tmp_path):
     # Dataflow workers each open the store as their first rows arrive and write at once: switching a new
     # file to WAL must not fail with "database is locked" (without the lock: ~1 attempt in 6 failed).
     for attempt in range(60):
-        path, start = online_path(tmp_path / str(attempt)), threading.Barrier(2)
+        path, start = Store(tmp_path / str(attempt)).online_path, threading.Barrier(2)
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(open_and_write, [path] * 2, [start] * 2, ["BTC/USDT", "ETH/USDT"]))
-        with OnlineStore(path, readonly=True) as online:
+        with SqliteOnlineStore(path, readonly=True) as online:
             assert [r.ts for r in online.rows("research")] == [T + 2 * MINUTE] * 2
 
 
 READER = textwrap.dedent("""
     import sys, time
-    from serving.online_store import OnlineStore
+    from featurestore.online.sqlite import SqliteOnlineStore
     path, final_ms = sys.argv[1], int(sys.argv[2])
     seen = []
-    with OnlineStore(path, readonly=True) as online:
+    with SqliteOnlineStore(path, readonly=True) as online:
         print("ready", flush=True)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            got = online.get("research", "BTC/USDT")
+            got = online.latest("research", "BTC/USDT")
             if got is not None:
                 ms = int(got.ts.timestamp() * 1000)
                 if not seen or seen[-1] != ms:
@@ -141,16 +143,16 @@ READER = textwrap.dedent("""
 
 
 def test_a_reader_in_another_process_reads_while_the_writer_writes(tmp_path):
-    path = online_path(tmp_path)
+    path = Store(tmp_path).online_path
     writes = 3_000
     final = T + writes * MINUTE
-    with OnlineStore(path) as writer:
-        writer.write([row()])  # the file exists before the reader opens it
+    with SqliteOnlineStore(path) as writer:
+        writer.put_many([row()])  # the file exists before the reader opens it
         reader = subprocess.Popen([sys.executable, "-c", READER, str(path), str(int(final.timestamp() * 1000))],
                                   stdout=subprocess.PIPE, text=True)
         assert reader.stdout.readline().strip() == "ready"
         for k in range(1, writes + 1):  # one transaction per row, as the flow commits batch by batch
-            writer.write([row(ts=T + k * MINUTE, value=float(k))])
+            writer.put_many([row(ts=T + k * MINUTE, value=float(k))])
     out, _ = reader.communicate(timeout=60)
     distinct, monotonic, last = map(int, out.split())
     assert reader.returncode == 0

@@ -23,8 +23,8 @@ from featurestore.builtin_views import RESEARCH
 from featurestore.errors import FeatureStoreError
 from featurestore.ingest import ingest_synthetic
 from featurestore.offline import read_features
+from featurestore.online.sqlite import SqliteOnlineStore
 from featurestore.store import Store
-from serving.online_store import OnlineStore, online_path
 from streaming.clock import fixed_clock
 from streaming.flow import CONFIG_ENV, StreamConfig, build_flow
 from streaming.items import Counts, FeatureRows
@@ -87,7 +87,7 @@ def run_dir(base: Store, root: Path, **options) -> StreamConfig:
 
 
 def online_rows(config: StreamConfig) -> list[tuple]:
-    with OnlineStore(online_path(config.store), readonly=True) as online:
+    with SqliteOnlineStore(Store(config.store).online_path, readonly=True) as online:
         return [(r.symbol, r.ts, r.view_version, r.features) for r in online.rows("research")]
 
 

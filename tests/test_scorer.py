@@ -22,10 +22,11 @@ from featurestore.errors import (
     VersionSkewError,
 )
 from featurestore.ingest import ingest_resampled, ingest_synthetic
+from featurestore.materialize import materialize_latest
 from featurestore.offline import read_features
+from featurestore.online import OnlineRow
+from featurestore.online.sqlite import SqliteOnlineStore
 from featurestore.store import Store
-from serving.materialize import materialize_latest
-from serving.online_store import OnlineRow, OnlineStore, online_path
 from serving.scorer import Scorer, load_model, open_scorer, resolve_model_dir
 from serving.toy_model import write_toy_model
 from training.labels import parse_label
@@ -73,15 +74,15 @@ def online_rows(X: np.ndarray, symbols: list[str], ts: datetime = T, versions: d
 
 @pytest.fixture
 def scorer(toy, tmp_path):
-    with OnlineStore(online_path(tmp_path)):
+    with SqliteOnlineStore(Store(tmp_path).online_path):
         pass
-    with Scorer(load_model(toy[0]), OnlineStore(online_path(tmp_path), readonly=True)) as scorer:
+    with Scorer(load_model(toy[0]), SqliteOnlineStore(Store(tmp_path).online_path, readonly=True)) as scorer:
         yield scorer
 
 
 def write(tmp_path, rows: list[OnlineRow]) -> None:
-    with OnlineStore(online_path(tmp_path)) as online:
-        online.write(rows)
+    with SqliteOnlineStore(Store(tmp_path).online_path) as online:
+        online.put_many(rows)
 
 
 def test_batch_and_single_scores_equal_lightgbm(toy, scorer, tmp_path):
@@ -157,16 +158,16 @@ def test_stale_rows_are_refused_past_the_ttl_or_the_max_age(toy, scorer, tmp_pat
     with pytest.raises(StaleFeaturesError, match=r"view 'fast' for BTC/USDT: the online row at 2024-05-01T12:00:00\+00:00 "
                                                  r"is 1:00:01 old .* older than the max age 1:00:00"):
         scorer.score(["BTC/USDT"], now=T + timedelta(hours=1, seconds=1))
-    relaxed = Scorer(load_model(toy[0]), OnlineStore(online_path(tmp_path), readonly=True),
+    relaxed = Scorer(load_model(toy[0]), SqliteOnlineStore(Store(tmp_path).online_path, readonly=True),
                      max_age={"fast": timedelta(hours=2)})
     assert relaxed.score(["BTC/USDT"], now=T + timedelta(hours=1, seconds=1))
     with pytest.raises(StaleFeaturesError, match="view 'slow'"):
         relaxed.score(["BTC/USDT"], now=T + timedelta(days=1, seconds=1))
-    strict = Scorer(load_model(toy[0]), OnlineStore(online_path(tmp_path), readonly=True), max_age=timedelta(seconds=30))
+    strict = Scorer(load_model(toy[0]), SqliteOnlineStore(Store(tmp_path).online_path, readonly=True), max_age=timedelta(seconds=30))
     with pytest.raises(StaleFeaturesError, match="max age 0:00:30"):
         strict.score(["BTC/USDT"], now=T + timedelta(seconds=31))
     with pytest.raises(FeatureStoreError, match=r"max age given for \['daily'\]"):
-        Scorer(load_model(toy[0]), OnlineStore(online_path(tmp_path), readonly=True), max_age={"daily": timedelta(1)})
+        Scorer(load_model(toy[0]), SqliteOnlineStore(Store(tmp_path).online_path, readonly=True), max_age={"daily": timedelta(1)})
 
 
 def test_a_row_newer_than_the_scoring_time_is_refused_and_given_rows_replace_the_stores(scorer, tmp_path):
@@ -224,12 +225,12 @@ def test_float32_models_are_fed_float32(toy, tmp_path):
     (model32 / "meta.json").write_text(json.dumps({**meta, "onnx_input_dtype": "float32"}))
     X, _ = training_rows(100, seed=7)
     write(tmp_path, online_rows(X, [f"S{i}" for i in range(100)]))
-    with Scorer(load_model(model32), OnlineStore(online_path(tmp_path), readonly=True)) as scorer:
+    with Scorer(load_model(model32), SqliteOnlineStore(Store(tmp_path).online_path, readonly=True)) as scorer:
         got = [s.score for s in scorer.score([f"S{i}" for i in range(100)], now=T)]
     assert got == run_onnx(onnx32, X, "float32").tolist()
     (model32 / "meta.json").write_text(json.dumps(meta))  # says float64, the graph takes float32
     with pytest.raises(ModelRegistryError, match=r"takes 'input' tensor\(float\), but meta.json says 'input' float64"):
-        Scorer(load_model(model32), OnlineStore(online_path(tmp_path), readonly=True))
+        Scorer(load_model(model32), SqliteOnlineStore(Store(tmp_path).online_path, readonly=True))
 
 
 def test_model_directories_and_registry_names(toy, tmp_path):
@@ -267,7 +268,7 @@ def trained(tmp_path_factory) -> Store:
                              models_root=models_root(store), now=now, kind=kind, folds=2, threshold=2e-4,
                              params=ModelParams(kind=kind, num_threads=1, num_boost_round=40, min_data_in_leaf=40))
         promote(models_root(store), name, result.version)
-    with OnlineStore(online_path(store.root)) as online:
+    with SqliteOnlineStore(store.online_path) as online:
         for view in (HOURLY, DAILY_TREND):
             assert materialize_latest(store, view, SYMBOLS, online, now=now) == 2
     return store
@@ -292,13 +293,13 @@ def test_a_trained_model_scores_its_materialized_rows_like_lightgbm(trained, nam
 
 
 def test_materialize_keeps_a_newer_online_row_and_names_absent_symbols(trained, tmp_path):
-    with OnlineStore(online_path(trained.root), readonly=True) as online:
-        stored = online.get("hourly", "BTC/USDT")
+    with SqliteOnlineStore(trained.online_path, readonly=True) as online:
+        stored = online.latest("hourly", "BTC/USDT")
     later = OnlineRow("hourly", "BTC/USDT", stored.ts + timedelta(hours=1), stored.view_version, stored.features, T0)
-    with OnlineStore(online_path(tmp_path)) as online:
-        online.write([later])
+    with SqliteOnlineStore(Store(tmp_path).online_path) as online:
+        online.put_many([later])
         assert materialize_latest(trained, HOURLY, ["BTC/USDT", "ETH/USDT"], online, now=T0) == 1
-        assert online.get("hourly", "BTC/USDT") == later
-        assert online.get("hourly", "ETH/USDT").ts == stored.ts
+        assert online.latest("hourly", "BTC/USDT") == later
+        assert online.latest("hourly", "ETH/USDT").ts == stored.ts
         with pytest.raises(FeatureStoreError, match=r"no offline rows of view 'hourly' .* for DOGE/USDT"):
             materialize_latest(trained, HOURLY, ["DOGE/USDT"], online, now=T0)

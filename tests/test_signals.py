@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from featurestore.errors import FeatureStoreError
-from serving.audit import AuditLog, audit_path, last_signals
-from serving.online_store import OnlineRow, OnlineStore, online_path
+from featurestore.online import OnlineRow
+from featurestore.online.sqlite import SqliteOnlineStore
+from featurestore.store import Store
+from serving.audit import AuditLog, last_signals
 from serving.scorer import Scorer, load_model
 from serving.signal_service import SignalService
 from serving.signals import (
@@ -74,20 +76,20 @@ def test_json_number():
 def service_parts(tmp_path):
     """(model dir, online store path, audit path): the toy model (threshold 0.1) and an empty online store."""
     write_toy_model(tmp_path / "model", threshold=0.1)
-    with OnlineStore(online_path(tmp_path)):
+    with SqliteOnlineStore(Store(tmp_path).online_path):
         pass
-    return tmp_path / "model", online_path(tmp_path), tmp_path / "signals.jsonl"
+    return tmp_path / "model", Store(tmp_path).online_path, tmp_path / "signals.jsonl"
 
 
 def service(parts, **kwargs) -> SignalService:
     model, online, audit = parts
-    return SignalService(Scorer(load_model(model), OnlineStore(online, readonly=True)), key=KEY,
+    return SignalService(Scorer(load_model(model), SqliteOnlineStore(online, readonly=True)), key=KEY,
                          audit=AuditLog(audit), **kwargs)
 
 
 def put(parts, ts: datetime, **a_by_symbol: float) -> None:
-    with OnlineStore(parts[1]) as online:
-        online.write([OnlineRow("toy", symbol.replace("_", "/"), ts, "v1", {"a": a, "b": 1.0}, ts)
+    with SqliteOnlineStore(parts[1]) as online:
+        online.put_many([OnlineRow("toy", symbol.replace("_", "/"), ts, "v1", {"a": a, "b": 1.0}, ts)
                       for symbol, a in a_by_symbol.items()])
 
 
@@ -185,7 +187,7 @@ def test_canonical_form_and_the_key_variable():
 
 
 def test_last_signals_trusts_only_verified_lines_of_the_model(tmp_path):
-    path = audit_path(tmp_path)
+    path = Store(tmp_path).audit_path
     with AuditLog(path, fsync=False) as log:
         log.append([sign_signal({"model": "m", "symbol": "A", "side": "LONG"}, key=KEY),
                     sign_signal({"model": "other", "symbol": "B", "side": "SHORT"}, key=KEY),
@@ -214,8 +216,8 @@ def test_score_and_verify_signal_commands(tmp_path):
     write_toy_model(store / "models" / "toy" / "t0", threshold=0.1)
     (store / "models" / "toy" / "production").write_text('{"name": "toy", "version": "t0"}')
     now = datetime.now(UTC)  # the CLI scores at the wall clock: rows of now are fresh (TTL 1h)
-    with OnlineStore(online_path(store)) as online:
-        online.write([OnlineRow("toy", "BTC/USDT", now, "v1", {"a": 0.5, "b": None}, now),
+    with SqliteOnlineStore(Store(store).online_path) as online:
+        online.put_many([OnlineRow("toy", "BTC/USDT", now, "v1", {"a": 0.5, "b": None}, now),
                       OnlineRow("toy", "ETH/USDT", now - timedelta(hours=2), "v1", {"a": -0.5, "b": 1.0}, now)])
     key = "k3y-" + secrets.token_hex(16)
     runs = []
@@ -229,7 +231,7 @@ def test_score_and_verify_signal_commands(tmp_path):
     (line,) = done.stdout.splitlines()
     signal = json.loads(line)
     assert verify_signal(signal, key=key.encode()) and signal["side"] == "LONG" and signal["missing"] == ["toy__b"]
-    log = audit_path(store)
+    log = Store(store).audit_path
     assert log.read_text() == line + "\n"
     again = run("score", "--model", str(store / "models" / "toy" / "t0"), "--symbols", "BTC/USDT")
     assert again.stdout == done.stdout and log.read_text() == line + "\n"  # the same row: the logged decision
@@ -268,12 +270,12 @@ def test_score_and_verify_signal_commands(tmp_path):
 def test_demo_stage_materializes_what_the_online_store_lacks_and_is_idempotent(tmp_path, capsys, monkeypatch):
     import numpy as np
 
+    from app.demo.serving_stage import DEMO_SIGNING_KEY, run_serving_stage
+    from app.demo.training_stage import DEMO_MODEL
     from featurestore.backfill import backfill
     from featurestore.builtin_views import DAILY_TREND, RESEARCH
     from featurestore.ingest import ingest_resampled, ingest_synthetic
     from featurestore.store import Store
-    from serving.demo_stage import DEMO_SIGNING_KEY, run_serving_stage
-    from training.demo_stage import DEMO_MODEL
     from training.registry import models_root, promote
 
     monkeypatch.delenv("FEATURESTORE_SIGNING_KEY", raising=False)
@@ -295,7 +297,7 @@ def test_demo_stage_materializes_what_the_online_store_lacks_and_is_idempotent(t
 
     run_serving_stage(store, now=now, symbols=symbols)
     first = capsys.readouterr().out
-    log = audit_path(store.root).read_text()
+    log = store.audit_path.read_text()
     assert "the online store lacked view research for 2 symbol(s): copied 2" in first
     assert "the online store lacked view daily_trend for 2 symbol(s): copied 2" in first
     assert "scoring as of 2024-01-03T00:00:00+00:00 (the newest research row" in first
@@ -307,4 +309,4 @@ def test_demo_stage_materializes_what_the_online_store_lacks_and_is_idempotent(t
 
     run_serving_stage(store, now=now + timedelta(days=1), symbols=symbols)  # the same rows: the same signals
     second = capsys.readouterr().out
-    assert "lacked" not in second and audit_path(store.root).read_text() == log
+    assert "lacked" not in second and store.audit_path.read_text() == log

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pytest
 from polars.testing import assert_frame_equal
 
+from app.cli import main
 from featurestore.bars import TS_DTYPE
-from featurestore.cli import main
 from featurestore.errors import SqlError
 from featurestore.ingest import ingest_synthetic
 from featurestore.sql import run_sql, run_sql_arrow

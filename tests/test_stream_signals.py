@@ -22,11 +22,10 @@ from conftest import FEATURESTORE
 from featurestore.backfill import backfill
 from featurestore.builtin_views import INDICATORS, RESEARCH
 from featurestore.ingest import ingest_synthetic
+from featurestore.materialize import materialize_latest
 from featurestore.offline import read_features
+from featurestore.online.sqlite import SqliteOnlineStore
 from featurestore.store import Store
-from serving.audit import audit_path
-from serving.materialize import materialize_latest
-from serving.online_store import OnlineStore, online_path
 from serving.signals import Thresholds, side_for, verify_signal
 from training.labels import parse_label
 from training.model import ModelParams
@@ -71,7 +70,7 @@ def stream(store: Store, *args: object, key: str | None = KEY) -> subprocess.Com
 
 
 def signals(store: Store) -> list[dict]:
-    return [json.loads(line) for line in audit_path(store.root).read_text().splitlines()]
+    return [json.loads(line) for line in store.audit_path.read_text().splitlines()]
 
 
 def production_booster(store: Store, name: str) -> lgb.Booster:
@@ -124,7 +123,7 @@ def test_a_rerun_adds_nothing_and_a_resumed_run_writes_what_one_run_wrote(store,
 
 @pytest.mark.slow
 def test_rows_of_other_views_from_after_the_bar_are_refused(store):
-    with OnlineStore(online_path(store.root)) as online:  # the newest indicators row: the end of the data
+    with SqliteOnlineStore(store.online_path) as online:  # the newest indicators row: the end of the data
         materialize_latest(store, INDICATORS, SYMBOLS, online, now=NOW)
 
     done = stream(store, "--from", START.isoformat(), "--model", "both")
@@ -142,4 +141,4 @@ def test_a_model_that_cannot_score_the_view_is_refused_before_the_flow_starts(st
     assert "model reg " in other_view.stderr and "uses views ['research'], not 'indicators'" in other_view.stderr
     unsigned = stream(store, "--model", "reg", key=None)
     assert unsigned.returncode == 1 and "set FEATURESTORE_SIGNING_KEY" in unsigned.stderr
-    assert not audit_path(store.root).exists()
+    assert not store.audit_path.exists()

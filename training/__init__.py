@@ -11,6 +11,4 @@ Modules (data flows one way: offline store -> training set -> model -> artifacts
 - ``training.onnx_export``: ONNX conversion with a parity gate (float64 tree ensemble by default).
 - ``training.registry``: model artifacts ``<models>/<name>/<version>/`` and the ``production`` pointer.
 - ``training.train``: the end-to-end pipeline behind ``featurestore train``.
-- ``training.cli``: the ``export``, ``train`` and ``models`` commands.
-- ``training.demo_stage``: the training stage of ``featurestore demo``.
 """

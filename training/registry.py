@@ -46,7 +46,7 @@ _POINTER = "production"
 
 def models_root(store: Store, override: str | os.PathLike | None = None) -> Path:
     """``override`` (``--models DIR``) or ``<store>/models``."""
-    return Path(override).absolute() if override is not None else store.root / "models"
+    return Path(override).absolute() if override is not None else store.models_dir
 
 
 def _check(kind: str, value: str) -> str:

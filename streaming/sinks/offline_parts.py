@@ -1,8 +1,7 @@
 """Sink: emitted feature rows appended to the store as parquet part files, one per input window.
 
-Layout (beside the backfilled ``kind=features`` files, which stay the source of truth)::
-
-    <store>/kind=stream/view=<name>/version=<v>/exchange=<x>/symbol=<url-quoted>/part-<first ms>-<last ms>.parquet
+Parts live beside the backfilled ``kind=features`` files, which stay the source of truth
+(``featurestore.layout``: ``kind=stream/view=<name>/version=<v>/exchange=<x>/symbol=<s>/part-<first>-<last>.parquet``).
 
 Columns as in the offline store: ``symbol``, ``ts``, the features, ``created_at``, ``view_version``.
 A part is named by its symbol and first/last row time and written atomically; the replay source cuts
@@ -25,7 +24,6 @@ windows on a fixed grid, so after a restart a replayed window rewrites the same 
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import quote
 
 import polars as pl
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -42,7 +40,7 @@ __all__ = ["OfflinePartsSink", "parts_dir", "scan_parts"]
 
 def parts_dir(store: Store, view: FeatureView) -> Path:
     """Where the parts of the view's current version live."""
-    return store.root / "kind=stream" / f"view={view.name}" / f"version={view.version}"
+    return store.stream_dir(view.name, view.version)
 
 
 def scan_parts(store: Store, view: FeatureView) -> pl.LazyFrame:
@@ -66,7 +64,6 @@ class OfflinePartsSink(DynamicSink[tuple[str, FeatureRows]]):
 class _PartsPartition(StatelessSinkPartition[tuple[str, FeatureRows]]):
     def __init__(self, sink: OfflinePartsSink) -> None:
         self._sink = sink
-        self._dir = parts_dir(sink.store, sink.view) / f"exchange={quote(sink.exchange, safe='')}"
 
     def write_batch(self, items: list[tuple[str, FeatureRows]]) -> None:
         sink = self._sink
@@ -81,5 +78,6 @@ class _PartsPartition(StatelessSinkPartition[tuple[str, FeatureRows]]):
                 pl.lit(to_datetime(sink.clock())).cast(pl.Datetime("us", "UTC")).alias("created_at"),
                 pl.lit(sink.view.version).alias("view_version"),
             )
-            path = self._dir / f"symbol={quote(symbol, safe='')}" / f"part-{rows.ts[0]}-{rows.ts[-1]}.parquet"
+            path = sink.store.stream_part(sink.view.name, sink.view.version, sink.exchange, symbol, rows.ts[0],
+                                          rows.ts[-1])
             write_parquet_atomic(frame, path, compression="snappy")

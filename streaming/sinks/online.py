@@ -7,12 +7,10 @@ leave it unchanged: the sink is idempotent and needs no recovery state.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from featurestore.definitions import FeatureView
-from serving.online_store import OnlineRow, OnlineStore
+from featurestore.online import OnlineRow, OnlineStore, connect
 from streaming.clock import Clock, to_datetime
 from streaming.items import FeatureRows
 
@@ -20,13 +18,13 @@ __all__ = ["OnlineSink"]
 
 
 class OnlineSink(DynamicSink[tuple[str, FeatureRows]]):
-    """Upsert the last row of each symbol's items into the online store at ``path``."""
+    """Upsert the last row of each symbol's items into the online store at ``url``."""
 
-    def __init__(self, path: Path, view: FeatureView, feature_names: list[str], clock: Clock) -> None:
-        self.path, self.view, self.feature_names, self.clock = path, view, feature_names, clock
+    def __init__(self, url: str, view: FeatureView, feature_names: list[str], clock: Clock) -> None:
+        self.url, self.view, self.feature_names, self.clock = url, view, feature_names, clock
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _OnlinePartition:
-        return _OnlinePartition(self, OnlineStore(self.path))
+        return _OnlinePartition(self, connect(self.url))
 
 
 class _OnlinePartition(StatelessSinkPartition[tuple[str, FeatureRows]]):
@@ -38,7 +36,7 @@ class _OnlinePartition(StatelessSinkPartition[tuple[str, FeatureRows]]):
         if not newest:
             return
         sink, now = self._sink, to_datetime(self._sink.clock())
-        self._online.write(
+        self._online.put_many(
             OnlineRow(sink.view.name, symbol, to_datetime(ts), sink.view.version,
                       dict(zip(sink.feature_names, values, strict=True)), now)
             for symbol, (ts, values) in newest.items())

@@ -38,8 +38,9 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from featurestore.definitions import FeatureView
 from featurestore.errors import FeatureStoreError, VersionSkewError
+from featurestore.online import OnlineRow, connect
+from featurestore.store import Store
 from serving.audit import AuditLog
-from serving.online_store import OnlineRow, OnlineStore, online_path
 from serving.scorer import Scorer, load_model
 from serving.signal_service import SignalService
 from serving.signals import Thresholds, signing_key
@@ -78,10 +79,9 @@ class SignalSink(FixedPartitionedSink[FeatureRows, None]):
         return ["signals"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _SignalPartition:
-        online = online_path(self.store_root)
-        if not online.exists():
-            OnlineStore(online).close()  # create it: the online sink may not have written yet
-        scorer = Scorer(load_model(self.model_dir), OnlineStore(online, readonly=True), max_age=self.max_age)
+        url = Store(self.store_root).online_url
+        connect(url).close()  # create it: the online sink may not have written yet
+        scorer = Scorer(load_model(self.model_dir), connect(url, readonly=True), max_age=self.max_age)
         service = SignalService(scorer, key=signing_key(), audit=AuditLog(self.audit),
                                 thresholds=self.thresholds, size=self.size)
         return _SignalPartition(self, service)

@@ -83,17 +83,19 @@ def run_demo(store: Store, *, now: datetime, symbols: list[str], since: datetime
     with pl.Config(tbl_rows=50, tbl_cols=12, tbl_hide_dataframe_shape=True, tbl_width_chars=160):
         print(run_sql(FEATURES_QUERY, store))
 
-    from streaming.demo_stage import run_streaming_stage  # imports Bytewax and numba: only when needed
+    from app.demo.streaming_stage import run_streaming_stage  # imports Bytewax and numba: only when needed
 
     run_streaming_stage(store, now=now, symbols=symbols)
 
     _stage("train: LightGBM on research + daily_trend, walk-forward evaluation, ONNX export, registry")
-    from training.demo_stage import run_training_stage  # imports LightGBM and onnxruntime: only when needed
+    from app.demo.training_stage import (
+        run_training_stage,  # imports LightGBM and onnxruntime: only when needed
+    )
 
     run_training_stage(store, now=now, symbols=symbols)
 
     _stage("score: every symbol once through the ONNX scorer, skew guard on, signed signals")
-    from serving.demo_stage import run_serving_stage
+    from app.demo.serving_stage import run_serving_stage
 
     run_serving_stage(store, now=now, symbols=symbols)
     print(f"\nquery it yourself: featurestore sql \"SELECT ...\" --store {store.root}"

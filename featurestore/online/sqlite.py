@@ -1,24 +1,20 @@
-"""The online store: the latest feature row per (view, symbol), in SQLite at ``<store>/online.sqlite``.
+"""The embedded online store: SQLite, one file (``<store>/online.sqlite`` by default), WAL mode.
 
-The streaming flow writes; any number of readers, in any process, read while it writes (WAL mode).
-``write`` is an idempotent upsert that never moves a row back in time: a stored row is replaced only
-by a row with a newer ``ts``, or with the same ``ts`` and the same view version. Replaying rows
-(after a crash and restart, say) therefore leaves the store as it was.
-
-A reader keeps one connection open; sqlite3 caches the prepared statements, so ``get`` is a few
-microseconds.
+The streaming flow writes; any number of readers, in any process, read while it writes. A reader keeps
+one connection open; sqlite3 caches the prepared statements, so ``latest`` is a few microseconds. The
+interface and its rules are ``featurestore.online.OnlineStore``'s.
 
 >>> import tempfile
 >>> from datetime import datetime, timedelta, timezone
 >>> path = Path(tempfile.mkdtemp()) / "online.sqlite"
 >>> t = datetime(2024, 5, 1, 0, 1, tzinfo=timezone.utc)
->>> with OnlineStore(path) as online:
-...     online.write([OnlineRow("research", "BTC/USDT", t, "v1", {"ret_1": 0.5, "rv_24": None}, t)])
-...     online.write([OnlineRow("research", "BTC/USDT", t - timedelta(minutes=1), "v1", {"ret_1": 9.0}, t)])
+>>> with SqliteOnlineStore(path) as online:
+...     online.put_many([OnlineRow("research", "BTC/USDT", t, "v1", {"ret_1": 0.5, "rv_24": None}, t)])
+...     online.put_many([OnlineRow("research", "BTC/USDT", t - timedelta(minutes=1), "v1", {"ret_1": 9.0}, t)])
 1
 0
->>> with OnlineStore(path, readonly=True) as online:
-...     row = online.get("research", "BTC/USDT")
+>>> with SqliteOnlineStore(path, readonly=True) as online:
+...     row = online.latest("research", "BTC/USDT")
 >>> row.ts, row.features
 (datetime.datetime(2024, 5, 1, 0, 1, tzinfo=datetime.timezone.utc), {'ret_1': 0.5, 'rv_24': None})
 """
@@ -30,17 +26,16 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
 
 from featurestore.errors import FeatureStoreError
+from featurestore.online import OnlineRow, OnlineStore
 
-__all__ = ["ONLINE_FILE", "OnlineRow", "OnlineStore", "online_path"]
+__all__ = ["SqliteOnlineStore"]
 
-ONLINE_FILE = "online.sqlite"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _SCHEMA = """
@@ -69,11 +64,6 @@ _GET_VIEWS = f"SELECT view, {_COLUMNS} FROM online_features WHERE symbol = ? AND
 _GET_ALL = f"SELECT {_COLUMNS} FROM online_features WHERE view = ? ORDER BY symbol"
 
 
-def online_path(store_root: str | os.PathLike) -> Path:
-    """Where a store directory keeps its online store."""
-    return Path(store_root) / ONLINE_FILE
-
-
 def _ms(moment: datetime) -> int:
     if moment.tzinfo is None:
         raise FeatureStoreError(f"{moment.isoformat()} has no timezone; online rows need aware UTC datetimes")
@@ -84,19 +74,7 @@ def _utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
-@dataclass(frozen=True)
-class OnlineRow:
-    """The latest feature row of one symbol in one view."""
-
-    view: str
-    symbol: str
-    ts: datetime
-    view_version: str
-    features: dict[str, float | None]
-    updated_at: datetime
-
-
-class OnlineStore:
+class SqliteOnlineStore(OnlineStore):
     """One connection to an online store file; ``readonly=True`` for readers (the file must exist)."""
 
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False, timeout_s: float = 30.0) -> None:
@@ -118,16 +96,10 @@ class OnlineStore:
                 self._con.execute(_SCHEMA)
             self._con.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; never corrupt
 
-    def __enter__(self) -> OnlineStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         self._con.close()
 
-    def write(self, rows: Iterable[OnlineRow]) -> int:
+    def put_many(self, rows: Iterable[OnlineRow]) -> int:
         """Upsert ``rows`` in one transaction; return how many were inserted or replaced."""
         params = [(r.view, r.symbol, _ms(r.ts), r.view_version, json.dumps(r.features), _ms(r.updated_at))
                   for r in rows]
@@ -141,7 +113,7 @@ class OnlineStore:
         self._con.execute("COMMIT")
         return self._con.total_changes - before
 
-    def get(self, view: str, symbol: str) -> OnlineRow | None:
+    def latest(self, view: str, symbol: str) -> OnlineRow | None:
         """The latest row of ``symbol`` in ``view``, or None."""
         found = self._con.execute(_GET, (view, symbol)).fetchone()
         return None if found is None else _row(view, found)

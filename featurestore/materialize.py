@@ -12,14 +12,14 @@ materialize --view daily_trend``); the scorer's max age refuses the row once it 
 >>> from featurestore.backfill import backfill
 >>> from featurestore.builtin_views import DAILY_TREND
 >>> from featurestore.ingest import ingest_synthetic
->>> from serving.online_store import online_path
+>>> from featurestore.online import connect
 >>> store = Store(tempfile.mkdtemp())
 >>> now = datetime(2024, 3, 1, tzinfo=timezone.utc)
 >>> _ = ingest_synthetic(store, ["BTC/USDT"], "1d", since=datetime(2024, 1, 1, tzinfo=timezone.utc), until=now, now=now)
 >>> _ = backfill(store, DAILY_TREND, now=now, progress=False)
->>> with OnlineStore(online_path(store.root)) as online:
+>>> with connect(store.online_url) as online:
 ...     materialize_latest(store, DAILY_TREND, ["BTC/USDT"], online, now=now)
-...     online.get("daily_trend", "BTC/USDT").ts
+...     online.latest("daily_trend", "BTC/USDT").ts
 1
 datetime.datetime(2024, 3, 1, 0, 0, tzinfo=datetime.timezone.utc)
 """
@@ -29,12 +29,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from featurestore.backfill import resolve_exchange
 from featurestore.definitions import FeatureView
 from featurestore.errors import FeatureStoreError
 from featurestore.offline import read_symbol_features
+from featurestore.online import OnlineRow, OnlineStore
 from featurestore.store import Store
-from serving.online_store import OnlineRow, OnlineStore
 
 __all__ = ["materialize_latest"]
 
@@ -43,7 +42,7 @@ def materialize_latest(store: Store, view: FeatureView, symbols: Sequence[str], 
                        now: datetime, exchange: str | None = None) -> int:
     """Write each symbol's newest offline row of ``view`` to ``online``; return how many rows changed
     (a newer online row is kept). Raises, naming the symbols, when one has no stored row."""
-    exchange = resolve_exchange(store, view.timeframe, exchange)
+    exchange = store.resolve_exchange(view.timeframe, exchange)
     rows, absent = [], []
     for symbol in symbols:
         stored = read_symbol_features(store, view, exchange, symbol)
@@ -56,4 +55,4 @@ def materialize_latest(store: Store, view: FeatureView, symbols: Sequence[str], 
     if absent:
         raise FeatureStoreError(f"no offline rows of view {view.name!r} v{view.version} on {exchange} for "
                                 f"{', '.join(absent)}; run `featurestore backfill --view {view.name}`")
-    return online.write(rows)
+    return online.put_many(rows)

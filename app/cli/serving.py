@@ -1,6 +1,6 @@
 """The ``score``, ``serve``, ``verify-signal`` and ``materialize`` commands of the ``featurestore`` CLI.
 
-``featurestore.cli`` calls ``add_commands(commands, common)``. Signing and verifying need the key in
+``app.cli.main`` calls ``add_commands(commands, common)``. Signing and verifying need the key in
 ``$FEATURESTORE_SIGNING_KEY`` (never printed or written).
 
     featurestore score --model btc_reg --symbols BTC/USDT,ETH/USDT     signed signals as JSON lines (+ audit log)
@@ -15,11 +15,11 @@ import argparse
 import json
 import os
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from featurestore.cli import comma_list
+from app.cli.options import comma_list, view_durations
 from featurestore.errors import FeatureStoreError
 from featurestore.store import Store
 
@@ -30,20 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["add_commands", "model_options", "thresholds_from_args"]
 
 
-def _max_age(text: str) -> dict[str, timedelta] | timedelta:
-    """``90s`` (every view) or ``research=90s,daily_trend=2d``."""
-    from featurestore.export import parse_duration
-
-    try:
-        if "=" not in text:
-            return parse_duration(text)
-        return {name.strip(): parse_duration(value) for name, _, value in (p.partition("=") for p in text.split(","))}
-    except FeatureStoreError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _service(args: argparse.Namespace, store: Store, *, fsync: bool) -> SignalService:
-    from serving.audit import AuditLog, audit_path
+    from serving.audit import AuditLog
     from serving.scorer import open_scorer
     from serving.signal_service import SignalService
     from serving.signals import signing_key
@@ -51,7 +39,7 @@ def _service(args: argparse.Namespace, store: Store, *, fsync: bool) -> SignalSe
     key = signing_key()
     model = args.model or _production_model(store, args.models)
     scorer = open_scorer(store, model, version=args.version, models=args.models, max_age=args.max_age)
-    audit = AuditLog(args.audit or audit_path(store.root), fsync=fsync)
+    audit = AuditLog(args.audit or store.audit_path, fsync=fsync)
     return SignalService(scorer, key=key, audit=audit, thresholds=thresholds_from_args(args), size=args.size)
 
 
@@ -112,15 +100,14 @@ def cmd_verify(args: argparse.Namespace, store: Store, now: datetime) -> int:
 
 
 def cmd_materialize(args: argparse.Namespace, store: Store, now: datetime) -> int:
-    from featurestore.backfill import resolve_exchange
+    from featurestore.materialize import materialize_latest
+    from featurestore.online import connect
     from featurestore.registry import resolve_view
-    from serving.materialize import materialize_latest
-    from serving.online_store import OnlineStore, online_path
 
     view = resolve_view(args.view, args.definitions)
-    exchange = resolve_exchange(store, view.timeframe, args.exchange)
+    exchange = store.resolve_exchange(view.timeframe, args.exchange)
     symbols = args.symbols or [s.symbol for s in store.series(exchange=exchange, timeframe=view.timeframe)]
-    with OnlineStore(online_path(store.root)) as online:
+    with connect(store.online_url) as online:
         written = materialize_latest(store, view, symbols, online, now=now, exchange=exchange)
         for symbol, row in online.get_many(view.name, symbols).items():
             print(f"{view.name} {symbol}: online row at {row.ts.isoformat()} (version {row.view_version})")
@@ -135,7 +122,7 @@ def model_options(parser: argparse.ArgumentParser) -> None:
                         "serve: default the only production model")
     parser.add_argument("--version", help="a registry version instead of production")
     parser.add_argument("--models", type=Path, help="models directory (default <store>/models)")
-    parser.add_argument("--max-age", type=_max_age, help="refuse rows older than this: 90s (every view) or "
+    parser.add_argument("--max-age", type=view_durations, help="refuse rows older than this: 90s (every view) or "
                         "research=90s,daily_trend=2d (default: each view's TTL in the model's meta.json)")
     parser.add_argument("--long-above", type=float, help="LONG when the score is above (default: the model's "
                         "backtest threshold, else 0)")

@@ -1,6 +1,6 @@
 """The ``export``, ``train`` and ``models`` commands of the ``featurestore`` CLI.
 
-``featurestore.cli`` calls ``add_commands(commands, common)``; heavy libraries (LightGBM, ONNX,
+``app.cli.main`` calls ``add_commands(commands, common)``; heavy libraries (LightGBM, ONNX,
 matplotlib) are imported inside the command functions only.
 
     featurestore export --views research --all-bars --label future_ret:h=1 --out train.parquet
@@ -16,7 +16,7 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
-from featurestore.cli import comma_list, parse_utc
+from app.cli.options import comma_list, utc
 from featurestore.errors import FeatureStoreError
 from featurestore.store import Store
 
@@ -144,7 +144,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
 
 def _shared(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--symbols", type=comma_list, help="default: every symbol with stored features")
-    parser.add_argument("--start", type=parse_utc, help="rows with event_ts >= start (UTC)")
-    parser.add_argument("--end", type=parse_utc, help="rows with event_ts < end (UTC)")
+    parser.add_argument("--start", type=utc, help="rows with event_ts >= start (UTC)")
+    parser.add_argument("--end", type=utc, help="rows with event_ts < end (UTC)")
     parser.add_argument("--exchange", help="exchange of the label bars (default: the only one stored)")
     parser.add_argument("--definitions", type=Path, help="a Python file defining FeatureView objects")

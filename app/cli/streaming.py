@@ -1,6 +1,6 @@
 """The ``stream``, ``parity`` and ``online`` commands of the ``featurestore`` CLI.
 
-``featurestore.cli`` calls ``add_commands(commands, common)``; Bytewax and ccxt are imported inside
+``app.cli.main`` calls ``add_commands(commands, common)``; Bytewax and ccxt are imported inside
 the command functions only.
 
     featurestore stream --source replay --view research [--symbols ..] [--from 2024-05-01] [--speed 0]
@@ -22,16 +22,15 @@ from pathlib import Path
 
 import polars as pl
 
-from featurestore.cli import comma_list, parse_utc
+from app.cli.options import comma_list, utc
+from app.cli.serving import model_options
 from featurestore.errors import FeatureStoreError
 from featurestore.store import Store
-from serving.cli import model_options
 
 __all__ = ["add_commands"]
 
 
 def cmd_stream(args: argparse.Namespace, store: Store, now: datetime) -> int:
-    from featurestore.backfill import resolve_exchange
     from featurestore.registry import resolve_view
     from streaming.flow import StreamConfig, build_flow
     from streaming.runner import run_flow
@@ -42,7 +41,7 @@ def cmd_stream(args: argparse.Namespace, store: Store, now: datetime) -> int:
     if symbols is None:
         if args.source == "ccxt":
             raise FeatureStoreError("--source ccxt needs --symbols, e.g. --symbols BTC/USDT,ETH/USDT")
-        exchange = resolve_exchange(store, view.timeframe, args.exchange)
+        exchange = store.resolve_exchange(view.timeframe, args.exchange)
         symbols = [s.symbol for s in store.series(exchange=exchange, timeframe=view.timeframe)]
     config = StreamConfig(
         store=str(store.root), view=view.name, symbols=symbols, source=args.source, exchange=args.exchange,
@@ -60,14 +59,14 @@ def cmd_stream(args: argparse.Namespace, store: Store, now: datetime) -> int:
     elapsed = time.perf_counter() - started
     if config.metrics_path.exists():  # in a cluster, only the process that ran the metrics sink has it
         print(f"{summary_line(read_metrics(config.metrics_path))} ({config.metrics_path})")
-    print(f"done in {elapsed:.1f} s; online store: {store.root / 'online.sqlite'}"
+    print(f"done in {elapsed:.1f} s; online store: {store.online_url}"
           + (f"; rows: {config.jsonl}" if config.jsonl else ""))
     return 0
 
 
 def _signal_config(args: argparse.Namespace, store: Store) -> dict:
     """The ``StreamConfig`` fields of ``--model`` and its options (none without ``--model``)."""
-    from serving.cli import thresholds_from_args
+    from app.cli.serving import thresholds_from_args
     from serving.scorer import load_model, resolve_model_dir
 
     if args.model is None:
@@ -97,9 +96,9 @@ def cmd_parity(args: argparse.Namespace, store: Store, now: datetime) -> int:
 
 
 def cmd_online(args: argparse.Namespace, store: Store, now: datetime) -> int:
-    from serving.online_store import OnlineStore, online_path
+    from featurestore.online import connect
 
-    with OnlineStore(online_path(store.root), readonly=True) as online:
+    with connect(store.online_url, readonly=True) as online:
         rows = list(online.get_many(args.view, args.symbol).values()) if args.symbol else online.rows(args.view)
     missing = sorted(set(args.symbol or []) - {row.symbol for row in rows})
     for row in rows:
@@ -122,10 +121,10 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     stream.add_argument("--symbols", type=comma_list, help="comma-separated (replay default: every stored symbol)")
     stream.add_argument("--exchange", help="replay: the stored series' exchange; ccxt: exchange id (default binance)")
     stream.add_argument("--definitions", type=Path, help="a Python file defining FeatureView objects")
-    stream.add_argument("--from", dest="start", type=parse_utc,
+    stream.add_argument("--from", dest="start", type=utc,
                         help="replay bars opening at or after this time (state warmed on the bars before); "
                              "ccxt: start here instead of after the newest stored bar")
-    stream.add_argument("--until", type=parse_utc, help="stop before bars opening at this time")
+    stream.add_argument("--until", type=utc, help="stop before bars opening at this time")
     stream.add_argument("--speed", type=float, default=0.0,
                         help="replay pacing: market seconds per wall second (0 = as fast as possible)")
     stream.add_argument("--batch", type=int, default=1000, help="replay window in bars (1 = bar by bar)")
@@ -147,7 +146,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                                  help="replay stored bars through the engine and compare with the offline store")
     parity.add_argument("--view", required=True)
     parity.add_argument("--symbols", type=comma_list, help="default: every stored symbol")
-    parity.add_argument("--from", dest="start", type=parse_utc, help="replay from here (engine warmed before)")
+    parity.add_argument("--from", dest="start", type=utc, help="replay from here (engine warmed before)")
     parity.add_argument("--exchange", help="default: the only exchange with bars of the view's timeframe")
     parity.add_argument("--batch", type=int, default=1000, help="bars per engine batch")
     parity.add_argument("--definitions", type=Path, help="a Python file defining FeatureView objects")

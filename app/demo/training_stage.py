@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 
-from featurestore.backfill import resolve_exchange
 from featurestore.builtin_views import DAILY_TREND, RESEARCH
 from featurestore.errors import FeatureStoreError
 from featurestore.offline import stored_range
@@ -34,7 +33,7 @@ def run_training_stage(store: Store, *, now: datetime, symbols: list[str]) -> No
     from training.registry import models_root, promote
     from training.train import summary_table, train_model
 
-    exchange = resolve_exchange(store, RESEARCH.timeframe, "synthetic" if store.series(
+    exchange = store.resolve_exchange(RESEARCH.timeframe, "synthetic" if store.series(
         exchange="synthetic", timeframe=RESEARCH.timeframe) else None)
     last = [stored_range(store, RESEARCH, exchange, symbol).last for symbol in symbols]
     if not all(last):

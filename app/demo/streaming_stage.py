@@ -13,14 +13,13 @@ from datetime import datetime, timedelta
 import polars as pl
 from bytewax.testing import run_main
 
-from featurestore.backfill import resolve_exchange
 from featurestore.builtin_views import RESEARCH
 from featurestore.definitions import FeatureView
 from featurestore.errors import FeatureStoreError
 from featurestore.offline import read_features
+from featurestore.online import connect
 from featurestore.store import BarSeries, Store
 from featurestore.timeframes import timeframe_ms
-from serving.online_store import OnlineStore, online_path
 from streaming.clock import fixed_clock
 from streaming.flow import StreamConfig, build_flow
 from streaming.parity import compare_rows
@@ -32,7 +31,7 @@ __all__ = ["run_streaming_stage"]
 def run_streaming_stage(store: Store, *, now: datetime, symbols: list[str], view: FeatureView = RESEARCH,
                         days: float = 2.0, exchange: str | None = None) -> None:
     """Stream the last ``days`` of ``view``'s bars for ``symbols`` and check parity with the backfill."""
-    exchange = resolve_exchange(store, view.timeframe, exchange)
+    exchange = store.resolve_exchange(view.timeframe, exchange)
     stored = [store.last_bar_ts(BarSeries(exchange, view.timeframe, s)) for s in symbols]
     if None in stored:
         raise FeatureStoreError(f"no {view.timeframe} bars of {symbols[stored.index(None)]} on {exchange} to stream")
@@ -50,7 +49,7 @@ def run_streaming_stage(store: Store, *, now: datetime, symbols: list[str], view
     print(f"{summary_line(metrics)} in {elapsed:.1f} s ({metrics['total']['received'] / elapsed:,.0f} bars/s, "
           "engine compile and warm-up included)")
 
-    with OnlineStore(online_path(store.root), readonly=True) as online:
+    with connect(store.online_url, readonly=True) as online:
         rows = online.get_many(view.name, symbols)
     shown = view.feature_names[:4]
     with pl.Config(tbl_rows=50, tbl_hide_dataframe_shape=True, tbl_width_chars=160):

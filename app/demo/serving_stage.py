@@ -2,7 +2,7 @@
 
 The streaming stage leaves the newest ``research`` rows in the online store; the demo model also reads
 ``daily_trend``, which no flow runs, so a view the online store lacks for a symbol is first copied from
-the offline store's newest row (``serving.materialize``). The demo replays history: its rows are older
+the offline store's newest row (``featurestore.materialize``). The demo replays history: its rows are older
 than their TTL against the wall clock, so they are scored as of the replay's own clock (the newest
 ``research`` row), which the stage prints. Signals are signed, printed and appended to the audit log;
 re-running over the same rows re-prints the logged signals and appends nothing.
@@ -19,11 +19,11 @@ from datetime import datetime
 
 import polars as pl
 
+from featurestore.materialize import materialize_latest
+from featurestore.online import connect
 from featurestore.registry import resolve_view
 from featurestore.store import Store
-from serving.audit import AuditLog, audit_path
-from serving.materialize import materialize_latest
-from serving.online_store import OnlineStore, online_path
+from serving.audit import AuditLog
 from serving.scorer import Scorer, load_model, resolve_model_dir
 from serving.signal_service import SignalService
 from serving.signals import SIGNING_KEY_ENV, signing_key, verify_signal
@@ -36,10 +36,10 @@ DEMO_SIGNING_KEY = "featurestore-demo-signing-key-not-a-secret"
 
 def run_serving_stage(store: Store, *, now: datetime, symbols: list[str]) -> None:
     """Score ``symbols`` once with the production demo model; print the signals."""
-    from training.demo_stage import DEMO_MODEL
+    from app.demo.training_stage import DEMO_MODEL
 
     model = load_model(resolve_model_dir(store, DEMO_MODEL))
-    with OnlineStore(online_path(store.root)) as online:
+    with connect(store.online_url) as online:
         for view in model.view_versions:
             lacking = [s for s in symbols if s not in online.get_many(view, symbols)]
             if lacking:
@@ -52,8 +52,8 @@ def run_serving_stage(store: Store, *, now: datetime, symbols: list[str]) -> Non
     key = signing_key() if configured else DEMO_SIGNING_KEY.encode()
     print(f"scoring as of {as_of.isoformat()} (the newest {primary} row: the replay's clock) with {model.name} "
           f"{model.version}; signing with {'$' + SIGNING_KEY_ENV if configured else 'the demo key (not a secret)'}")
-    scorer = Scorer(model, OnlineStore(online_path(store.root), readonly=True))
-    with SignalService(scorer, key=key, audit=AuditLog(audit_path(store.root))) as service:
+    scorer = Scorer(model, connect(store.online_url, readonly=True))
+    with SignalService(scorer, key=key, audit=AuditLog(store.audit_path)) as service:
         started = time.perf_counter()
         signals = service.signals(symbols, now=as_of)
         elapsed = time.perf_counter() - started
@@ -63,4 +63,4 @@ def run_serving_stage(store: Store, *, now: datetime, symbols: list[str]) -> Non
     verified = sum(verify_signal(signal, key=key) for signal in signals)
     print(f"{len(signals)} signal(s) in {elapsed * 1e3:.1f} ms (one batch; signing and audit log included), "
           f"{verified} verify; thresholds long > {service.thresholds.long_above:g}, short < "
-          f"{service.thresholds.short_below:g}; audit log {audit_path(store.root)}; no order is sent")
+          f"{service.thresholds.short_below:g}; audit log {store.audit_path}; no order is sent")

@@ -1,0 +1,198 @@
+"""Where everything lives in a store directory, and the look-ups over what is there.
+
+This module is the one place that spells out the store's paths; every other module asks a ``Layout``
+(a ``Store`` is one)::
+
+    <root>/
+      kind=bars/exchange=<x>/timeframe=<tf>/symbol=<url-quoted>/year=<yyyy>/bars.parquet
+      kind=features/view=<name>/version=<v>/exchange=<x>/symbol=<url-quoted>/year=<yyyy>/features.parquet
+      kind=stream/view=<name>/version=<v>/exchange=<x>/symbol=<url-quoted>/part-<first>-<last>.parquet
+      registry/<view>.json           every version of a view ever backfilled, and the current one
+      catalog.duckdb                 DuckDB views over the parquet
+      online.sqlite                  the embedded online store (latest row per view and symbol)
+      signals/signals.jsonl          the signed signal audit log
+      models/<name>/<version>/       published models, and models/<name>/production
+      stream/metrics-<view>.json     the dataflow's counters
+      .write.lock                    writers of the parquet files take turns on it
+
+Partition values are URL-quoted (``BTC/USDT`` is ``BTC%2FUSDT``).
+
+>>> import tempfile
+>>> layout = Layout(tempfile.mkdtemp())
+>>> layout.series_dir(BarSeries("binance", "1m", "BTC/USDT")).relative_to(layout.root).as_posix()
+'kind=bars/exchange=binance/timeframe=1m/symbol=BTC%2FUSDT'
+>>> layout.resolve_exchange("1m", None)
+Traceback (most recent call last):
+...
+featurestore.errors.FeatureStoreError: no 1m bars in ...; ingest some first (featurestore ingest --timeframe 1m)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+from featurestore.errors import FeatureStoreError
+from featurestore.online import sqlite_url
+
+__all__ = ["BarSeries", "Layout"]
+
+_BAR_FILE = "bars.parquet"
+_FEATURE_FILE = "features.parquet"
+
+
+def _key(name: str, value: str) -> str:
+    return f"{name}={quote(value, safe='')}"
+
+
+def _value(part: str) -> str:
+    return unquote(part.split("=", 1)[1])
+
+
+@dataclass(frozen=True, order=True)
+class BarSeries:
+    """One stored series of bars: the unit that is unique on ``ts``."""
+
+    exchange: str
+    timeframe: str
+    symbol: str
+
+
+class Layout:
+    """The paths of a store directory. Construction touches nothing on disk."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).absolute()
+
+    # -- files of the whole store
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.root / "catalog.duckdb"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / ".write.lock"
+
+    @property
+    def online_path(self) -> Path:
+        """The embedded (SQLite) online store's file."""
+        return self.root / "online.sqlite"
+
+    @property
+    def online_url(self) -> str:
+        """The online store's URL (``featurestore.online.connect``): the embedded SQLite file by default."""
+        return sqlite_url(self.online_path)
+
+    @property
+    def audit_path(self) -> Path:
+        """The signal audit log's default place."""
+        return self.root / "signals" / "signals.jsonl"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    def registry_file(self, view_name: str) -> Path:
+        return self.root / "registry" / f"{view_name}.json"
+
+    def stream_metrics_path(self, view_name: str) -> Path:
+        return self.root / "stream" / f"metrics-{view_name}.json"
+
+    # -- bars
+
+    @property
+    def bars_root(self) -> Path:
+        return self.root / "kind=bars"
+
+    def series_dir(self, series: BarSeries) -> Path:
+        return (self.bars_root / _key("exchange", series.exchange) / _key("timeframe", series.timeframe)
+                / _key("symbol", series.symbol))
+
+    def year_file(self, series: BarSeries, year: int) -> Path:
+        return self.series_dir(series) / f"year={year}" / _BAR_FILE
+
+    def bar_files(self, series: BarSeries) -> list[Path]:
+        """The series' files in time order (one per year); naming the partition keeps look-ups cheap."""
+        return sorted(self.series_dir(series).glob(f"year=*/{_BAR_FILE}"))
+
+    def series(self, *, exchange: str | None = None, timeframe: str | None = None,
+               symbols: list[str] | None = None) -> list[BarSeries]:
+        """Every stored series, optionally filtered, sorted."""
+        found = [
+            BarSeries(_value(path.parts[-3]), _value(path.parts[-2]), _value(path.parts[-1]))
+            for path in self.bars_root.glob("exchange=*/timeframe=*/symbol=*")
+            if any(path.glob(f"year=*/{_BAR_FILE}"))
+        ]
+        return sorted(
+            s for s in found
+            if (exchange is None or s.exchange == exchange)
+            and (timeframe is None or s.timeframe == timeframe)
+            and (symbols is None or s.symbol in symbols)
+        )
+
+    def resolve_exchange(self, timeframe: str, exchange: str | None) -> str:
+        """The exchange whose ``timeframe`` bars feed a view: the one given, or the only one stored."""
+        exchanges = sorted({s.exchange for s in self.series(timeframe=timeframe)})
+        if exchange is not None:
+            if exchange not in exchanges:
+                raise FeatureStoreError(f"no {timeframe} bars from exchange {exchange!r} in {self.root}; "
+                                        f"stored: {exchanges or 'none'}")
+            return exchange
+        if len(exchanges) != 1:
+            raise FeatureStoreError(
+                f"no {timeframe} bars in {self.root}; ingest some first (featurestore ingest --timeframe {timeframe})"
+                if not exchanges else f"{timeframe} bars from several exchanges ({', '.join(exchanges)}): pass --exchange")
+        return exchanges[0]
+
+    # -- feature rows (backfilled) and stream parts
+
+    @property
+    def features_root(self) -> Path:
+        return self.root / "kind=features"
+
+    def view_dir(self, view_name: str) -> Path:
+        return self.features_root / f"view={view_name}"
+
+    def version_dir(self, view_name: str, version: str) -> Path:
+        return self.view_dir(view_name) / f"version={version}"
+
+    def feature_symbol_dir(self, view_name: str, version: str, exchange: str, symbol: str) -> Path:
+        return self.version_dir(view_name, version) / _key("exchange", exchange) / _key("symbol", symbol)
+
+    def feature_year_file(self, view_name: str, version: str, exchange: str, symbol: str, year: int) -> Path:
+        return self.feature_symbol_dir(view_name, version, exchange, symbol) / f"year={year}" / _FEATURE_FILE
+
+    def feature_files(self, view_name: str, version: str, exchange: str | None = None,
+                      symbols: list[str] | None = None) -> list[Path]:
+        """Stored feature files of one view version (optionally one exchange and some symbols), sorted."""
+        exchange_part = _key("exchange", exchange) if exchange is not None else "exchange=*"
+        files = sorted(self.version_dir(view_name, version).glob(f"{exchange_part}/symbol=*/year=*/{_FEATURE_FILE}"))
+        if symbols is not None:
+            wanted = {_key("symbol", s) for s in symbols}
+            files = [f for f in files if f.parent.parent.name in wanted]
+        return files
+
+    def feature_views(self) -> list[str]:
+        """Names of the views with a directory under ``kind=features``, sorted."""
+        return sorted(_value(path.name) for path in self.features_root.glob("view=*"))
+
+    def stored_versions(self, view_name: str) -> list[str]:
+        """Versions of a view with at least one stored file."""
+        return sorted(_value(path.name) for path in self.view_dir(view_name).glob("version=*")
+                      if any(path.rglob(_FEATURE_FILE)))
+
+    def stored_symbols(self, view_name: str, version: str) -> list[str]:
+        """Symbols with stored rows of one view version (any exchange)."""
+        return sorted({_value(path.name) for path in self.version_dir(view_name, version).glob("exchange=*/symbol=*")})
+
+    def stream_dir(self, view_name: str, version: str) -> Path:
+        """Where the dataflow writes parquet parts of one view version (beside, not mixed into, the backfill)."""
+        return self.root / "kind=stream" / f"view={view_name}" / f"version={version}"
+
+    def stream_part(self, view_name: str, version: str, exchange: str, symbol: str, first_ms: int,
+                    last_ms: int) -> Path:
+        return (self.stream_dir(view_name, version) / _key("exchange", exchange) / _key("symbol", symbol)
+                / f"part-{first_ms}-{last_ms}.parquet")

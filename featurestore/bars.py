@@ -1,7 +1,7 @@
 """The bar contract: schema, normalisation and the validation rules every batch passes on the way in.
 
 A bar is ``(symbol, ts, open, high, low, close, volume)`` where ``ts`` is the bar's open time in UTC
-(see ``shared/design/semantics.md``). A batch that breaks any rule is rejected whole, with an error that
+(see ``docs/semantics.md``). A batch that breaks any rule is rejected whole, with an error that
 names the symbol, the offending row's ``ts`` and the rule.
 
 >>> import polars as pl

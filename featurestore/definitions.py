@@ -4,7 +4,7 @@ Write each feature as if over a single symbol's bars sorted by ``ts`` (columns `
 ``high``, ``low``, ``close``, ``volume``, and ``close_ts = ts + timeframe``). The project partitions
 by symbol and applies the causality rule itself: the row a bar produces is stamped with the bar's
 close time, so the feature row at ``t`` only uses bars that opened before ``t``
-(``shared/design/semantics.md``). Every expression is checked when the view is defined.
+(``docs/semantics.md``). Every expression is checked when the view is defined.
 
 >>> import polars as pl
 >>> view = FeatureView("mom", "1h", {"ret_3": (pl.col("close") / pl.col("close").shift(3)).log()})

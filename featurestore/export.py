@@ -1,6 +1,6 @@
 """Point-in-time training sets: feature views joined as of each entity row, plus labels.
 
-Rules (``shared/design/semantics.md``): for an entity row ``(symbol, event_ts)`` each view contributes
+Rules (``docs/point-in-time.md``): for an entity row ``(symbol, event_ts)`` each view contributes
 its feature row with the greatest ``ts <= event_ts`` for that symbol, provided ``event_ts - ts <= ttl``
 (default: one timeframe of the view); otherwise its features are null. With ``as_of_created`` a stored
 row whose ``created_at > event_ts`` does not exist for that entity (the join falls back to an older

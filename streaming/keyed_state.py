@@ -10,7 +10,7 @@ equals the backfill's row at that time.
 
 A bar is applied when it opens after the last applied bar; a ``BarBatch`` in order takes the
 engine's batch path, anything else goes bar by bar. A bar that does not open after the last applied
-one is not applied (``shared/design/semantics.md``): a repeat with identical values is a duplicate,
+one is not applied (``docs/semantics.md``): a repeat with identical values is a duplicate,
 dropped; one with the same open time but other values is a conflict, and an older one not remembered
 is late; both are logged. All three are counted.
 

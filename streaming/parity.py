@@ -3,7 +3,7 @@
 ``compare_rows`` matches rows on ``(symbol, ts)`` and reports, per feature, how many values differ,
 the largest absolute and relative difference, and null mismatches (null on one side only). NaN
 equals NaN. Parity fails on any row present on one side only, any null mismatch, or any relative
-difference above ``tolerance`` (1e-12, ``shared/design/parity.md``; bit-identical is what the
+difference above ``tolerance`` (1e-12, ``docs/parity.md``; bit-identical is what the
 engine delivers). ``replay_parity`` produces the streamed side by replaying stored bars through the
 incremental engine, its state warmed on the bars before ``start``.
 

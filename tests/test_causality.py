@@ -1,6 +1,6 @@
 """Causality of every built-in feature: the feature row stamped ``t`` uses only bars that opened before ``t``.
 
-The property (``shared/design/semantics.md``): change or append any bar at position >= k, and every
+The property (``docs/semantics.md``): change or append any bar at position >= k, and every
 feature row stamped at or before ``bars[k].ts`` (i.e. produced by bars 0..k-1) stays bit for bit the
 same, nulls included. Checked for ``compute`` on multi-symbol frames and ``compute_symbol`` on one
 symbol, over generated series with the edge cases that break naive kernels (constant prices, zero

@@ -1,6 +1,6 @@
 """Labels: forward-looking targets computed from bars. They live apart from features and are never served.
 
-Alignment (``shared/design/semantics.md``): the feature row stamped ``t`` uses bars that closed by ``t``.
+Alignment (``docs/semantics.md``): the feature row stamped ``t`` uses bars that closed by ``t``.
 Its ``future_ret`` with horizon ``h`` is ``log(close[t+h-1] / close[t-1])`` in the doc's bar-index terms
 (bar ``t`` = the bar opening at ``t``). Counted in stored bars: for the row stamped at the close of bar
 ``i``, it is ``log(close[i+h] / close[i])``; with ``h = 1`` it is the return of the bar opening at ``t``.

@@ -1,4 +1,4 @@
-"""LightGBM -> ONNX with a parity gate (``shared/design/onnx.md``).
+"""LightGBM -> ONNX with a parity gate (``docs/onnx.md``).
 
 Two conversions of the same booster:
 

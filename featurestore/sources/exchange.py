@@ -1,7 +1,7 @@
 """Closed bars from a real exchange through ccxt: a rate-limited client and a paginated, retrying fetch.
 
 Time is always passed in (``now_ms``); nothing here reads the clock. A bar is closed once
-``ts + timeframe <= now_ms`` (see ``shared/design/semantics.md``), so the in-progress candle that
+``ts + timeframe <= now_ms`` (see ``docs/semantics.md``), so the in-progress candle that
 ``fetch_ohlcv`` returns last never leaves this module.
 
 >>> make_client("binanse")

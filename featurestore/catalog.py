@@ -1,6 +1,7 @@
 """DuckDB views over the store's parquet: ``bars``, and ``features_<view>`` for each backfilled view.
 
-``features_<view>`` reads the view's current version (the last one backfilled; see ``registry``).
+``features_<view>`` reads the view's current version, or while that is not backfilled yet the version
+backfilled last (``registry.sql_version``); ``features_<view>__<version>`` reads any stored version.
 
 The same view definitions serve the persistent ``catalog.duckdb`` (for users who open it with the
 ``duckdb`` shell) and the in-memory connection behind ``featurestore sql``, so the two cannot drift.
@@ -19,7 +20,7 @@ import sys
 
 import duckdb
 
-from featurestore.registry import current_version
+from featurestore.registry import sql_version
 from featurestore.store import Store
 
 __all__ = ["connect", "refresh_catalog", "view_definitions"]
@@ -41,9 +42,12 @@ def view_definitions(store: Store) -> dict[str, str]:
     if store.series():
         views["bars"] = _parquet_view(f"{store.bars_root}/**/*.parquet")
     for name in store.feature_views():
-        version = current_version(store, name)
-        if version is not None and version in store.stored_versions(name):
-            views[f"features_{name}"] = _parquet_view(f"{store.version_dir(name, version)}/**/*.parquet")
+        shown = sql_version(store, name)
+        for version in store.stored_versions(name):
+            select = _parquet_view(f"{store.version_dir(name, version)}/**/*.parquet")
+            views[f"features_{name}__{version}"] = select
+            if version == shown:
+                views[f"features_{name}"] = select
     return views
 
 

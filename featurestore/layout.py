@@ -7,9 +7,10 @@ This module is the one place that spells out the store's paths; every other modu
       kind=bars/exchange=<x>/timeframe=<tf>/symbol=<url-quoted>/year=<yyyy>/bars.parquet
       kind=features/view=<name>/version=<v>/exchange=<x>/symbol=<url-quoted>/year=<yyyy>/features.parquet
       kind=stream/view=<name>/version=<v>/exchange=<x>/symbol=<url-quoted>/part-<first>-<last>.parquet
+      featurestore.toml              the store's settings (``featurestore.config``)
       registry/<view>.json           every version of a view ever backfilled, and the current one
       catalog.duckdb                 DuckDB views over the parquet
-      online.sqlite                  the embedded online store (latest row per view and symbol)
+      online.sqlite                  the embedded online store, unless featurestore.toml names another
       signals/signals.jsonl          the signed signal audit log
       models/<name>/<version>/       published models, and models/<name>/production
       stream/metrics-<view>.json     the dataflow's counters
@@ -35,7 +36,6 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from featurestore.errors import FeatureStoreError
-from featurestore.online import sqlite_url
 
 __all__ = ["BarSeries", "Layout"]
 
@@ -77,14 +77,8 @@ class Layout:
         return self.root / ".write.lock"
 
     @property
-    def online_path(self) -> Path:
-        """The embedded (SQLite) online store's file."""
-        return self.root / "online.sqlite"
-
-    @property
-    def online_url(self) -> str:
-        """The online store's URL (``featurestore.online.connect``): the embedded SQLite file by default."""
-        return sqlite_url(self.online_path)
+    def config_path(self) -> Path:
+        return self.root / "featurestore.toml"
 
     @property
     def audit_path(self) -> Path:

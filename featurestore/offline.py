@@ -45,9 +45,12 @@ def _files(store: Store, view: FeatureView, exchange: str, symbol: str) -> list[
     return store.feature_files(view.name, view.version, exchange, [symbol])
 
 
-def stored_range(store: Store, view: FeatureView, exchange: str, symbol: str) -> StoredRange:
-    """Row count and time range of a symbol's stored rows (reads only parquet metadata and ``ts``)."""
-    files = _files(store, view, exchange, symbol)
+def stored_range(store: Store, view: FeatureView, exchange: str | None = None,
+                 symbol: str | None = None) -> StoredRange:
+    """Row count and time range of the view's stored rows: one symbol's, or (without ``exchange`` and
+    ``symbol``) all of them. Reads only parquet metadata and ``ts``."""
+    files = (_files(store, view, exchange, symbol) if symbol is not None
+             else store.feature_files(view.name, view.version, exchange))
     if not files:
         return StoredRange(0, None, None)
     rows, first, last = pl.scan_parquet(files, hive_partitioning=False).select(

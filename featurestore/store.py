@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 from collections.abc import Iterator
 from datetime import datetime
@@ -31,6 +32,7 @@ import polars as pl
 
 from featurestore.atomic import write_parquet_atomic
 from featurestore.bars import BAR_COLUMNS, TS_DTYPE
+from featurestore.config import StoreConfig, read_config
 from featurestore.errors import FeatureStoreError, StoreConflictError
 from featurestore.layout import BarSeries, Layout
 
@@ -45,11 +47,29 @@ def default_store_root(explicit: str | os.PathLike | None = None) -> Path:
 
 
 class Store(Layout):
-    """A store directory (its paths: ``featurestore.layout``). Construction touches nothing on disk; writes
-    create what they need."""
+    """A store directory (its paths: ``featurestore.layout``; its settings: ``featurestore.config``).
+    Construction touches nothing on disk; writes create what they need."""
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
+
+    @functools.cached_property
+    def config(self) -> StoreConfig:
+        """``featurestore.toml``, read once (the defaults when there is none)."""
+        return read_config(self.root)
+
+    @property
+    def online_url(self) -> str:
+        """The online store's URL (``featurestore.online.connect``): the config's, by default a SQLite file here."""
+        return self.config.online_url(self.root)
+
+    @property
+    def online_path(self) -> Path:
+        """The SQLite online store's file (when the online store is SQLite)."""
+        url = self.online_url
+        if not url.startswith("sqlite:///"):
+            raise FeatureStoreError(f"the online store of {self.root} is {url}, not a SQLite file")
+        return Path(url.removeprefix("sqlite:///"))
 
     @contextlib.contextmanager
     def write_lock(self) -> Iterator[None]:

@@ -124,8 +124,8 @@ def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
     """The dataflow for ``config``. ``clock`` stamps writes and paces sources; ``client_factory`` builds
     the ccxt client of each live partition (default: ``make_client(config.exchange)``); ``source``
     replaces the configured source (tests feed hand-made bars through the real steps)."""
-    view = resolve_view(config.view, config.definitions)
     store = Store(config.store)
+    view = resolve_view(store, config.view, config.definitions)
     names = ViewEngine(view).feature_names
     if config.source == "replay":
         exchange = store.resolve_exchange(view.timeframe, config.exchange)

@@ -271,8 +271,8 @@ def test_changed_definitions_are_a_new_version_that_never_mixes_with_the_old(tmp
 
     listed = run_cli("features", "list", "--definitions", definitions, "--store", store.root, cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
-    assert any(line.startswith("research") and f"v{new}" in line and "backfilled" in line
-               for line in listed.stdout.splitlines())
+    (row,) = [line.split() for line in listed.stdout.splitlines() if line.startswith("research ")]
+    assert row[1] == new and row[4] == "600", listed.stdout  # the current version, and its rows stored
 
     sql = run_cli("sql", "SELECT view_version, count(*) AS n, max(adv_30) AS top FROM features_research "
                   "GROUP BY view_version", "--format", "csv", "--store", store.root, cwd=tmp_path)
@@ -303,7 +303,7 @@ def test_unknown_view_exits_1_with_the_available_views(tmp_path, small_store, na
     done = run_cli("backfill", "--view", name, "--store", small_store.root, cwd=tmp_path)
     assert done.returncode == 1
     assert done.stderr.startswith(f"error: unknown feature view {name!r}")
-    assert "(available: daily_trend, indicators, research)" in done.stderr
+    assert "(available: daily_trend, indicators, research;" in done.stderr
     if hint:
         assert f"did you mean {hint!r}?" in done.stderr
     assert "Traceback" not in done.stderr
@@ -342,7 +342,7 @@ def test_look_ahead_definitions_exit_1_with_the_message_and_no_traceback(tmp_pat
     before = hash_files(small_store.root)
     done = run_cli(*command, "--definitions", definitions, "--store", small_store.root, cwd=tmp_path)
     assert done.returncode == 1
-    assert done.stderr.strip() == ("error: feature 'next_ret' of view 'peeking': shift(-1) reads 1 bar(s) ahead; "
-                                   "use shift(n) with n >= 1")
+    assert done.stderr.strip() == (f"error: {definitions}: feature 'next_ret' of view 'peeking': shift(-1) reads 1 "
+                                   "bar(s) ahead; use shift(n) with n >= 1")
     assert "Traceback" not in done.stderr and done.stdout == ""
     assert hash_files(small_store.root) == before

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
 
 from app.cli.options import comma_list, utc
-from featurestore.store import Store
+from app.sdk import FeatureStore
 
 __all__ = ["add_commands"]
 
 
-def cmd_demo(args: argparse.Namespace, store: Store, now: datetime) -> int:
+def cmd_demo(args: argparse.Namespace, fs: FeatureStore) -> int:
+    store, now = fs.store, fs.clock()
     from app.demo import run_demo
 
     return run_demo(store, now=now, symbols=args.symbols, since=args.since, until=args.until, seed=args.seed)

@@ -1,53 +1,71 @@
-"""The ``features`` and ``backfill`` commands: feature views listed, shown and computed into the offline store.
+"""The ``apply``, ``features`` and ``backfill`` commands: views registered, listed, shown and computed.
 
-    featurestore features list | show VIEW [--definitions my_views.py]
+    featurestore apply [my_views.py] | --builtin research [--timeframe 1h]
+    featurestore features list | show VIEW
     featurestore backfill --view research[,indicators] [--symbols ..] [--start ..] [--end ..]
 """
 
 from __future__ import annotations
 
 import argparse
-from datetime import datetime
+from pathlib import Path
 
 from app.cli.options import add_definitions, add_symbols, comma_list, utc
+from app.sdk import FeatureStore
 from featurestore.errors import FeatureStoreError
-from featurestore.store import Store
 
 __all__ = ["add_commands"]
 
 
-def cmd_features(args: argparse.Namespace, store: Store, now: datetime) -> int:
-    from featurestore.expressions import render
-    from featurestore.registry import available_views, registered, resolve_view
+def _apply_definitions(args: argparse.Namespace, fs: FeatureStore) -> None:
+    """``--definitions FILE``: an implicit ``apply`` before the command."""
+    if getattr(args, "definitions", None) is not None:
+        fs.apply(args.definitions)
 
+
+def cmd_apply(args: argparse.Namespace, fs: FeatureStore) -> int:
+    changes = fs.apply(args.module, builtin=args.builtin, timeframe=args.timeframe)
+    for change in changes:
+        print(f"{change.name:<20} v{change.version}  {change.action}" + (f" ({change.detail})" if change.detail else ""))
+    print(f"applied {len(changes)} view(s) to {fs.root}")
+    return 0
+
+
+def cmd_features(args: argparse.Namespace, fs: FeatureStore) -> int:
+    from featurestore.expressions import render
+    from featurestore.registry import registered
+
+    _apply_definitions(args, fs)
     if args.action == "list":
-        for view in available_views(args.definitions).values():
-            stored = store.stored_versions(view.name)
-            state = "backfilled" if view.version in stored else (
-                f"stored versions differ: {', '.join(stored)}" if stored else "not backfilled")
-            print(f"{view.name:<14} v{view.version}  {view.timeframe:>4}  {len(view.features):>2} features  {state}")
+        print(f"{'view':<20} {'version':<17} {'tf':>4} {'feat':>4}  {'rows':>10}  {'first':<20} {'last':<20} "
+              f"{'fresh':<5}  source")
+        for status in fs.views():
+            view = status.view
+            first = status.first.strftime("%Y-%m-%d %H:%M") if status.first else "-"
+            last = status.last.strftime("%Y-%m-%d %H:%M") if status.last else "-"
+            fresh = {None: "-", True: "yes", False: "no"}[status.fresh]
+            print(f"{view.name:<20} {view.version:<17} {view.timeframe:>4} {len(view.features):>4}  {status.rows:>10,}  "
+                  f"{first:<20} {last:<20} {fresh:<5}  {status.source}{'' if status.registered else ' (not applied)'}")
         return 0
     if not args.name:
         raise FeatureStoreError("features show needs a view name, e.g. featurestore features show research")
-    view = resolve_view(args.name, args.definitions)
+    view = fs.view(args.name)
     print(f"view {view.name}  version {view.version}  timeframe {view.timeframe}  entity {view.entity}")
     if view.description:
         print(view.description)
     for name, node in view.nodes.items():
         print(f"  {name} = {render(node)}")
-    entry = registered(store, view.name)
+    entry = registered(fs.store, view.name)
     for version, info in entry["versions"].items():
-        print(f"registered version {version} at {info['registered_at']}{' (current)' if version == entry['current'] else ''}")
+        print(f"registered version {version} at {info['registered_at']} from {info.get('source', '?')}"
+              f"{' (current)' if version == entry['current'] else ''}")
     return 0
 
 
-def cmd_backfill(args: argparse.Namespace, store: Store, now: datetime) -> int:
-    from featurestore.backfill import backfill
-    from featurestore.registry import resolve_view
-
-    for name in args.view:
-        report = backfill(store, resolve_view(name, args.definitions), now=now, symbols=args.symbols,
-                          exchange=args.exchange, start=args.start, end=args.end)
+def cmd_backfill(args: argparse.Namespace, fs: FeatureStore) -> int:
+    _apply_definitions(args, fs)
+    for report in fs.backfill(args.view, symbols=args.symbols, start=args.start, end=args.end,
+                              exchange=args.exchange, progress=True):
         for symbol, rows in report.rows_written.items():
             print(f"{report.view} {symbol}: {rows} rows written"
                   + (" (bar history changed: recomputed)" if symbol in report.recomputed else ""))
@@ -57,7 +75,14 @@ def cmd_backfill(args: argparse.Namespace, store: Store, now: datetime) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Register ``features`` and ``backfill``."""
+    """Register ``apply``, ``features`` and ``backfill``."""
+    apply = commands.add_parser("apply", parents=[common], help="register feature views (all or nothing)")
+    apply.add_argument("module", nargs="?", type=Path,
+                       help="a Python file defining FeatureView objects (default: the config's definitions)")
+    apply.add_argument("--builtin", help="a built-in template to register instead: research, indicators, daily_trend")
+    apply.add_argument("--timeframe", help="with --builtin: the bars it runs on (default: the store's timeframe)")
+    apply.set_defaults(run=cmd_apply)
+
     features = commands.add_parser("features", parents=[common], help="list feature views or show one")
     features.add_argument("action", choices=["list", "show"])
     features.add_argument("name", nargs="?")

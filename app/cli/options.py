@@ -51,9 +51,10 @@ def comma_list(text: str) -> list[str]:
 
 
 def common_options() -> argparse.ArgumentParser:
-    """The parent parser of every command: ``--store``."""
+    """The parent parser of every command: ``--store`` (also accepted before the command; given after it,
+    it wins, and not given, it leaves the one given before alone)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", type=Path, default=None,
+    common.add_argument("--store", type=Path, default=argparse.SUPPRESS,
                         help="store directory (default: $FEATURESTORE_HOME, else ./store)")
     return common
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app.cli.options import comma_list, view_durations
+from app.sdk import FeatureStore
 from featurestore.errors import FeatureStoreError
 from featurestore.store import Store
 
@@ -64,14 +65,16 @@ def _production_model(store: Store, models: Path | None) -> str:
     return names[0]
 
 
-def cmd_score(args: argparse.Namespace, store: Store, now: datetime) -> int:
+def cmd_score(args: argparse.Namespace, fs: FeatureStore) -> int:
+    store, now = fs.store, fs.clock()
     with _service(args, store, fsync=True) as service:
         for signal in service.signals(args.symbols, now=now):
             print(json.dumps(signal, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
     return 0
 
 
-def cmd_serve(args: argparse.Namespace, store: Store, now: datetime) -> int:
+def cmd_serve(args: argparse.Namespace, fs: FeatureStore) -> int:
+    store = fs.store
     from serving.http import create_app, serve
 
     token = os.environ.get(args.token_env) or None
@@ -85,7 +88,7 @@ def cmd_serve(args: argparse.Namespace, store: Store, now: datetime) -> int:
     return 0
 
 
-def cmd_verify(args: argparse.Namespace, store: Store, now: datetime) -> int:
+def cmd_verify(args: argparse.Namespace, fs: FeatureStore) -> int:
     from serving.signals import signing_key, verify_file
 
     if not args.file.is_file():
@@ -99,12 +102,13 @@ def cmd_verify(args: argparse.Namespace, store: Store, now: datetime) -> int:
     return 0
 
 
-def cmd_materialize(args: argparse.Namespace, store: Store, now: datetime) -> int:
+def cmd_materialize(args: argparse.Namespace, fs: FeatureStore) -> int:
+    store, now = fs.store, fs.clock()
     from featurestore.materialize import materialize_latest
     from featurestore.online import connect
     from featurestore.registry import resolve_view
 
-    view = resolve_view(args.view, args.definitions)
+    view = resolve_view(store, args.view, args.definitions, now=now)
     exchange = store.resolve_exchange(view.timeframe, args.exchange)
     symbols = args.symbols or [s.symbol for s in store.series(exchange=exchange, timeframe=view.timeframe)]
     with connect(store.online_url) as online:

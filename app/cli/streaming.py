@@ -17,26 +17,28 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import polars as pl
 
 from app.cli.options import comma_list, utc
 from app.cli.serving import model_options
+from app.sdk import FeatureStore
 from featurestore.errors import FeatureStoreError
 from featurestore.store import Store
 
 __all__ = ["add_commands"]
 
 
-def cmd_stream(args: argparse.Namespace, store: Store, now: datetime) -> int:
+def cmd_stream(args: argparse.Namespace, fs: FeatureStore) -> int:
+    store, now = fs.store, fs.clock()
     from featurestore.registry import resolve_view
     from streaming.flow import StreamConfig, build_flow
     from streaming.runner import run_flow
     from streaming.sinks import read_metrics, summary_line
 
-    view = resolve_view(args.view, args.definitions)
+    view = resolve_view(store, args.view, args.definitions, now=now)
     symbols = args.symbols
     if symbols is None:
         if args.source == "ccxt":
@@ -81,11 +83,12 @@ def _signal_config(args: argparse.Namespace, store: Store) -> dict:
             "size": args.size, "max_age_s": {v: age.total_seconds() for v, age in max_age.items()} if max_age else None}
 
 
-def cmd_parity(args: argparse.Namespace, store: Store, now: datetime) -> int:
+def cmd_parity(args: argparse.Namespace, fs: FeatureStore) -> int:
+    store, now = fs.store, fs.clock()
     from featurestore.registry import resolve_view
     from streaming.parity import replay_parity
 
-    view = resolve_view(args.view, args.definitions)
+    view = resolve_view(store, args.view, args.definitions, now=now)
     report = replay_parity(store, view, symbols=args.symbols, exchange=args.exchange, start=args.start,
                            batch=args.batch)
     with pl.Config(tbl_rows=100, tbl_hide_dataframe_shape=True, tbl_width_chars=160, float_precision=None):
@@ -95,7 +98,8 @@ def cmd_parity(args: argparse.Namespace, store: Store, now: datetime) -> int:
     return 0 if report.ok else 1
 
 
-def cmd_online(args: argparse.Namespace, store: Store, now: datetime) -> int:
+def cmd_online(args: argparse.Namespace, fs: FeatureStore) -> int:
+    store = fs.store
     from featurestore.online import connect
 
     with connect(store.online_url, readonly=True) as online:

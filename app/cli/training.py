@@ -17,23 +17,25 @@ from datetime import datetime
 from pathlib import Path
 
 from app.cli.options import comma_list, utc
+from app.sdk import FeatureStore
 from featurestore.errors import FeatureStoreError
 from featurestore.store import Store
 
 __all__ = ["add_commands"]
 
 
-def _views(args: argparse.Namespace) -> list:
+def _views(args: argparse.Namespace, store: Store, now: datetime) -> list:
     from featurestore.registry import resolve_view
 
-    return [resolve_view(name, args.definitions) for name in args.views]
+    return [resolve_view(store, name, args.definitions, now=now) for name in args.views]
 
 
-def cmd_export(args: argparse.Namespace, store: Store, now: datetime) -> int:
+def cmd_export(args: argparse.Namespace, fs: FeatureStore) -> int:
+    store, now = fs.store, fs.clock()
     from featurestore.export import output_format, parse_ttl, write_training_set
     from training.labels import parse_label
 
-    views = _views(args)
+    views = _views(args, store, now)
     labels = [parse_label(text) for text in args.label or []]
     ttl = parse_ttl(args.ttl, views)
     output_format(args.out, args.format)
@@ -48,14 +50,15 @@ def cmd_export(args: argparse.Namespace, store: Store, now: datetime) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace, store: Store, now: datetime) -> int:
+def cmd_train(args: argparse.Namespace, fs: FeatureStore) -> int:
+    store, now = fs.store, fs.clock()
     from featurestore.export import parse_ttl
     from training.labels import parse_label
     from training.model import ModelParams
     from training.registry import models_root, promote
     from training.train import summary_table, train_model
 
-    views = _views(args)
+    views = _views(args, store, now)
     label = parse_label(args.label)
     params = ModelParams(kind=args.kind, num_boost_round=args.rounds, seed=args.seed, num_threads=args.threads)
     root = models_root(store, args.models)
@@ -70,7 +73,8 @@ def cmd_train(args: argparse.Namespace, store: Store, now: datetime) -> int:
     return 0
 
 
-def cmd_models(args: argparse.Namespace, store: Store, now: datetime) -> int:
+def cmd_models(args: argparse.Namespace, fs: FeatureStore) -> int:
+    store = fs.store
     from training.registry import list_models, load_meta, models_root, promote
 
     root = models_root(store, args.models)

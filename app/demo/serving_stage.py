@@ -43,7 +43,7 @@ def run_serving_stage(store: Store, *, now: datetime, symbols: list[str]) -> Non
         for view in model.view_versions:
             lacking = [s for s in symbols if s not in online.get_many(view, symbols)]
             if lacking:
-                written = materialize_latest(store, resolve_view(view), lacking, online, now=now)
+                written = materialize_latest(store, resolve_view(store, view), lacking, online, now=now)
                 print(f"the online store lacked view {view} for {len(lacking)} symbol(s): copied {written} newest "
                       f"offline row(s) (featurestore materialize --view {view})")
         primary = next(iter(model.view_versions))

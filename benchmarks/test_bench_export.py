@@ -45,8 +45,11 @@ import pytest
 from phases import PhaseClock, TimedLazy, phase_table, run_profiled
 
 import featurestore.export
+import featurestore.label_join
 from featurestore.builtin_views import INDICATORS, RESEARCH
-from featurestore.export import EVENT_TS, feature_column, training_set, write_training_set
+from featurestore.entities import EVENT_TS
+from featurestore.export import training_set, write_training_set
+from featurestore.pit_join import feature_column, point_in_time_join
 from featurestore.store import Store
 from training.labels import parse_label
 from training.model import ModelParams, fit_model
@@ -211,7 +214,7 @@ _PHASES = (  # (phase, what it covers); indented phases are part of the one abov
     ("read features", "read_features(...).filter(ts window).collect(), 2 views"),
     ("point-in-time join", "point_in_time_join, 2 views (sorts + join_asof + restore order)"),
     ("read bars", "Store.scan_bars + collect (for the label)"),
-    ("label", "_attach_labels: compute, as-of attach, uniqueness weights"),
+    ("label", "attach_labels: compute, as-of attach, uniqueness weights"),
     ("  label join", "point_in_time_join of the label rows"),
     ("write parquet", "ParquetWriter (zstd) write_table + close, in the writer thread: overlaps the phases above"),
 )
@@ -242,7 +245,8 @@ def _breakdown(data, entities: pl.DataFrame, path: Path, monkeypatch: pytest.Mon
         patch.setattr(module, "read_features", lambda *a, **k: TimedLazy(read_features(*a, **k), clock, "read features"))
         patch.setattr(Store, "scan_bars", lambda *a, **k: TimedLazy(scan_bars(*a, **k), clock, "read bars"))
         patch.setattr(module, "point_in_time_join", timed_join)
-        patch.setattr(module, "_attach_labels", clock.wrap("label", module._attach_labels))
+        patch.setattr(featurestore.label_join, "point_in_time_join", timed_join)
+        patch.setattr(module, "attach_labels", clock.wrap("label", module.attach_labels))
         patch.setattr(module, "_open_writer", lambda *a, **k: _TimedWriter(open_writer(*a, **k), clock))
         total, stats = run_profiled(lambda: _export(data, entities, path))
     lines = [f"export, where the time goes (one extra run with timers and cProfile: {total:.2f} s; the fastest "
@@ -274,7 +278,7 @@ def _variants(data, entities: pl.DataFrame, reference: pl.DataFrame, path: Path)
         right = rows.select(_renamed(view, "event_ts"))
         options = {"on": "event_ts", "strategy": "backward", "tolerance": TTL[view.name], "check_sortedness": False}
         per_view["point_in_time_join"] += fastest(
-            featurestore.export.point_in_time_join, chunk, rows.select("symbol", "ts", *view.feature_names, "created_at"),
+            point_in_time_join, chunk, rows.select("symbol", "ts", *view.feature_names, "created_at"),
             view=view.name, features=view.feature_names, ttl=TTL[view.name])
         per_view["bare join_asof, by=symbol"] += fastest(chunk.join_asof, right, by="symbol", **options)
         per_view["bare join_asof, no by (one symbol)"] += fastest(chunk.join_asof, right.drop("symbol"), **options)

@@ -17,14 +17,10 @@ from featurestore.builtin_views import DAILY_TREND
 from featurestore.definitions import FeatureView
 from featurestore.durations import parse_duration, parse_ttl
 from featurestore.errors import FeatureStoreError, TrainingDataError
-from featurestore.export import (
-    iter_training_set,
-    point_in_time_join,
-    training_set,
-    write_training_set,
-)
+from featurestore.export import iter_training_set, training_set, write_training_set
 from featurestore.ingest import ingest_resampled, ingest_synthetic
 from featurestore.offline import read_features, write_symbol_features
+from featurestore.pit_join import point_in_time_join
 from featurestore.store import Store
 from training.labels import parse_label
 

@@ -33,7 +33,8 @@ import polars as pl
 from featurestore.definitions import FeatureView
 from featurestore.durations import parse_ttl
 from featurestore.errors import TrainingDataError
-from featurestore.export import feature_column, training_set
+from featurestore.export import training_set
+from featurestore.pit_join import feature_column
 from featurestore.store import Store
 from featurestore.timeframes import timeframe_ms
 from training.evaluation import backtest, classification_metrics, json_safe, regression_metrics, write_report

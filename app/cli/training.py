@@ -32,7 +32,8 @@ def _views(args: argparse.Namespace, store: Store, now: datetime) -> list:
 
 def cmd_export(args: argparse.Namespace, fs: FeatureStore) -> int:
     store, now = fs.store, fs.clock()
-    from featurestore.export import output_format, parse_ttl, write_training_set
+    from featurestore.durations import parse_ttl
+    from featurestore.export import output_format, write_training_set
     from training.labels import parse_label
 
     views = _views(args, store, now)
@@ -52,7 +53,7 @@ def cmd_export(args: argparse.Namespace, fs: FeatureStore) -> int:
 
 def cmd_train(args: argparse.Namespace, fs: FeatureStore) -> int:
     store, now = fs.store, fs.clock()
-    from featurestore.export import parse_ttl
+    from featurestore.durations import parse_ttl
     from training.labels import parse_label
     from training.model import ModelParams
     from training.registry import models_root, promote

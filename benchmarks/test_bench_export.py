@@ -2,7 +2,7 @@
 as-of joins of the same data in memory; and LightGBM training time on the exported ``research`` features.
 
 - ``export_parquet``: ``write_training_set(path, store, [RESEARCH, INDICATORS], entities,
-  labels=[future_ret:h=1], ttl={research: 2m, indicators: 5m})`` from the offline store of ``export_data``
+  options=ExportOptions(labels=[future_ret:h=1], ttl={research: 2m, indicators: 5m}))`` from the offline store of ``export_data``
   (10 symbols x 500k one-minute bars with a two-day gap, both views backfilled: 10M feature rows) to a zstd
   parquet file plus its sidecar. Per symbol: read both views' stored rows, two point-in-time joins, read the
   bars, compute and attach the label and its uniqueness weights, write. Everything counted.
@@ -31,6 +31,7 @@ How to run and keep results: see ``benchmarks/conftest.py``
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections import defaultdict
@@ -48,7 +49,7 @@ import featurestore.export
 import featurestore.label_join
 from featurestore.builtin_views import INDICATORS, RESEARCH
 from featurestore.entities import EVENT_TS
-from featurestore.export import training_set, write_training_set
+from featurestore.export import ExportOptions, training_set, write_training_set
 from featurestore.pit_join import feature_column, point_in_time_join
 from featurestore.store import Store
 from training.labels import parse_label
@@ -60,6 +61,7 @@ TAIL = timedelta(days=1)  # entity times run this far past the last close (beyon
 VIEWS = (RESEARCH, INDICATORS)
 TTL = {"research": timedelta(minutes=2), "indicators": timedelta(minutes=5)}
 LABEL = parse_label("future_ret:h=1")
+OPTIONS = ExportOptions(labels=[LABEL], ttl=TTL)
 EXPORT_ROUNDS = 5
 POLARS_ROUNDS = 5
 PANDAS_ROUNDS = 3
@@ -91,14 +93,14 @@ def entities(export_data) -> pl.DataFrame:
 
 
 def _export(data, entities: pl.DataFrame, path: Path):
-    return write_training_set(path, data.store, VIEWS, entities, labels=[LABEL], ttl=TTL)
+    return write_training_set(path, data.store, VIEWS, entities, options=OPTIONS)
 
 
 @pytest.fixture(scope="module")
 def reference(export_data, entities: pl.DataFrame) -> pl.DataFrame:
     """The training set in memory (``training_set``: one run, its time reported by ``test_export_parquet``)."""
     start = time.perf_counter()
-    frame = training_set(export_data.store, VIEWS, entities, labels=[LABEL], ttl=TTL)
+    frame = training_set(export_data.store, VIEWS, entities, options=OPTIONS)
     seconds = time.perf_counter() - start
     REFERENCE_SECONDS.append(seconds)
     assert frame.height == entities.height
@@ -238,7 +240,7 @@ def _breakdown(data, entities: pl.DataFrame, path: Path, monkeypatch: pytest.Mon
             plan = plan_entities(*args, **kwargs)
         if plan.entities is None:
             return plan
-        return module._Plan(plan.symbols, TimedLazy(plan.entities, clock, "entities"), plan.ttl, plan.exchange)
+        return dataclasses.replace(plan, entities=TimedLazy(plan.entities, clock, "entities"))
 
     with monkeypatch.context() as patch:
         patch.setattr(module, "_plan", timed_plan)
@@ -267,7 +269,7 @@ def _variants(data, entities: pl.DataFrame, reference: pl.DataFrame, path: Path)
     def fastest(function: Callable, *args, **kwargs) -> float:
         return min(timed(function, *args, **kwargs) for _ in range(5))
 
-    no_label = timed(training_set, data.store, VIEWS, entities, ttl=TTL)
+    no_label = timed(training_set, data.store, VIEWS, entities, options=ExportOptions(ttl=TTL))
     polars_write = timed(reference.write_parquet, path, compression="zstd")
     # One symbol's chunk (sorted by event_ts, as the export joins it) against one view's rows of that symbol.
     symbol = data.symbols[0]

@@ -9,7 +9,8 @@ before any row is read or written (``_plan``). Output rows are sorted by ``(symb
 input order; ``event_ts`` is ``Datetime("us", "UTC")``; feature ``f`` of view ``v`` is column ``v__f``.
 
 ``training_set`` gives one frame, ``iter_training_set`` one frame per symbol, and ``write_training_set``
-writes a parquet, CSV or Arrow file symbol by symbol, atomically, with a sidecar ``<file>.json``.
+writes a parquet, CSV or Arrow file symbol by symbol, atomically, with a sidecar ``<file>.json``. What
+to export besides the views and the entities (all bars, labels, TTLs, ...) is one ``ExportOptions``.
 
 >>> output_format(Path("train.parquet"), None), output_format(Path("train.out"), "csv")
 ('parquet', 'csv')
@@ -23,7 +24,7 @@ featurestore.errors.TrainingDataError: cannot tell the format of train.txt from 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -44,6 +45,7 @@ from featurestore.store import Store
 
 __all__ = [
     "EXPORT_FORMATS",
+    "ExportOptions",
     "ExportResult",
     "iter_training_set",
     "output_format",
@@ -55,22 +57,66 @@ ExportFormat = Literal["parquet", "csv", "arrow"]
 EXPORT_FORMATS: tuple[str, ...] = ("parquet", "csv", "arrow")
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    """What a training set holds besides the views and the entity table; every field is optional.
+
+    - ``all_bars``: every stored feature row of the first view is an entity row (``event_ts`` = its ``ts``),
+      instead of an entity table.
+    - ``labels``: labels to attach (``training.labels.LabelSpec``), computed on the first view's bars.
+    - ``ttl``: per view, how old a joined feature row may be; a view not named keeps one timeframe.
+    - ``as_of_created``: a feature row written (``created_at``) after ``event_ts`` does not exist for it.
+    - ``symbols``: only these symbols (default: those of the entity table, or with ``all_bars`` every
+      symbol stored for the first view).
+    - ``start``, ``end``: only entity rows with ``start <= event_ts < end``.
+    - ``exchange``: the exchange of the label bars (default: the only one stored).
+
+    >>> from featurestore.builtin_views import DAILY_TREND, RESEARCH
+    >>> options = ExportOptions(all_bars=True, symbols=["BTC/USDT"], ttl={"research": timedelta(minutes=2)})
+    >>> options.symbols, options.view_ttls([RESEARCH, DAILY_TREND])
+    (('BTC/USDT',), {'research': datetime.timedelta(seconds=120), 'daily_trend': datetime.timedelta(days=1)})
+    >>> ExportOptions(all_bar=True)
+    Traceback (most recent call last):
+    ...
+    TypeError: ...unexpected keyword argument 'all_bar'
+    """
+
+    all_bars: bool = False
+    labels: Sequence[Label] = ()
+    ttl: Mapping[str, timedelta] | None = None
+    as_of_created: bool = False
+    symbols: Sequence[str] | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+    exchange: str | None = None
+
+    def __post_init__(self) -> None:  # lists become tuples: a frozen object whose fields do not change
+        object.__setattr__(self, "labels", tuple(self.labels))
+        if self.symbols is not None:
+            object.__setattr__(self, "symbols", tuple(self.symbols))
+
+    def view_ttls(self, views: Sequence[FeatureView]) -> dict[str, timedelta]:
+        """The TTL of each of ``views``: ``ttl``'s where named, else one timeframe of the view."""
+        return {**parse_ttl(None, views), **(self.ttl or {})}
+
+
 def iter_training_set(store: Store, views: Sequence[FeatureView], entities: EntitySource | None = None, *,
-                      all_bars: bool = False, labels: Sequence[Label] = (), ttl: dict[str, timedelta] | None = None,
-                      as_of_created: bool = False, symbols: Sequence[str] | None = None,
-                      start: datetime | None = None, end: datetime | None = None,
-                      exchange: str | None = None) -> Iterator[pl.DataFrame]:
+                      options: ExportOptions | None = None) -> Iterator[pl.DataFrame]:
     """``training_set`` one symbol at a time (memory holds one symbol's entities, features and bars)."""
-    plan = _plan(store, views, entities, all_bars=all_bars, labels=labels, ttl=ttl, symbols=symbols,
-                 exchange=exchange)
+    options = ExportOptions() if options is None else options
+    yield from _chunks(store, views, _plan(store, views, entities, options), options)
+
+
+def _chunks(store: Store, views: Sequence[FeatureView], plan: _Plan, options: ExportOptions) -> Iterator[pl.DataFrame]:
     first = views[0]
     for symbol in plan.symbols:
-        if all_bars:
+        if options.all_bars:
             rows = read_features(store, first, symbols=[symbol]).select("symbol", "ts")
-            rows = _window(rows, start, end).collect()
+            rows = _window(rows, options.start, options.end).collect()
             chunk = rows.select("symbol", pl.col("ts").cast(EVENT_TS).alias("event_ts"))
         else:
-            chunk = _window(plan.entities.filter(pl.col("symbol") == symbol), start, end, "event_ts").collect()
+            chunk = _window(plan.entities.filter(pl.col("symbol") == symbol), options.start, options.end,
+                            "event_ts").collect()
         if chunk.is_empty():
             continue
         chunk = chunk.with_row_index("__order").sort("event_ts", "__order").drop("__order")
@@ -80,10 +126,10 @@ def iter_training_set(store: Store, views: Sequence[FeatureView], entities: Enti
                 pl.col("ts").is_between(low - plan.ttl[view.name], high))
             rows = rows.select("symbol", "ts", *view.feature_names, "created_at").collect()
             chunk = point_in_time_join(chunk, rows, view=view.name, features=view.feature_names,
-                                       ttl=plan.ttl[view.name], as_of_created=as_of_created)
-        if labels:
+                                       ttl=plan.ttl[view.name], as_of_created=options.as_of_created)
+        if options.labels:
             bars = store.scan_bars(plan.exchange, first.timeframe, [symbol]).select(LABEL_BAR_COLUMNS).collect()
-            chunk = attach_labels(chunk, bars, labels, first.timeframe)
+            chunk = attach_labels(chunk, bars, options.labels, first.timeframe)
         yield chunk
 
 
@@ -103,27 +149,27 @@ class _Plan:
     exchange: str | None
 
 
-def _plan(store: Store, views: Sequence[FeatureView], entities: EntitySource | None, *, all_bars: bool,
-          labels: Sequence[Label], ttl: dict[str, timedelta] | None, symbols: Sequence[str] | None, exchange: str | None = None) -> _Plan:
+def _plan(store: Store, views: Sequence[FeatureView], entities: EntitySource | None, options: ExportOptions) -> _Plan:
     """Check everything that can be checked before any row is read or written."""
+    labels, symbols = options.labels, options.symbols
     if not views:
         raise TrainingDataError("give at least one feature view")
     names = [view.name for view in views]
     if len(set(names)) != len(names):
         raise TrainingDataError(f"view listed twice: {names}")
-    if all_bars == (entities is not None):
+    if options.all_bars == (entities is not None):
         raise TrainingDataError("give either an entity file or all_bars (--entities FILE or --all-bars), not both or neither")
-    ttl = {**parse_ttl(None, views), **(ttl or {})}
+    ttl = options.view_ttls(views)
     label_cols = [c for label in labels for c in (*label.columns, label.weight_column)]
     if len(set(label_cols)) != len(label_cols):
         raise TrainingDataError(f"labels {[label.spec for label in labels]} give the same column twice; "
                                 f"use one label per kind and horizon")
-    exchange = store.resolve_exchange(views[0].timeframe, exchange) if labels else None
+    exchange = store.resolve_exchange(views[0].timeframe, options.exchange) if labels else None
     stored = {view.name: set(store.stored_symbols(view.name, view.version)) for view in views}
     for view in views:  # raises VersionSkewError / "run backfill" before anything else
         read_features(store, view)
     frame = None
-    if all_bars:
+    if options.all_bars:
         chosen = sorted(stored[views[0].name]) if symbols is None else list(symbols)
     else:
         frame = read_entities(entities)
@@ -139,10 +185,11 @@ def _plan(store: Store, views: Sequence[FeatureView], entities: EntitySource | N
     return _Plan(chosen, frame, ttl, exchange)
 
 
-def training_set(store: Store, views: Sequence[FeatureView], entities: EntitySource | None = None,
-                 **options: Any) -> pl.DataFrame:
+def training_set(store: Store, views: Sequence[FeatureView], entities: EntitySource | None = None, *,
+                 options: ExportOptions | None = None) -> pl.DataFrame:
     """The point-in-time training set as one DataFrame (see the module docstring and ``iter_training_set``)."""
-    return _concat(list(iter_training_set(store, views, entities, **options)), views, options.get("labels", ()))
+    options = ExportOptions() if options is None else options
+    return _concat(list(iter_training_set(store, views, entities, options=options)), views, options.labels)
 
 
 def _concat(chunks: list[pl.DataFrame], views: Sequence[FeatureView], labels: Sequence[Label]) -> pl.DataFrame:
@@ -190,19 +237,22 @@ def _open_writer(kind: str, path: Path, schema: Any) -> Any:
 
 
 def write_training_set(path: str | Path, store: Store, views: Sequence[FeatureView],
-                       entities: EntitySource | None = None, *, format: ExportFormat | None = None,
-                       labels: Sequence[Label] = (), **options: Any) -> ExportResult:
-    """Write the training set to ``path`` (parquet, CSV or Arrow IPC) symbol by symbol, atomically, then a
-    sidecar ``<path>.json`` (views and versions, label specs, TTLs, row count, time range)."""
+                       entities: EntitySource | None = None, *, options: ExportOptions | None = None,
+                       format: ExportFormat | None = None) -> ExportResult:
+    """Write the training set to ``path`` (parquet, CSV or Arrow IPC; ``format``, default from the suffix)
+    symbol by symbol, atomically, then a sidecar ``<path>.json`` (views and versions, label specs, TTLs,
+    row count, time range)."""
     path = Path(path)
     kind = output_format(path, format)
-    ttl = {**parse_ttl(None, views), **(options.get("ttl") or {})}
+    options = ExportOptions() if options is None else options
+    plan = _plan(store, views, entities, options)
+    labels = options.labels
     rows, first, last, symbols, writer, pending = 0, None, None, [], None, None
     # One writer thread: symbol i is encoded and written (pyarrow releases the GIL) while symbol i+1 is read
     # and joined, so at most two symbols are in memory.
     with atomic_path(path) as tmp, ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-writer") as pool:
         try:
-            for chunk in iter_training_set(store, views, entities, labels=labels, **options):
+            for chunk in _chunks(store, views, plan, options):
                 table = chunk.to_arrow()
                 if writer is None:
                     schema, writer = table.schema, _open_writer(kind, tmp, table.schema)
@@ -228,10 +278,10 @@ def write_training_set(path: str | Path, store: Store, views: Sequence[FeatureVi
         "path": path.name, "format": kind, "rows": rows, "symbols": symbols,
         "time_range": {"first_event_ts": first.isoformat() if first else None,
                        "last_event_ts": last.isoformat() if last else None},
-        "entities": "all-bars" if options.get("all_bars") else str(entities),
-        "as_of_created": bool(options.get("as_of_created")),
+        "entities": "all-bars" if options.all_bars else str(entities),
+        "as_of_created": bool(options.as_of_created),
         "views": [{"name": v.name, "version": v.version, "timeframe": v.timeframe,
-                   "ttl_seconds": ttl[v.name].total_seconds(),
+                   "ttl_seconds": plan.ttl[v.name].total_seconds(),
                    "columns": [feature_column(v.name, f) for f in v.feature_names]} for v in views],
         "labels": [{"spec": label.spec, "columns": [*label.columns, label.weight_column]} for label in labels],
         "label_bars": {"timeframe": views[0].timeframe} if labels else None,

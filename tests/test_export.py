@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import FrozenInstanceError
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -17,7 +18,7 @@ from featurestore.builtin_views import DAILY_TREND
 from featurestore.definitions import FeatureView
 from featurestore.durations import parse_duration, parse_ttl
 from featurestore.errors import FeatureStoreError, TrainingDataError
-from featurestore.export import iter_training_set, training_set, write_training_set
+from featurestore.export import ExportOptions, iter_training_set, training_set, write_training_set
 from featurestore.ingest import ingest_resampled, ingest_synthetic
 from featurestore.offline import read_features, write_symbol_features
 from featurestore.pit_join import point_in_time_join
@@ -114,7 +115,7 @@ def random_entities(seed: int, n: int = 300) -> pl.DataFrame:
 
 def test_all_bars_rows_are_the_stored_rows_with_labels(store):
     label = parse_label("future_ret:h=2")
-    frame = training_set(store, [HOURLY, DAILY_TREND], all_bars=True, labels=[label])
+    frame = training_set(store, [HOURLY, DAILY_TREND], options=ExportOptions(all_bars=True, labels=[label]))
     stored = read_features(store, HOURLY).collect()
     assert frame.height == stored.height
     assert (frame["hourly__ts"].cast(pl.Datetime("us", "UTC")) == frame["event_ts"]).all()
@@ -134,7 +135,7 @@ def test_no_feature_row_after_event_ts_and_the_future_changes_nothing(store, tmp
     before = entities.filter(pl.col("event_ts") <= cutoff)
     views = [HOURLY, DAILY_TREND]
     ttl = parse_ttl("6h", views)
-    first = training_set(store, views, before, ttl=ttl)
+    first = training_set(store, views, before, options=ExportOptions(ttl=ttl))
     for view in views:
         matched = first.filter(pl.col(f"{view.name}__ts").is_not_null())
         assert (matched[f"{view.name}__ts"].cast(pl.Datetime("us", "UTC")) <= matched["event_ts"]).all()
@@ -150,8 +151,9 @@ def test_no_feature_row_after_event_ts_and_the_future_changes_nothing(store, tmp
             changed = rows.with_columns(pl.when(pl.col("ts") > cutoff).then(pl.col(f) * 3 + 1).otherwise(pl.col(f))
                                         for f in view.feature_names)
             write_symbol_features(copy, view, "synthetic", symbol, changed, now=NOW, replace=True)
-    assert training_set(copy, views, before, ttl=ttl).equals(first)
-    after = training_set(copy, views, entities.filter(pl.col("event_ts") > cutoff + timedelta(days=2)), ttl=ttl)
+    assert training_set(copy, views, before, options=ExportOptions(ttl=ttl)).equals(first)
+    after = training_set(copy, views, entities.filter(pl.col("event_ts") > cutoff + timedelta(days=2)),
+                         options=ExportOptions(ttl=ttl))
     assert after["hourly__ret_1"].drop_nulls().len() > 0  # the perturbation is visible after the cutoff
 
 
@@ -164,8 +166,8 @@ def test_as_of_created_hides_rows_written_after_the_event(tmp_path):
     entities = pl.DataFrame({"symbol": ["BTC/USDT"] * 3, "event_ts": [
         T0 + timedelta(days=4), T0 + timedelta(days=6), T0 + timedelta(days=9)]})
     ttl = {"hourly": timedelta(days=3)}
-    plain = training_set(store, [HOURLY], entities, ttl=ttl)
-    strict = training_set(store, [HOURLY], entities, ttl=ttl, as_of_created=True)
+    plain = training_set(store, [HOURLY], entities, options=ExportOptions(ttl=ttl))
+    strict = training_set(store, [HOURLY], entities, options=ExportOptions(ttl=ttl, as_of_created=True))
     assert plain["hourly__ts"].to_list() == [e.replace(tzinfo=UTC) for e in entities["event_ts"].to_list()]
     assert strict["hourly__ts"].to_list() == [None, written_first - timedelta(hours=1), T0 + timedelta(days=9)]
 
@@ -174,14 +176,14 @@ def test_entity_extras_are_kept_and_mid_bar_labels_use_the_last_closed_bar(store
     entities = pl.DataFrame({"symbol": ["BTC/USDT", "BTC/USDT"], "event_ts": [T0 + timedelta(hours=30, minutes=20),
                                                                               T0 + timedelta(hours=30)],
                              "note": ["mid", "on"]})
-    out = training_set(store, [HOURLY], entities, labels=[parse_label("future_ret:h=1")])
+    out = training_set(store, [HOURLY], entities, options=ExportOptions(labels=[parse_label("future_ret:h=1")]))
     assert out["note"].to_list() == ["on", "mid"]  # sorted by (symbol, event_ts)
     assert out["future_ret_h1"][0] == out["future_ret_h1"][1]  # both anchored at the bar closing at 30:00
     assert out["hourly__ts"][1] == T0 + timedelta(hours=30)
 
 
 def test_iter_training_set_yields_one_symbol_at_a_time(store):
-    chunks = list(iter_training_set(store, [HOURLY], all_bars=True))
+    chunks = list(iter_training_set(store, [HOURLY], options=ExportOptions(all_bars=True)))
     assert [c["symbol"].unique().to_list() for c in chunks] == [["BTC/USDT"], ["ETH/USDT"]]
 
 
@@ -190,8 +192,9 @@ def test_writers_round_trip_with_a_sidecar(store, tmp_path, suffix):
     labels = [parse_label("triple_barrier:h=4,pt=2,sl=2,atr=14")]
     entities = random_entities(2, n=50)
     path = tmp_path / f"train{suffix}"
-    result = write_training_set(path, store, [HOURLY, DAILY_TREND], entities, labels=labels)
-    expected = training_set(store, [HOURLY, DAILY_TREND], entities, labels=labels)
+    options = ExportOptions(labels=labels)
+    result = write_training_set(path, store, [HOURLY, DAILY_TREND], entities, options=options)
+    expected = training_set(store, [HOURLY, DAILY_TREND], entities, options=options)
     if suffix == ".parquet":
         assert pl.read_parquet(path).equals(expected)
     elif suffix == ".arrow":
@@ -212,7 +215,8 @@ def test_writers_round_trip_with_a_sidecar(store, tmp_path, suffix):
 
 def test_empty_export_is_a_readable_file_with_the_columns(store, tmp_path):
     path = tmp_path / "empty.parquet"
-    write_training_set(path, store, [HOURLY], all_bars=True, start=NOW, labels=[parse_label("bucket:h=2")])
+    write_training_set(path, store, [HOURLY],
+                       options=ExportOptions(all_bars=True, start=NOW, labels=[parse_label("bucket:h=2")]))
     frame = pl.read_parquet(path)
     assert frame.height == 0 and "bucket_h2" in frame.columns and "hourly__ret_1" in frame.columns
 
@@ -237,19 +241,33 @@ def test_bad_entity_files_are_refused_naming_file_and_column(store, tmp_path, co
     assert not out.exists() and not out.with_name("out.parquet.json").exists()
 
 
+def test_options_are_typed_keywords_and_a_misspelt_one_is_refused_at_the_call(store, tmp_path):
+    with pytest.raises(TypeError, match="'as_of_create'"):
+        ExportOptions(all_bars=True, as_of_create=True)
+    with pytest.raises(TypeError, match="'all_bars'"):
+        training_set(store, [HOURLY], all_bars=True)  # options go in ExportOptions
+    with pytest.raises(TypeError, match="'labels'"):
+        write_training_set(tmp_path / "out.parquet", store, [HOURLY], labels=[])
+    with pytest.raises(TypeError, match="positional"):
+        iter_training_set(store, [HOURLY], None, ExportOptions(all_bars=True))
+    with pytest.raises(FrozenInstanceError):
+        ExportOptions().all_bars = True  # type: ignore[misc]
+    assert not list(tmp_path.iterdir())
+
+
 def test_other_refusals(store, tmp_path):
     with pytest.raises(TrainingDataError, match="does not exist"):
         training_set(store, [HOURLY], tmp_path / "missing.csv")
     with pytest.raises(TrainingDataError, match="either an entity file or all_bars"):
         training_set(store, [HOURLY])
     with pytest.raises(TrainingDataError, match="cannot tell the format"):
-        write_training_set(tmp_path / "x.txt", store, [HOURLY], all_bars=True)
+        write_training_set(tmp_path / "x.txt", store, [HOURLY], options=ExportOptions(all_bars=True))
     with pytest.raises(FeatureStoreError, match="not a duration"):
         parse_duration("2 hours")
     with pytest.raises(FeatureStoreError, match="'nope' is not one of the exported views"):
         parse_ttl("nope=1h", [HOURLY])
     with pytest.raises(FeatureStoreError, match="run `featurestore backfill --view other`"):
-        training_set(store, [FeatureView("other", "1h", {"c": close})], all_bars=True)
+        training_set(store, [FeatureView("other", "1h", {"c": close})], options=ExportOptions(all_bars=True))
     assert parse_ttl("hourly=2h", [HOURLY, DAILY_TREND]) == {"hourly": timedelta(hours=2),
                                                              "daily_trend": timedelta(days=1)}
     assert math.isclose(parse_duration("90m").total_seconds(), 5400)

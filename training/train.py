@@ -31,9 +31,8 @@ import numpy as np
 import polars as pl
 
 from featurestore.definitions import FeatureView
-from featurestore.durations import parse_ttl
 from featurestore.errors import TrainingDataError
-from featurestore.export import training_set
+from featurestore.export import ExportOptions, training_set
 from featurestore.pit_join import feature_column
 from featurestore.store import Store
 from featurestore.timeframes import timeframe_ms
@@ -111,8 +110,9 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
         raise TrainingDataError(f"params.kind {params.kind!r} differs from kind {kind!r}")
     target = _target(label, kind)
     labels = [label] if label.spec == _BAR_RETURN.spec else [label, _BAR_RETURN]
-    frame = training_set(store, views, all_bars=True, labels=labels, symbols=symbols, start=start, end=end,
-                         ttl=ttl, exchange=exchange)
+    options = ExportOptions(all_bars=True, labels=labels, symbols=symbols, start=start, end=end, ttl=ttl,
+                            exchange=exchange)
+    frame = training_set(store, views, options=options)
     frame = frame.filter(pl.col(target).is_not_null()).sort("event_ts", "symbol")
     features = [feature_column(v.name, f) for v in views for f in v.feature_names]
     periods = frame["event_ts"].n_unique()
@@ -149,7 +149,7 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
     final = fit_model(X, y, feature_names=features, params=params, weight=weight, event_ts=event_ts, label_end=label_end)
     exported = export_onnx(final, X[oos], kind=kind, dtype=onnx_dtype)
     model_text = final.model_to_string().encode()
-    ttl_used = {**parse_ttl(None, views), **(ttl or {})}
+    ttl_used = options.view_ttls(views)
     fingerprint = frame_fingerprint(frame.select("symbol", "event_ts", *features, target, label.end_column,
                                                  label.weight_column))
     settings = {"kind": kind, "label": label.spec, "target": target, "features": features, "params": params.as_dict(),

@@ -33,7 +33,7 @@ def _views(args: argparse.Namespace, store: Store, now: datetime) -> list:
 def cmd_export(args: argparse.Namespace, fs: FeatureStore) -> int:
     store, now = fs.store, fs.clock()
     from featurestore.durations import parse_ttl
-    from featurestore.export import output_format, write_training_set
+    from featurestore.export import ExportOptions, output_format, write_training_set
     from training.labels import parse_label
 
     views = _views(args, store, now)
@@ -42,9 +42,9 @@ def cmd_export(args: argparse.Namespace, fs: FeatureStore) -> int:
     output_format(args.out, args.format)
     if args.entities is None and not args.all_bars:
         raise FeatureStoreError("say which rows to export: --entities FILE (symbol, event_ts[, ...]) or --all-bars")
-    result = write_training_set(args.out, store, views, args.entities, format=args.format, labels=labels, ttl=ttl,
-                                all_bars=args.all_bars, as_of_created=args.as_of_created, symbols=args.symbols,
-                                start=args.start, end=args.end, exchange=args.exchange)
+    options = ExportOptions(all_bars=args.all_bars, labels=labels, ttl=ttl, as_of_created=args.as_of_created,
+                            symbols=args.symbols, start=args.start, end=args.end, exchange=args.exchange)
+    result = write_training_set(args.out, store, views, args.entities, options=options, format=args.format)
     span = result.meta["time_range"]
     print(f"wrote {result.rows:,} rows x {len(result.meta['views'])} view(s) to {result.path} "
           f"({span['first_event_ts']} .. {span['last_event_ts']}); sidecar {result.sidecar}")

@@ -2,7 +2,8 @@
 
 Modules (data flows one way: offline store -> training set -> model -> artifacts):
 
-- ``featurestore.export``: point-in-time training sets (feature views joined as of each entity row).
+- ``featurestore.export``: point-in-time training sets (feature views joined as of each entity row, through
+  ``featurestore.pit_join``; labels attached through ``featurestore.label_join``).
 - ``training.labels``: forward-looking labels (``future_ret``, ``bucket``, ``triple_barrier``) and
   sample-uniqueness weights; never served online.
 - ``training.splits``: walk-forward (expanding / rolling) and purged k-fold with embargo.

@@ -108,6 +108,7 @@ def iter_training_set(store: Store, views: Sequence[FeatureView], entities: Enti
 
 
 def _chunks(store: Store, views: Sequence[FeatureView], plan: _Plan, options: ExportOptions) -> Iterator[pl.DataFrame]:
+    """The training set of ``plan``, one symbol at a time: entity rows, each view joined, labels."""
     first = views[0]
     for symbol in plan.symbols:
         if options.all_bars:

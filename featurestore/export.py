@@ -70,11 +70,14 @@ class ExportOptions:
       symbol stored for the first view).
     - ``start``, ``end``: only entity rows with ``start <= event_ts < end``.
     - ``exchange``: the exchange of the label bars (default: the only one stored).
+    - ``features``: per view, the features to export, in that order (a view not named: all of its features).
 
     >>> from featurestore.builtin_views import DAILY_TREND, RESEARCH
     >>> options = ExportOptions(all_bars=True, symbols=["BTC/USDT"], ttl={"research": timedelta(minutes=2)})
     >>> options.symbols, options.view_ttls([RESEARCH, DAILY_TREND])
     (('BTC/USDT',), {'research': datetime.timedelta(seconds=120), 'daily_trend': datetime.timedelta(days=1)})
+    >>> ExportOptions(features={"research": ["ret_1", "rv_24"]}).features_of(RESEARCH)
+    ['ret_1', 'rv_24']
     >>> ExportOptions(all_bar=True)
     Traceback (most recent call last):
     ...
@@ -89,11 +92,18 @@ class ExportOptions:
     start: datetime | None = None
     end: datetime | None = None
     exchange: str | None = None
+    features: Mapping[str, Sequence[str]] | None = None
 
     def __post_init__(self) -> None:  # lists become tuples: a frozen object whose fields do not change
         object.__setattr__(self, "labels", tuple(self.labels))
         if self.symbols is not None:
             object.__setattr__(self, "symbols", tuple(self.symbols))
+        if self.features is not None:
+            object.__setattr__(self, "features", {view: tuple(names) for view, names in self.features.items()})
+
+    def features_of(self, view: FeatureView) -> list[str]:
+        """The features of ``view`` to export: the selected ones, else all of them."""
+        return list((self.features or {}).get(view.name, view.feature_names))
 
     def view_ttls(self, views: Sequence[FeatureView]) -> dict[str, timedelta]:
         """The TTL of each of ``views``: ``ttl``'s where named, else one timeframe of the view."""
@@ -125,8 +135,9 @@ def _chunks(store: Store, views: Sequence[FeatureView], plan: _Plan, options: Ex
         for view in views:
             rows = read_features(store, view, symbols=[symbol]).filter(
                 pl.col("ts").is_between(low - plan.ttl[view.name], high))
-            rows = rows.select("symbol", "ts", *view.feature_names, "created_at").collect()
-            chunk = point_in_time_join(chunk, rows, view=view.name, features=view.feature_names,
+            features = options.features_of(view)
+            rows = rows.select("symbol", "ts", *features, "created_at").collect()
+            chunk = point_in_time_join(chunk, rows, view=view.name, features=features,
                                        ttl=plan.ttl[view.name], as_of_created=options.as_of_created)
         if options.labels:
             bars = store.scan_bars(plan.exchange, first.timeframe, [symbol]).select(LABEL_BAR_COLUMNS).collect()
@@ -161,6 +172,14 @@ def _plan(store: Store, views: Sequence[FeatureView], entities: EntitySource | N
     if options.all_bars == (entities is not None):
         raise TrainingDataError("give either an entity file or all_bars (--entities FILE or --all-bars), not both or neither")
     ttl = options.view_ttls(views)
+    for view_name, selected in (options.features or {}).items():
+        view = next((v for v in views if v.name == view_name), None)
+        if view is None:
+            raise TrainingDataError(f"features selected for view {view_name!r}, which is not exported ({names})")
+        unknown = [f for f in selected if f not in view.features]
+        if unknown or not selected:
+            raise TrainingDataError(f"view {view_name!r} has no feature(s) {unknown} (features: "
+                                    f"{', '.join(view.feature_names)})" if unknown else f"no feature of {view_name!r} selected")
     label_cols = [c for label in labels for c in (*label.columns, label.weight_column)]
     if len(set(label_cols)) != len(label_cols):
         raise TrainingDataError(f"labels {[label.spec for label in labels]} give the same column twice; "
@@ -176,7 +195,7 @@ def _plan(store: Store, views: Sequence[FeatureView], entities: EntitySource | N
         frame = read_entities(entities)
         if symbols is not None:
             frame = frame.filter(pl.col("symbol").is_in(list(symbols)))
-        exported = {feature_column(v.name, f) for v in views for f in ("ts", *v.feature_names)} | set(label_cols)
+        exported = {feature_column(v.name, f) for v in views for f in ("ts", *options.features_of(v))} | set(label_cols)
         chosen = check_entity_rows(frame, entities, exported=exported)
     for view in views:
         unknown = sorted(set(chosen) - stored[view.name])
@@ -190,17 +209,17 @@ def training_set(store: Store, views: Sequence[FeatureView], entities: EntitySou
                  options: ExportOptions | None = None) -> pl.DataFrame:
     """The point-in-time training set as one DataFrame (see the module docstring and ``iter_training_set``)."""
     options = ExportOptions() if options is None else options
-    return _concat(list(iter_training_set(store, views, entities, options=options)), views, options.labels)
+    return _concat(list(iter_training_set(store, views, entities, options=options)), views, options)
 
 
-def _concat(chunks: list[pl.DataFrame], views: Sequence[FeatureView], labels: Sequence[Label]) -> pl.DataFrame:
+def _concat(chunks: list[pl.DataFrame], views: Sequence[FeatureView], options: ExportOptions) -> pl.DataFrame:
     if chunks:
         return pl.concat(chunks, how="vertical_relaxed")
     schema: dict[str, pl.DataType] = {"symbol": pl.String(), "event_ts": EVENT_TS}
     for view in views:
         schema[feature_column(view.name, "ts")] = pl.Datetime("ms", "UTC")
-        schema.update({feature_column(view.name, f): pl.Float64() for f in view.feature_names})
-    return pl.concat([pl.DataFrame(schema=schema), empty_labels(labels)], how="horizontal")
+        schema.update({feature_column(view.name, f): pl.Float64() for f in options.features_of(view)})
+    return pl.concat([pl.DataFrame(schema=schema), empty_labels(options.labels)], how="horizontal")
 
 
 @dataclass(frozen=True)
@@ -267,7 +286,7 @@ def write_training_set(path: str | Path, store: Store, views: Sequence[FeatureVi
             if pending is not None:
                 pending.result()
             if writer is None:  # no rows: still a readable file with the right columns
-                empty = _concat([], views, labels).to_arrow()
+                empty = _concat([], views, options).to_arrow()
                 writer = _open_writer(kind, tmp, empty.schema)
                 writer.write_table(empty)
         finally:
@@ -283,7 +302,7 @@ def write_training_set(path: str | Path, store: Store, views: Sequence[FeatureVi
         "as_of_created": bool(options.as_of_created),
         "views": [{"name": v.name, "version": v.version, "timeframe": v.timeframe,
                    "ttl_seconds": plan.ttl[v.name].total_seconds(),
-                   "columns": [feature_column(v.name, f) for f in v.feature_names]} for v in views],
+                   "columns": [feature_column(v.name, f) for f in options.features_of(v)]} for v in views],
         "labels": [{"spec": label.spec, "columns": [*label.columns, label.weight_column]} for label in labels],
         "label_bars": {"timeframe": views[0].timeframe} if labels else None,
         "column_naming": "<view>__<feature>; <view>__ts is the ts of the joined feature row",

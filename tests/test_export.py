@@ -271,3 +271,19 @@ def test_other_refusals(store, tmp_path):
     assert parse_ttl("hourly=2h", [HOURLY, DAILY_TREND]) == {"hourly": timedelta(hours=2),
                                                              "daily_trend": timedelta(days=1)}
     assert math.isclose(parse_duration("90m").total_seconds(), 5400)
+
+
+def test_selected_features_are_exported_in_the_order_asked_and_unknown_ones_refused(tmp_path):
+    store = Store(tmp_path / "store")
+    ingest_synthetic(store, ["BTC/USDT"], "1d", since=datetime(2024, 1, 1, tzinfo=UTC),
+                     until=datetime(2024, 3, 1, tzinfo=UTC), now=datetime(2025, 1, 1, tzinfo=UTC))
+    backfill(store, DAILY_TREND, now=datetime(2025, 1, 1, tzinfo=UTC), progress=False)
+    options = ExportOptions(all_bars=True, features={"daily_trend": ["mfi_14", "atr_14"]})
+    frame = training_set(store, [DAILY_TREND], options=options)
+    whole = training_set(store, [DAILY_TREND], options=ExportOptions(all_bars=True))
+    assert frame.columns == ["symbol", "event_ts", "daily_trend__ts", "daily_trend__mfi_14", "daily_trend__atr_14"]
+    assert frame.equals(whole.select(frame.columns))
+    with pytest.raises(TrainingDataError, match="has no feature"):
+        training_set(store, [DAILY_TREND], options=ExportOptions(all_bars=True, features={"daily_trend": ["mfi"]}))
+    with pytest.raises(TrainingDataError, match="not exported"):
+        training_set(store, [DAILY_TREND], options=ExportOptions(all_bars=True, features={"research": ["ret_1"]}))

@@ -14,7 +14,9 @@ a classifier outputs ``label`` (int64 class index) and ``probabilities`` ``[N, n
 
 The gate runs onnxruntime on the whole test set and compares with ``Booster.predict``: a regressor is
 refused when the max abs difference exceeds ``tolerance`` (1e-5), a classifier when any predicted class
-differs. The float32 casting difference is measured and recorded either way. Refused before
+differs. The float32 casting difference is measured and recorded either way. The gate and
+``serving.scorer`` open their sessions with ``onnx_session`` (one thread, tuned for single rows). The
+result carries the graph's interface as built: its opsets, input name and output names. Refused before
 conversion: ``zero_as_missing``, ``linear_tree``, categorical splits, ``rf`` boosting and objectives
 other than ``SUPPORTED_OBJECTIVES`` (``fair``, ``mape``, ``cross_entropy`` have no converter).
 
@@ -24,10 +26,13 @@ other than ``SUPPORTED_OBJECTIVES`` (``fair``, ``mape``, ``cross_entropy`` have 
 >>> result = export_onnx(booster, X, kind="regressor")
 >>> result.dtype, result.parity.max_abs_diff < 1e-12, result.parity.passed
 ('float64', True, True)
+>>> result.opsets, result.input_name, result.outputs
+({'': 21, 'ai.onnx.ml': 5}, 'input', ('variable',))
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,6 +43,7 @@ from featurestore.errors import ModelExportError
 if TYPE_CHECKING:
     import lightgbm as lgb
     import onnx
+    import onnxruntime as ort
 
 __all__ = [
     "SUPPORTED_OBJECTIVES",
@@ -45,6 +51,7 @@ __all__ = [
     "ParityReport",
     "check_exportable",
     "export_onnx",
+    "onnx_session",
     "run_onnx",
     "to_onnx_float32",
     "to_onnx_float64",
@@ -192,14 +199,26 @@ def to_onnx_float64(booster: lgb.Booster) -> onnx.ModelProto:
     return model
 
 
-def run_onnx(model: bytes, X: np.ndarray, dtype: OnnxDtype, *, batch: int = 100_000) -> np.ndarray:
-    """Run a model from this module with onnxruntime (one thread): regressor (n,), classifier (n, k)."""
+def onnx_session(model: bytes | str | os.PathLike) -> ort.InferenceSession:
+    """An onnxruntime session for ``model`` (serialised bytes or a ``model.onnx`` path), tuned for single rows:
+    one intra-op and one inter-op thread, sequential execution, warnings off (the float32 classifier's label
+    shape warning is noise). The graph optimisation level makes no difference to these graphs (300 trees,
+    one row: p50 14.5-14.9 us, p99 ~20 us for none, basic and all, measured alternately): onnxruntime's
+    default, all. Training's parity gate and ``serving.scorer`` both run their graphs through this."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    options.log_severity_level = 3  # the float32 classifier's label shape warning is noise
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else os.fspath(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(model: bytes, X: np.ndarray, dtype: OnnxDtype, *, batch: int = 100_000) -> np.ndarray:
+    """Run a model from this module with onnxruntime (``onnx_session``): regressor (n,), classifier (n, k)."""
+    session = onnx_session(model)
     names = [o.name for o in session.get_outputs()]
     wanted = "probabilities" if "probabilities" in names else "variable"
     with np.errstate(over="ignore"):
@@ -235,10 +254,14 @@ def _parity(booster: lgb.Booster, model: bytes, X: np.ndarray, *, kind: str, dty
 
 @dataclass(frozen=True)
 class OnnxExport:
-    """The model to publish, its parity on the test set, and the float32-casting parity for the record."""
+    """The model to publish, its graph interface as built (opsets, input, outputs), its parity on the test
+    set, and the float32-casting parity for the record."""
 
     model: bytes
-    dtype: str
+    dtype: OnnxDtype
+    opsets: dict[str, int]  # domain ("" is ai.onnx) -> version, read from the graph
+    input_name: str
+    outputs: tuple[str, ...]
     parity: ParityReport
     float32_parity: ParityReport
 
@@ -255,16 +278,20 @@ def export_onnx(booster: lgb.Booster, X_test: np.ndarray, *, kind: Literal["regr
     X_test = np.asarray(X_test, dtype=np.float64)
     if len(X_test) == 0:
         raise ModelExportError("refusing to export: the parity test set is empty")
-    float32_model = to_onnx_float32(booster).SerializeToString()
+    float32_graph = to_onnx_float32(booster)
+    float32_model = float32_graph.SerializeToString()
     float32 = _parity(booster, float32_model, X_test, kind=kind, dtype="float32", tolerance=tolerance)
     if dtype == "float32":
-        model, published = float32_model, float32
+        graph, model, published = float32_graph, float32_model, float32
     else:
-        model = to_onnx_float64(booster).SerializeToString()
+        graph = to_onnx_float64(booster)
+        model = graph.SerializeToString()
         published = _parity(booster, model, X_test, kind=kind, dtype="float64", tolerance=tolerance)
     if not published.passed:
         what = (f"{published.class_mismatches} of {published.rows} predicted classes differ" if kind == "classifier"
                 else f"max abs diff {published.max_abs_diff:.3g} > {tolerance:g} over {published.rows} rows")
         raise ModelExportError(f"refusing to publish the {dtype} ONNX model: {what} between onnxruntime and LightGBM"
                                + (" (float32 thresholds misroute inputs; use the float64 export)" if dtype == "float32" else ""))
-    return OnnxExport(model, dtype, published, float32)
+    (graph_input,) = graph.graph.input
+    return OnnxExport(model, dtype, {o.domain: o.version for o in graph.opset_import}, graph_input.name,
+                      tuple(o.name for o in graph.graph.output), published, float32)

@@ -1,0 +1,415 @@
+"""A model directory's contract: ``meta.json`` read and written as one typed object, ``ModelMeta``.
+
+``training.train`` builds a ``ModelMeta`` and ``write_model`` writes the serving files from it
+(``model.onnx``, ``model.txt``, ``meta.json``, ``features.json``); ``serving.scorer`` reads it back with
+``ModelMeta.read``. Nothing else parses ``meta.json``.
+
+``meta.json`` holds ``"format": 2`` and every field below; a field typed ``X | None`` is written as
+``null`` when it was not recorded (``label``, ``training`` and ``backtest`` for a model not trained by
+``training.train``; ``classes`` for a regressor). ``from_json`` refuses a missing, unknown or ill-typed
+field with a ``ModelRegistryError`` naming the file and the field. A file without ``format`` is the
+layout written before this module, read by ``_upgrade_legacy`` (the only place that guesses).
+
+>>> meta = ModelMeta(name="toy", version="t0", kind="regressor", views=(ViewInfo("toy", "v1", "1h"),),
+...                  features=(FeatureColumn("toy__a", "toy", "a", "v1", "1h", 3600.0),),
+...                  onnx=OnnxInfo({"": 21, "ai.onnx.ml": 5}, "input", "float64", ("variable",)), threshold=0.1)
+>>> ModelMeta.from_json(meta.to_json()) == meta, meta.feature_names, meta.view_versions, meta.ttl["toy"]
+(True, ('toy__a',), {'toy': 'v1'}, datetime.timedelta(seconds=3600))
+>>> ModelMeta.from_json(meta.to_json().replace('"float64"', '"float16"'))
+Traceback (most recent call last):
+...
+featurestore.errors.ModelRegistryError: meta.json: field 'onnx.input_dtype' must be one of 'float64', 'float32', got 'float16'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import cache, cached_property
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import numpy as np
+
+from featurestore.atomic import write_bytes_atomic
+from featurestore.errors import ModelRegistryError
+from training.model import ModelKind
+from training.onnx_export import OnnxDtype, OnnxExport, ParityReport
+
+__all__ = ["META_FORMAT", "BacktestSummary", "FeatureColumn", "LabelInfo", "ModelMeta", "OnnxInfo", "TrainingInfo",
+           "ViewInfo", "write_model"]
+
+#: The ``format`` written in ``meta.json``; a file without one is the legacy layout (``_upgrade_legacy``).
+META_FORMAT = 2
+
+
+@dataclass(frozen=True)
+class FeatureColumn:
+    """One input column of the model, in input order."""
+
+    name: str  # "view__feature"
+    view: str
+    feature: str
+    view_version: str  # the view's version the model was trained on
+    timeframe: str
+    ttl_seconds: float  # max age of the view's row in the training join
+
+
+@dataclass(frozen=True)
+class ViewInfo:
+    """A feature view the model reads; the first one is the primary view (its rows are the decisions)."""
+
+    name: str
+    version: str
+    timeframe: str
+
+
+@dataclass(frozen=True)
+class LabelInfo:
+    """The label the model learned (``training.labels``)."""
+
+    spec: str  # e.g. "future_ret:h=1"
+    kind: str
+    h: int
+    target: str  # the column the model was fitted on
+    bars_timeframe: str
+    end_column: str
+
+
+@dataclass(frozen=True)
+class TrainingInfo:
+    """The rows the published model was fitted on."""
+
+    rows: int
+    symbols: tuple[str, ...]
+    first_event_ts: datetime
+    last_event_ts: datetime
+    data_fingerprint: str  # sha256 of the training frame (``training.train.frame_fingerprint``)
+    weights_column: str
+    trees: int
+
+
+@dataclass(frozen=True)
+class BacktestSummary:
+    """The out-of-sample backtest beside buy-and-hold (``training.evaluation.backtest``; the full run is in
+    ``report.json``)."""
+
+    model: dict[str, Any]
+    buy_and_hold: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """The graph in ``model.onnx``: what ``training.onnx_export`` produced and measured."""
+
+    opsets: dict[str, int]  # domain ("" is ai.onnx) -> version; empty: not recorded (legacy toy models)
+    input_name: str
+    input_dtype: OnnxDtype
+    outputs: tuple[str, ...]
+    parity: ParityReport | None = None  # the published graph against LightGBM, on the out-of-sample rows
+    float32_parity: ParityReport | None = None  # what float32 inputs would have given, for the record
+
+    @classmethod
+    def from_export(cls, exported: OnnxExport) -> OnnxInfo:
+        return cls(dict(exported.opsets), exported.input_name, exported.dtype, tuple(exported.outputs),
+                   exported.parity, exported.float32_parity)
+
+
+def _expected_outputs(kind: str) -> tuple[str, ...]:
+    return ("label", "probabilities") if kind == "classifier" else ("variable",)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelMeta:
+    """Everything known about a published model; ``meta.json`` is ``to_json()`` of it.
+
+    Checked when built: feature names are ``view__feature`` and unique, every feature's view is listed
+    in ``views`` with the same version and timeframe, one TTL per view, every view has a feature, a
+    classifier has ``classes`` holding -1 and 1 (a regressor none), and the ONNX outputs fit the kind.
+    """
+
+    name: str
+    version: str
+    kind: ModelKind
+    trained_at: datetime | None = None
+    features: tuple[FeatureColumn, ...]  # the model's input columns, in order
+    views: tuple[ViewInfo, ...]
+    label: LabelInfo | None = None
+    classes: tuple[int, ...] | None = None  # the classifier's classes, in the order of its probabilities
+    training: TrainingInfo | None = None
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)  # ``training.model.ModelParams.as_dict()``
+    metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # out-of-sample prediction metrics
+    backtest: BacktestSummary | None = None
+    onnx: OnnxInfo
+    threshold: float | None = None  # |score| above which a signal is LONG / SHORT (the backtest's); None: 0
+    libraries: dict[str, str] = dataclasses.field(default_factory=dict)  # package -> version at training
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+    # --- derived views, what serving reads ------------------------------------------------------
+
+    @cached_property
+    def feature_names(self) -> tuple[str, ...]:
+        """The model's input names, in input order."""
+        return tuple(f.name for f in self.features)
+
+    @cached_property
+    def columns(self) -> tuple[tuple[str, str], ...]:
+        """(view, feature) of each input column."""
+        return tuple((f.view, f.feature) for f in self.features)
+
+    @cached_property
+    def view_versions(self) -> dict[str, str]:
+        """View -> the version trained on, the primary view first."""
+        return {v.name: v.version for v in self.views}
+
+    @cached_property
+    def ttl(self) -> dict[str, timedelta]:
+        """View -> the TTL of the training join (the scorer's default max age)."""
+        return {f.view: timedelta(seconds=f.ttl_seconds) for f in self.features}
+
+    # --- JSON -------------------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        """``meta.json``'s text: ``format`` first, then every field; NaN and infinities become null."""
+        return json.dumps({"format": META_FORMAT, **_encode(self)}, indent=1, allow_nan=False)
+
+    def features_json(self) -> str:
+        """``features.json``'s text: the input columns and their order (the same rows as ``meta.json``)."""
+        return json.dumps({"features": _encode(self.features), "order": list(self.feature_names)}, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, *, path: Path | None = None) -> ModelMeta:
+        """Parse and check ``meta.json`` (``path`` names it in errors; for the legacy layout its directory
+        may hold ``report.json``)."""
+        where = str(path) if path is not None else "meta.json"
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ModelRegistryError(f"{where}: not JSON ({exc})") from None
+        try:
+            if not isinstance(data, dict):
+                raise ModelRegistryError(f"must hold a JSON object, got {type(data).__name__}")
+            if "format" not in data:
+                data = _upgrade_legacy(data, None if path is None else Path(path).parent)
+            elif data["format"] != META_FORMAT:
+                raise ModelRegistryError(f"field 'format' is {data['format']!r}: this version of featurestore reads "
+                                         f"format {META_FORMAT} and the legacy layout; upgrade it to read this model")
+            return _decode(cls, {k: v for k, v in data.items() if k != "format"}, "")
+        except ModelRegistryError as exc:
+            raise ModelRegistryError(f"{where}: {exc}") from None
+
+    @classmethod
+    def read(cls, directory: str | Path) -> ModelMeta:
+        """``<directory>/meta.json``."""
+        path = Path(directory) / "meta.json"
+        if not path.is_file():
+            raise ModelRegistryError(f"{path} does not exist: {directory} is not a model directory")
+        return cls.from_json(path.read_text(), path=path)
+
+    def write(self, directory: str | Path) -> None:
+        """``<directory>/meta.json`` and ``<directory>/features.json``, each replaced atomically."""
+        directory = Path(directory)
+        write_bytes_atomic(self.to_json().encode(), directory / "meta.json")
+        write_bytes_atomic(self.features_json().encode(), directory / "features.json")
+
+
+def write_model(directory: str | Path, meta: ModelMeta, *, onnx_model: bytes, model_text: str) -> Path:
+    """The serving files of a model directory: ``model.onnx``, ``model.txt`` (LightGBM's text), ``meta.json``,
+    ``features.json``. ``training.registry.publish`` makes a version appear whole; this writes the files."""
+    directory = Path(directory)
+    write_bytes_atomic(onnx_model, directory / "model.onnx")
+    write_bytes_atomic(model_text.encode(), directory / "model.txt")
+    meta.write(directory)
+    return directory
+
+
+def _check(meta: ModelMeta) -> None:
+    """The cross-field rules of ``ModelMeta`` (its docstring); raise naming the first field that breaks one."""
+    views = {v.name: v for v in meta.views}
+    if len(views) != len(meta.views):
+        raise ModelRegistryError(f"field 'views' names a view twice: {[v.name for v in meta.views]}")
+    seen: dict[str, int] = {}
+    ttl: dict[str, float] = {}
+    for i, f in enumerate(meta.features):
+        where = f"features[{i}]"
+        if f.name != f"{f.view}__{f.feature}":
+            raise ModelRegistryError(f"field '{where}.name' is {f.name!r}, expected '{f.view}__{f.feature}' (view__feature)")
+        if f.name in seen:
+            raise ModelRegistryError(f"field '{where}.name': {f.name!r} is also features[{seen[f.name]}]")
+        seen[f.name] = i
+        view = views.get(f.view)
+        if view is None:
+            raise ModelRegistryError(f"field '{where}.view' is {f.view!r}, not one of 'views' ({', '.join(views)})")
+        if (f.view_version, f.timeframe) != (view.version, view.timeframe):
+            raise ModelRegistryError(f"field '{where}': view {f.view!r} version {f.view_version} {f.timeframe}, but "
+                                     f"'views' says version {view.version} {view.timeframe}")
+        if ttl.setdefault(f.view, f.ttl_seconds) != f.ttl_seconds:
+            raise ModelRegistryError(f"field '{where}.ttl_seconds' is {f.ttl_seconds:g}, another feature of view "
+                                     f"{f.view!r} says {ttl[f.view]:g}: one TTL per view")
+    if not meta.features:
+        raise ModelRegistryError("field 'features' is empty: a model has at least one input")
+    unused = [name for name in views if name not in ttl]
+    if unused:
+        raise ModelRegistryError(f"field 'views' lists {unused}, which no feature uses")
+    if meta.kind == "classifier" and not (meta.classes and -1 in meta.classes and 1 in meta.classes):
+        raise ModelRegistryError(f"field 'classes' is {meta.classes!r}: a classifier needs its classes, -1 and 1 "
+                                 f"among them (the score is P(1) - P(-1))")
+    if meta.kind == "regressor" and meta.classes is not None:
+        raise ModelRegistryError(f"field 'classes' is {list(meta.classes)} for a regressor: write null")
+    if meta.onnx.outputs != _expected_outputs(meta.kind):
+        raise ModelRegistryError(f"field 'onnx.outputs' is {list(meta.onnx.outputs)}, a {meta.kind} graph outputs "
+                                 f"{list(_expected_outputs(meta.kind))}")
+    if meta.threshold is not None and not math.isfinite(meta.threshold):
+        raise ModelRegistryError(f"field 'threshold' must be a finite number or null, got {meta.threshold!r}")
+
+
+# --- the legacy layout ---------------------------------------------------------------------------
+
+def _upgrade_legacy(old: dict[str, Any], directory: Path | None) -> dict[str, Any]:
+    """The ``meta.json`` layout written before ``ModelMeta`` (no ``format``), as a format-2 dict.
+
+    Legacy reader, kept so that model directories published before ``ModelMeta`` still load: it accepts
+    what the old ``serving.scorer.load_model`` accepted, with its defaults, and nothing here is written any
+    more. The old guesses live here and nowhere else:
+
+    - no ``onnx_input_dtype``: ``float32`` (the old reader's default; models from ``training.train`` were
+      float64 and said so);
+    - no ``threshold`` (``training.train`` never wrote one): ``report.json``'s ``backtest.threshold`` in the
+      same directory, else none;
+    - no ``onnx.input_name``: ``input``; no ``onnx.outputs``: the ones of the kind; no ``onnx.opset``: unknown.
+
+    Renamed: ``onnx.opset`` -> ``onnx.opsets``, ``training.weights`` -> ``training.weights_column``. Dropped
+    (duplicates): ``feature_names`` (the order of ``features``), ``seed`` (``params.seed``), ``versioning``.
+    """
+    for key in ("name", "version", "kind", "feature_names", "features", "views"):
+        if key not in old:
+            raise ModelRegistryError(f"field {key!r} is missing (a meta.json without 'format', the legacy layout)")
+    if not isinstance(old["features"], list) or not isinstance(old["feature_names"], list):
+        raise ModelRegistryError("fields 'features' and 'feature_names' must be lists (the legacy layout)")
+    rows = {row.get("name"): row for row in old["features"] if isinstance(row, dict)}
+    absent = [name for name in old["feature_names"] if name not in rows]
+    if absent:
+        raise ModelRegistryError(f"field 'feature_names' lists {absent}, which 'features' does not describe")
+    dtype = old.get("onnx_input_dtype", "float32")
+    if dtype not in get_args(OnnxDtype):
+        raise ModelRegistryError(f"field 'onnx_input_dtype' must be one of 'float64', 'float32', got {dtype!r}")
+    onnx = old["onnx"] if isinstance(old.get("onnx"), dict) else {}
+    training = old.get("training")
+    threshold = old.get("threshold")
+    report = None if directory is None else directory / "report.json"
+    if threshold is None and report is not None and report.is_file():
+        try:
+            threshold = json.loads(report.read_text()).get("backtest", {}).get("threshold")
+        except (ValueError, AttributeError):
+            raise ModelRegistryError(f"no 'threshold' (the legacy layout), and {report} holds no "
+                                     f"backtest.threshold to take it from") from None
+    return {
+        "name": old["name"], "version": old["version"], "kind": old["kind"], "trained_at": old.get("trained_at"),
+        "features": [rows[name] for name in old["feature_names"]], "views": old["views"],
+        "label": old.get("label"), "classes": old.get("classes"),
+        "training": training if not isinstance(training, dict) else {
+            **{k: v for k, v in training.items() if k != "weights"}, "weights_column": training.get("weights")},
+        "params": old.get("params") or {}, "metrics": old.get("metrics") or {}, "backtest": old.get("backtest"),
+        "onnx": {"opsets": onnx.get("opset", {}), "input_name": onnx.get("input_name", "input"),
+                 "input_dtype": dtype,
+                 "outputs": onnx.get("outputs", list(_expected_outputs(old["kind"]))),
+                 "parity": onnx.get("parity"), "float32_parity": onnx.get("float32_parity")},
+        "threshold": threshold,
+        "libraries": old.get("libraries") or {},
+    }
+
+
+# --- the codec: dataclass fields <-> JSON, by their type hints ------------------------------------
+
+def _encode(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_encode(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+@cache
+def _hints(cls: type) -> dict[str, Any]:
+    return get_type_hints(cls)
+
+
+_KINDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _decode(tp: Any, value: Any, field: str) -> Any:
+    """``value`` (parsed JSON) as type ``tp``, or a ``ModelRegistryError`` naming ``field``."""
+    origin, args = get_origin(tp), get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _decode(inner, value, field)
+    if value is None:
+        raise ModelRegistryError(f"field {field!r} is null, expected {_describe(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise ModelRegistryError(f"field {field!r} must be one of {', '.join(map(repr, args))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ModelRegistryError(f"field {field!r} must be a list, got {value!r}")
+        return tuple(_decode(args[0], item, f"{field}[{i}]") for i, item in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ModelRegistryError(f"field {field!r} must be an object, got {value!r}")
+        return {key: _decode(args[1], item, f"{field}.{key}") for key, item in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _decode_object(tp, value, field)
+    if tp is datetime:
+        try:
+            moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            raise ModelRegistryError(f"field {field!r} must be an ISO-8601 time with a UTC offset, got {value!r}")
+        return moment
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
+        return value
+    raise ModelRegistryError(f"field {field!r} must be {_describe(tp)}, got {value!r}")
+
+
+def _describe(tp: Any) -> str:
+    return _KINDS.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _decode_object(cls: type, value: Any, field: str) -> Any:
+    prefix = f"{field}." if field else ""
+    if not isinstance(value, dict):
+        raise ModelRegistryError(f"field {field!r} must be an object ({cls.__name__}), got {value!r}")
+    hints, names = _hints(cls), [f.name for f in dataclasses.fields(cls)]
+    unknown = [key for key in value if key not in names]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        raise ModelRegistryError(f"field '{prefix}{unknown[0]}' is not part of format {META_FORMAT}"
+                                 + (f"; did you mean '{prefix}{close[0]}'?" if close else f" (known: {', '.join(names)})"))
+    missing = [name for name in names if name not in value]
+    if missing:
+        raise ModelRegistryError(f"field '{prefix}{missing[0]}' is missing" + (
+            f" (and {', '.join(prefix + m for m in missing[1:])})" if missing[1:] else ""))
+    return cls(**{name: _decode(hints[name], value[name], prefix + name) for name in names})

@@ -1,9 +1,10 @@
 """The scorer: one published model, one onnxruntime session, one read-only online-store connection.
 
+``load_model`` reads a model directory through its typed contract, ``training.artifact.ModelMeta``.
 ``Scorer.score(symbols, now=...)`` reads the latest row of every view the model uses for each symbol,
 checks it (the skew guard below), lays the values out in the model's feature order and input dtype
-(``meta.json``'s ``onnx_input_dtype``: float64 for published models, float32 supported) and scores
-every symbol with one ``session.run``.
+(``ModelMeta.onnx.input_dtype``: float64 for published models, float32 supported) and scores every
+symbol with one ``session.run``.
 
 The skew guard refuses to score, naming view, symbol and both values, when
 
@@ -20,17 +21,28 @@ The skew guard refuses to score, naming view, symbol and both values, when
 A null feature that was missing in training (LightGBM learned a branch for it) is passed as NaN and
 listed in ``Score.missing``. A batch is scored whole or refused whole, the error listing every problem.
 
-The session is tuned for one row: one intra-op and one inter-op thread, sequential execution. The graph
-optimisation level makes no difference to these graphs (300 trees, one row: p50 14.5-14.9 us, p99 ~20 us
-for none, basic and all, measured alternately); it stays at onnxruntime's default, all.
+The session is ``training.onnx_export.onnx_session``, tuned for one row (one thread, sequential), the
+one training's parity gate uses; a graph whose input name, input type or outputs differ from
+``meta.json`` is refused.
+
+A model directory, from a tiny LightGBM model (what ``featurestore train`` publishes, without the
+evaluation), then a score:
 
 >>> import tempfile
 >>> from datetime import datetime, timezone
+>>> import lightgbm as lgb
 >>> from featurestore.online import OnlineRow
 >>> from featurestore.online.sqlite import SqliteOnlineStore
->>> model = Path(tempfile.mkdtemp())
->>> from serving.toy_model import write_toy_model
->>> booster = write_toy_model(model)  # 20 trees on view "toy" v1 (features a, b; b missing in training), TTL 1h
+>>> from training.artifact import FeatureColumn, ModelMeta, OnnxInfo, ViewInfo, write_model
+>>> from training.onnx_export import export_onnx
+>>> X = np.random.default_rng(0).normal(size=(500, 2)); X[::7, 1] = np.nan  # b: missing in training
+>>> booster = lgb.train({"objective": "regression", "verbosity": -1, "num_threads": 1, "min_data_in_leaf": 5},
+...                     lgb.Dataset(X, np.where(X[:, 0] > 0, 0.5, -0.5), feature_name=["toy__a", "toy__b"]), 20)
+>>> exported = export_onnx(booster, X, kind="regressor")
+>>> meta = ModelMeta(name="toy", version="t0", kind="regressor", views=(ViewInfo("toy", "v1", "1h"),),
+...                  features=tuple(FeatureColumn(f"toy__{f}", "toy", f, "v1", "1h", 3600.0) for f in "ab"),
+...                  onnx=OnnxInfo.from_export(exported))
+>>> model = write_model(Path(tempfile.mkdtemp()), meta, onnx_model=exported.model, model_text=booster.model_to_string())
 >>> t = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
 >>> with SqliteOnlineStore(Path(tempfile.mkdtemp()) / "online.sqlite") as online:
 ...     _ = online.put_many([OnlineRow("toy", "BTC/USDT", t, "v1", {"a": 0.5, "b": None}, t)])
@@ -42,13 +54,12 @@ for none, basic and all, measured alternately); it stays at onnxruntime's defaul
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -64,31 +75,36 @@ from featurestore.errors import (
 )
 from featurestore.online import OnlineRow, OnlineStore, connect
 from featurestore.store import Store
+from training.artifact import ModelMeta
+from training.onnx_export import onnx_session
 
 __all__ = ["Model", "Score", "Scorer", "load_model", "open_scorer", "resolve_model_dir"]
 
-_DTYPES = {"float64": (np.float64, "tensor(double)"), "float32": (np.float32, "tensor(float)")}
+_INPUT_TYPES = {"float64": "tensor(double)", "float32": "tensor(float)"}  # onnxruntime's names of the dtypes
 _ZERO = timedelta(0)
 _MISSING_NONE = 0  # LightGBM decision_type bits 2-3: 0 None (NaN read as 0), 1 Zero, 2 NaN (learned branch)
 
 
 @dataclass(frozen=True)
 class Model:
-    """What serving needs from a published model directory (``meta.json``, ``model.onnx``, ``model.txt``)."""
+    """A loaded model directory: its ``meta.json`` (``meta``) and what serving derives from ``model.txt``."""
 
-    name: str
-    version: str
-    kind: str  # "regressor" or "classifier"
+    meta: ModelMeta
     path: Path
-    feature_names: tuple[str, ...]  # input order, "view__feature"
-    columns: tuple[tuple[str, str], ...]  # (view, feature) of each input column
-    view_versions: dict[str, str]  # view -> version trained on; the first view is the primary one
-    ttl: dict[str, timedelta]  # view -> TTL of the training join
-    dtype: str  # "float64" or "float32"
-    input_name: str
     no_missing: frozenset[str]  # features never missing in training: null would be read as 0
-    threshold: float | None  # the backtest's |score| threshold, when recorded
-    classes: tuple[int, ...] | None
+
+    # What serving reads, straight from ``meta``:
+    name = property(attrgetter("meta.name"))
+    version = property(attrgetter("meta.version"))
+    kind = property(attrgetter("meta.kind"))  # "regressor" or "classifier"
+    feature_names = property(attrgetter("meta.feature_names"))  # input order, "view__feature"
+    columns = property(attrgetter("meta.columns"))  # (view, feature) of each input column
+    view_versions = property(attrgetter("meta.view_versions"))  # view -> version trained on; the primary first
+    ttl = property(attrgetter("meta.ttl"))  # view -> TTL of the training join
+    dtype = property(attrgetter("meta.onnx.input_dtype"))  # "float64" or "float32"
+    input_name = property(attrgetter("meta.onnx.input_name"))
+    threshold = property(attrgetter("meta.threshold"))  # the backtest's |score| threshold, when recorded
+    classes = property(attrgetter("meta.classes"))  # a classifier's classes, in its probabilities' order
 
 
 def _never_missing(model_text: str, names: Sequence[str]) -> frozenset[str]:
@@ -102,40 +118,20 @@ def _never_missing(model_text: str, names: Sequence[str]) -> frozenset[str]:
     return frozenset(found)
 
 
-def _threshold(meta: dict[str, Any], path: Path) -> float | None:
-    if meta.get("threshold") is not None:
-        return float(meta["threshold"])
-    report = path / "report.json"
-    recorded = json.loads(report.read_text()).get("backtest", {}).get("threshold") if report.is_file() else None
-    return None if recorded is None else float(recorded)
-
-
 def load_model(path: str | Path) -> Model:
-    """Read a model directory written by ``training.train`` (or ``serving.toy_model``)."""
+    """Read a model directory written by ``training.train`` (``training.artifact.write_model``)."""
     path = Path(path)
     missing = [name for name in ("meta.json", "model.onnx", "model.txt") if not (path / name).is_file()]
     if missing:
         raise ModelRegistryError(f"{path} is not a complete model directory: missing {', '.join(missing)} "
                                  f"(see `featurestore models list`)")
-    meta = json.loads((path / "meta.json").read_text())
-    dtype = meta.get("onnx_input_dtype", "float32")
-    if dtype not in _DTYPES:
-        raise ModelRegistryError(f"{path}: onnx_input_dtype {dtype!r} is not float64 or float32")
-    names = tuple(meta["feature_names"])
-    rows = {row["name"]: row for row in meta["features"]}
-    views = {view["name"]: view["version"] for view in meta["views"]}
-    return Model(
-        name=meta["name"], version=meta["version"], kind=meta["kind"], path=path, feature_names=names,
-        columns=tuple((rows[n]["view"], rows[n]["feature"]) for n in names), view_versions=views,
-        ttl={rows[n]["view"]: timedelta(seconds=rows[n]["ttl_seconds"]) for n in names}, dtype=dtype,
-        input_name=meta.get("onnx", {}).get("input_name", "input"),
-        no_missing=_never_missing((path / "model.txt").read_text(), names), threshold=_threshold(meta, path),
-        classes=tuple(meta["classes"]) if meta.get("classes") else None)
+    meta = ModelMeta.read(path)
+    return Model(meta, path, _never_missing((path / "model.txt").read_text(), meta.feature_names))
 
 
 def resolve_model_dir(store: Store, model: str, *, version: str | None = None, models: Path | None = None) -> Path:
     """``model`` is a directory (it contains '/') or a registry name (``version``, else production)."""
-    from training.registry import load_meta, models_root, production_version
+    from training.registry import models_root, production_version, version_path
 
     if "/" in model:
         if version is not None:
@@ -146,8 +142,7 @@ def resolve_model_dir(store: Store, model: str, *, version: str | None = None, m
     if version is None:
         raise ModelRegistryError(f"model {model!r} has no production version under {root}; promote one "
                                  f"(featurestore models promote {model} VERSION) or name a --version")
-    load_meta(root, model, version)  # raises, listing what is stored, when absent
-    return root / model / version
+    return version_path(root, model, version)  # raises, listing what is stored, when absent
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,18 +166,16 @@ class Score:
 
 
 def _session(model: Model) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(model.path / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    """The graph's session, refused when its input or outputs are not the ones ``meta.json`` records."""
+    session = onnx_session(model.path / "model.onnx")
     (graph_input,) = session.get_inputs()
-    if (graph_input.name, graph_input.type) != (model.input_name, _DTYPES[model.dtype][1]):
+    if (graph_input.name, graph_input.type) != (model.input_name, _INPUT_TYPES[model.dtype]):
         raise ModelRegistryError(f"{model.path}/model.onnx takes {graph_input.name!r} {graph_input.type}, but "
                                  f"meta.json says {model.input_name!r} {model.dtype}")
+    outputs = tuple(o.name for o in session.get_outputs())
+    if outputs != model.meta.onnx.outputs:
+        raise ModelRegistryError(f"{model.path}/model.onnx outputs {list(outputs)}, but meta.json says "
+                                 f"{list(model.meta.onnx.outputs)}")
     return session
 
 
@@ -213,10 +206,11 @@ class Scorer:
                         for view, version in model.view_versions.items()]
         self._views = list(model.view_versions)
         self._primary = self._views[0]
-        self._run, self._outputs = self.session.run, ["probabilities" if model.kind == "classifier" else "variable"]
-        classes = model.classes or (-1, 0, 1)
-        self._up, self._down = classes.index(1), classes.index(-1)
-        self._dtype = _DTYPES[model.dtype][0]
+        self._classifier = model.kind == "classifier"
+        self._run, self._outputs = self.session.run, ["probabilities" if self._classifier else "variable"]
+        if self._classifier:  # ModelMeta guarantees -1 and 1 among a classifier's classes
+            self._up, self._down = model.classes.index(1), model.classes.index(-1)
+        self._names, self._input, self._dtype = model.feature_names, model.input_name, np.dtype(model.dtype)
 
     def __enter__(self) -> Scorer:
         return self
@@ -259,7 +253,7 @@ class Scorer:
         """Score ``symbols`` (one ``session.run``), or raise naming every problem. ``given``: per view, rows
         to use instead of reading the online store (the dataflow scores the rows it has just computed)."""
         symbols = list(symbols)
-        X = np.empty((len(symbols), len(self.model.feature_names)), dtype=self._dtype)
+        X = np.empty((len(symbols), len(self._names)), dtype=self._dtype)
         rows = self._read(symbols, given)
         problems: list[tuple[type, str]] = []
         for view, columns, getter, features, trained, limit in self._layout:
@@ -278,9 +272,9 @@ class Scorer:
         missing = self._missing(symbols, X, problems)
         if problems:
             raise problems[0][0]("refusing to score: " + "; ".join(message for _, message in problems))
-        out = self._run(self._outputs, {self.model.input_name: X})[0]
-        scores = (out[:, self._up] - out[:, self._down] if self.model.kind == "classifier" else out[:, 0]).tolist()
-        names, primary = self.model.feature_names, rows[self._primary]
+        out = self._run(self._outputs, {self._input: X})[0]
+        scores = (out[:, self._up] - out[:, self._down] if self._classifier else out[:, 0]).tolist()
+        names, primary = self._names, rows[self._primary]
         return [Score(symbol, primary[symbol].ts, scores[i], {v: rows[v][symbol] for v in rows}, tuple(X[i].tolist()),
                       names, missing[i]) for i, symbol in enumerate(symbols)]
 
@@ -289,7 +283,7 @@ class Scorer:
         if not math.isnan(X.sum()):  # 2x cheaper than np.isnan(X).any(); inf - inf falls through, harmless
             return [()] * len(symbols)
         isnan = np.isnan(X)
-        names = self.model.feature_names
+        names = self._names
         missing = [tuple(names[j] for j in np.flatnonzero(row)) for row in isnan]
         problems.extend((MissingFeaturesError, f"{name} is null for {symbol} and model {self.model.name} never saw "
                                                f"it missing in training (LightGBM would read it as 0)")

@@ -197,7 +197,7 @@ def test_version_follows_the_data_and_the_registry_pointer(store, tmp_path):
     assert [m.production for m in list_models(root) if m.version == b.version] == [True]
     with pytest.raises(ModelRegistryError, match=f"stored versions of 'm': .*{a.version}"):
         promote(root, "m", "0000")
-    assert load_meta(root, "m", a.version)["version"] == a.version
+    assert load_meta(root, "m", a.version).version == a.version
 
 
 def test_fingerprint_sees_any_change():

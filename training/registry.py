@@ -1,8 +1,9 @@
 """Model artifacts and the model registry: ``<models_root>/<name>/<version>/`` plus a ``production`` pointer.
 
-Each version directory holds ``model.onnx``, ``model.txt`` (LightGBM's native model), ``meta.json``,
-``features.json`` and the evaluation (``report.json``, ``equity.png``, ``importance.png``). A version is
-written in a hidden staging directory and renamed into place whole, so a reader never sees half of one.
+Each version directory holds ``model.onnx``, ``model.txt`` (LightGBM's native model), ``meta.json`` and
+``features.json`` (``training.artifact``: one ``ModelMeta`` writes and reads them) and the evaluation
+(``report.json``, ``equity.png``, ``importance.png``). A version is written in a hidden staging directory
+and renamed into place whole, so a reader never sees half of one.
 ``<models_root>/<name>/production`` is a small JSON pointer replaced atomically by ``promote``.
 
 Versions are deterministic: ``model_version`` hashes the data fingerprint with everything that decides
@@ -36,9 +37,10 @@ from typing import Any
 from featurestore.atomic import write_bytes_atomic
 from featurestore.errors import ModelRegistryError
 from featurestore.store import Store
+from training.artifact import ModelMeta
 
 __all__ = ["ModelVersion", "list_models", "load_meta", "model_version", "models_root", "production_version",
-           "promote", "publish"]
+           "promote", "publish", "version_path"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _POINTER = "production"
@@ -100,12 +102,17 @@ def production_version(root: Path, name: str) -> str | None:
     return json.loads(pointer.read_text())["version"] if pointer.is_file() else None
 
 
-def load_meta(root: Path, name: str, version: str) -> dict[str, Any]:
-    path = Path(root) / name / version / "meta.json"
-    if not path.is_file():
-        raise ModelRegistryError(f"no model {name!r} version {version!r} under {root}"
-                                 + _known(root, name))
-    return json.loads(path.read_text())
+def version_path(root: Path, name: str, version: str) -> Path:
+    """``<root>/<name>/<version>``, or a ``ModelRegistryError`` listing what is stored when it holds no model."""
+    path = Path(root) / name / version
+    if not (path / "meta.json").is_file():
+        raise ModelRegistryError(f"no model {name!r} version {version!r} under {root}" + _known(root, name))
+    return path
+
+
+def load_meta(root: Path, name: str, version: str) -> ModelMeta:
+    """The stored version's ``meta.json`` (``training.artifact.ModelMeta``)."""
+    return ModelMeta.read(version_path(root, name, version))
 
 
 def _known(root: Path, name: str) -> str:
@@ -125,9 +132,10 @@ def list_models(root: Path, name: str | None = None) -> list[ModelVersion]:
         if model.startswith(".") or version.startswith("."):
             continue
         try:
-            trained_at = json.loads(meta.read_text()).get("trained_at")
-        except (OSError, ValueError):
-            trained_at = None
+            moment = ModelMeta.read(meta.parent).trained_at
+        except (OSError, ModelRegistryError):  # listed all the same: `models list` shows what is there
+            moment = None
+        trained_at = None if moment is None else moment.isoformat()
         found.append(ModelVersion(model, version, meta.parent, trained_at,
                                   production_version(root, model) == version))
     return sorted(found, key=lambda m: (m.name, m.trained_at or "", m.version))
@@ -135,6 +143,6 @@ def list_models(root: Path, name: str | None = None) -> list[ModelVersion]:
 
 def promote(root: Path, name: str, version: str) -> None:
     """Point ``<root>/<name>/production`` at ``version`` (atomic replace); the version must exist."""
-    load_meta(root, _check("name", name), _check("version", version))
+    version_path(root, _check("name", name), _check("version", version))
     payload = json.dumps({"name": name, "version": version}, indent=1).encode()
     write_bytes_atomic(payload, Path(root) / name / _POINTER)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from app.cli.options import comma_list, utc
 from app.sdk import FeatureStore
-from featurestore.errors import FeatureStoreError
+from featurestore.errors import FeatureStoreError, ModelRegistryError
 from featurestore.store import Store
 
 __all__ = ["add_commands"]
@@ -91,10 +91,13 @@ def cmd_models(args: argparse.Namespace, fs: FeatureStore) -> int:
         print(f"no models under {root}" + (f" named {args.name!r}" if args.name else "") + " (run featurestore train)")
         return 0
     for model in models:
-        meta = load_meta(root, model.name, model.version)
-        metric = meta.get("metrics", {})
-        score = metric.get("ic_spearman")
-        print(f"{model.name:<20} {model.version}  {meta.get('kind', '?'):<10} {meta.get('label', {}).get('spec', '?'):<40} "
+        try:
+            meta = load_meta(root, model.name, model.version)
+        except ModelRegistryError as exc:  # listed all the same, with what is wrong with it
+            print(f"{model.name:<20} {model.version}  unreadable: {exc}")
+            continue
+        score = meta.metrics.get("ic_spearman")  # out-of-sample metrics: free-form, ic_spearman when computed
+        print(f"{model.name:<20} {model.version}  {meta.kind:<10} {meta.label.spec if meta.label else '-':<40} "
               f"trained {model.trained_at}  IC {'n/a' if score is None else format(score, '+.4f')}"
               f"{'  production' if model.production else ''}")
     return 0

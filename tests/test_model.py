@@ -16,6 +16,7 @@ from featurestore.definitions import FeatureView
 from featurestore.errors import ModelRegistryError, TrainingDataError
 from featurestore.ingest import ingest_synthetic
 from featurestore.store import Store
+from training.artifact import ModelMeta
 from training.evaluation import (
     backtest,
     classification_metrics,
@@ -172,13 +173,14 @@ def test_training_twice_gives_identical_model_bytes_and_onnx_outputs(store, tmp_
     X = np.random.default_rng(0).normal(scale=0.01, size=(200, 4))
     outputs = [run_onnx((p / "model.onnx").read_bytes(), X, "float64") for p in (first, second)]
     assert np.array_equal(outputs[0], outputs[1])
-    meta = json.loads((first / "meta.json").read_text())
-    assert meta["feature_names"] == ["hourly__ret_1", "hourly__ret_6", "hourly__rv_12", "hourly__log_volume"]
-    assert {f["view_version"] for f in meta["features"]} == {HOURLY.version}
-    assert meta["onnx_input_dtype"] == "float64" and meta["seed"] == 7 and meta["label"]["spec"] == label
-    assert meta["onnx"]["parity"]["passed"] and meta["onnx"]["parity"]["rows"] > 0
-    assert len(meta["training"]["data_fingerprint"]) == 64
-    assert {"lightgbm", "onnxruntime", "onnxmltools", "polars"} <= set(meta["libraries"])
+    meta = ModelMeta.read(first)
+    assert meta.feature_names == ("hourly__ret_1", "hourly__ret_6", "hourly__rv_12", "hourly__log_volume")
+    assert {f.view_version for f in meta.features} == {HOURLY.version}
+    assert meta.onnx.input_dtype == "float64" and meta.params["seed"] == 7 and meta.label.spec == label
+    assert meta.onnx.parity.passed and meta.onnx.parity.rows > 0
+    assert meta.onnx.opsets == {"": 21, "ai.onnx.ml": 5} and meta.threshold == 0.0
+    assert len(meta.training.data_fingerprint) == 64
+    assert {"lightgbm", "onnxruntime", "onnxmltools", "polars"} <= set(meta.libraries)
     assert sorted(p.name for p in first.iterdir()) == ["equity.png", "features.json", "importance.png", "meta.json",
                                                        "model.onnx", "model.txt", "report.json"]
 

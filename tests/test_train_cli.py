@@ -17,6 +17,7 @@ from featurestore.builtin_views import DAILY_TREND
 from featurestore.ingest import ingest_resampled, ingest_synthetic
 from featurestore.registry import load_definitions
 from featurestore.store import Store
+from training.artifact import ModelMeta
 
 SCRIPT = str(Path(sys.executable).parent / "featurestore")
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -98,9 +99,9 @@ def test_train_list_promote(setup):
     assert done.returncode == 0, done.stderr
     assert "buy & hold" in done.stdout and "Sharpe" in done.stdout and "ONNX parity over" in done.stdout
     (version_dir,) = [p for p in (store / "models" / "btc_reg").iterdir() if not p.name.startswith(".")]
-    meta = json.loads((version_dir / "meta.json").read_text())
-    assert meta["training"]["symbols"] == ["BTC/USDT"] and meta["onnx_input_dtype"] == "float64"
-    assert meta["feature_names"][:1] == ["hourly__ret_1"] and meta["feature_names"][-1] == "daily_trend__mfi_14"
+    meta = ModelMeta.read(version_dir)
+    assert meta.training.symbols == ("BTC/USDT",) and meta.onnx.input_dtype == "float64"
+    assert meta.feature_names[:1] == ("hourly__ret_1",) and meta.feature_names[-1] == "daily_trend__mfi_14"
 
     listed = featurestore("models", "list", "--store", store, cwd=work)
     assert listed.returncode == 0 and version_dir.name in listed.stdout and "production" not in listed.stdout

@@ -8,8 +8,9 @@
 3. The published model is trained on every row (early stopping on the latest 20% of periods).
 4. ONNX conversion, checked on every out-of-sample row (``training.onnx_export``); a refusal publishes
    nothing.
-5. ``<models>/<name>/<version>/`` with the artifacts; ``version = model_version(data fingerprint,
-   settings)``, so the same data and settings give the same version and the same bytes.
+5. ``<models>/<name>/<version>/`` with the artifacts (``meta.json`` and ``features.json`` from one
+   ``training.artifact.ModelMeta``); ``version = model_version(data fingerprint, settings)``, so the same
+   data and settings give the same version and the same bytes.
 
 A regressor learns the label's log return (``future_ret``, or the return of a ``bucket`` /
 ``triple_barrier`` label); a classifier learns the class of a ``bucket`` or ``triple_barrier`` label.
@@ -18,7 +19,6 @@ A regressor learns the label's log return (``future_ret``, or the return of a ``
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import platform
 from collections.abc import Sequence
@@ -36,7 +36,17 @@ from featurestore.export import ExportOptions, training_set
 from featurestore.pit_join import feature_column
 from featurestore.store import Store
 from featurestore.timeframes import timeframe_ms
-from training.evaluation import backtest, classification_metrics, json_safe, regression_metrics, write_report
+from training.artifact import (
+    BacktestSummary,
+    FeatureColumn,
+    LabelInfo,
+    ModelMeta,
+    OnnxInfo,
+    TrainingInfo,
+    ViewInfo,
+    write_model,
+)
+from training.evaluation import backtest, classification_metrics, regression_metrics, write_report
 from training.labels import LabelSpec, parse_label
 from training.model import CLASSES, ModelKind, ModelParams, fit_model, predict, signal
 from training.onnx_export import OnnxDtype, export_onnx
@@ -85,7 +95,7 @@ class TrainResult:
     name: str
     version: str
     path: Path
-    meta: dict[str, Any]
+    meta: ModelMeta
     report: dict[str, Any]
     created: bool
 
@@ -148,7 +158,6 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
 
     final = fit_model(X, y, feature_names=features, params=params, weight=weight, event_ts=event_ts, label_end=label_end)
     exported = export_onnx(final, X[oos], kind=kind, dtype=onnx_dtype)
-    model_text = final.model_to_string().encode()
     ttl_used = options.view_ttls(views)
     fingerprint = frame_fingerprint(frame.select("symbol", "event_ts", *features, target, label.end_column,
                                                  label.weight_column))
@@ -158,38 +167,25 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
                 "libraries": library_versions()}
     version = model_version(fingerprint, settings)
     view_of = {feature_column(v.name, f): v for v in views for f in v.feature_names}
-    feature_rows = [{"name": c, "view": view_of[c].name, "feature": c.split("__", 1)[1],
-                     "view_version": view_of[c].version, "timeframe": view_of[c].timeframe,
-                     "ttl_seconds": ttl_used[view_of[c].name].total_seconds()} for c in features]
     report = {"name": name, "version": version, "kind": kind, "label": label.spec, "target": target,
               "metrics": metrics, "folds": fold_info, "out_of_sample_rows": int(oos.size),
               "backtest": {"model": result.strategy, "buy_and_hold": result.buy_and_hold, **result.settings},
               "onnx": exported.as_dict()}
-    meta = {
-        "name": name, "version": version, "kind": kind, "trained_at": now.isoformat(),
-        "feature_names": features, "features": feature_rows, "views": [
-            {"name": v.name, "version": v.version, "timeframe": v.timeframe} for v in views],
-        "label": {"spec": label.spec, "kind": label.kind, "h": label.h, "target": target,
-                  "bars_timeframe": timeframe, "end_column": label.end_column},
-        "classes": list(CLASSES) if kind == "classifier" else None,
-        "training": {"rows": frame.height, "symbols": sorted(frame["symbol"].unique().to_list()),
-                     "first_event_ts": str(event_ts.min()), "last_event_ts": str(event_ts.max()),
-                     "data_fingerprint": fingerprint, "weights": label.weight_column, "trees": final.num_trees()},
-        "params": params.as_dict(), "seed": params.seed, "metrics": metrics,
-        "backtest": {"model": result.strategy, "buy_and_hold": result.buy_and_hold},
-        "onnx": {**exported.as_dict(), "input_name": "input",
-                 "outputs": ["label", "probabilities"] if kind == "classifier" else ["variable"],
-                 "opset": {"": 21, "ai.onnx.ml": 5} if onnx_dtype == "float64" else {"": 15, "ai.onnx.ml": 1}},
-        "onnx_input_dtype": exported.dtype,
-        "libraries": settings["libraries"],
-        "versioning": "version = sha256(data fingerprint + settings)[:12]",
-    }
+    meta = ModelMeta(
+        name=name, version=version, kind=kind, trained_at=now,
+        features=tuple(FeatureColumn(c, view_of[c].name, c.split("__", 1)[1], view_of[c].version, view_of[c].timeframe,
+                                     ttl_used[view_of[c].name].total_seconds()) for c in features),
+        views=tuple(ViewInfo(v.name, v.version, v.timeframe) for v in views),
+        label=LabelInfo(label.spec, label.kind, label.h, target, timeframe, label.end_column),
+        classes=CLASSES if kind == "classifier" else None,
+        training=TrainingInfo(frame.height, tuple(sorted(frame["symbol"].unique().to_list())), event_ts.min(),
+                              event_ts.max(), fingerprint, label.weight_column, final.num_trees()),
+        params=params.as_dict(), metrics=metrics,
+        backtest=BacktestSummary(result.strategy, result.buy_and_hold),
+        onnx=OnnxInfo.from_export(exported), threshold=threshold, libraries=settings["libraries"])
     created = False
     with publish(models_root, name, version) as staging:
-        (staging / "model.onnx").write_bytes(exported.model)
-        (staging / "model.txt").write_bytes(model_text)
-        (staging / "meta.json").write_text(json.dumps(json_safe(meta), indent=1))
-        (staging / "features.json").write_text(json.dumps({"features": feature_rows, "order": features}, indent=1))
+        write_model(staging, meta, onnx_model=exported.model, model_text=final.model_to_string())
         importance = dict(zip(features, final.feature_importance("gain").tolist(), strict=True))
         write_report(staging, report, curve=result.curve, importance=importance, title=f"{name} {version}")
         created = not (Path(models_root) / name / version).exists()
@@ -208,7 +204,7 @@ def summary_table(result: TrainResult) -> str:
         value = side.get(key)
         return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else fmt.format(value)
 
-    lines = [f"model {result.name} version {result.version} ({result.meta['kind']}, label {result.meta['label']['spec']})",
+    lines = [f"model {result.name} version {result.version} ({result.meta.kind}, label {result.meta.label.spec})",
              f"out-of-sample backtest, {bt['cost_bps_per_side']:g} bps per side, position = sign(signal) when "
              f"|signal| > {bt['threshold']:g}; {bt['execution']}",
              f"{'':<16}{'model':>14}{'buy & hold':>14}"]

@@ -1,8 +1,8 @@
 """Serving latency: the scorer in process (online read + score) and the HTTP service under load, one core each.
 
 The model: a 300-tree LightGBM regressor on the demo model's 18 inputs (``research`` 14 + ``daily_trend`` 4),
-exported to float64 ONNX (``serving.toy_model``); the same data fits ``lightgbm.LGBMRegressor`` to the same
-trees (checked: equal predictions).
+exported to float64 ONNX (``tests/fixtures/toy_model.py``); the same data fits ``lightgbm.LGBMRegressor`` to
+the same trees (checked: equal predictions).
 
 - ``serving_score``: ``Scorer.score([symbol])``, one call at a time, timed with ``perf_counter_ns``: two online-
   store reads (SQLite, one connection), the skew guard, assembly and one ``session.run``. Every call scores
@@ -46,13 +46,13 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pytest
+from fixtures.toy_model import write_toy_model
 
 from featurestore.builtin_views import DAILY_TREND, RESEARCH
 from featurestore.online import OnlineRow
 from featurestore.online.sqlite import SqliteOnlineStore
 from featurestore.store import Store
 from serving.scorer import Scorer, load_model
-from serving.toy_model import write_toy_model
 
 TREES = 300
 SERVING_SYMBOLS = 5_000

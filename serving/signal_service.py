@@ -8,8 +8,8 @@ One decision per feature row: asking again about a row already decided (same mod
 score, thresholds and size) returns the logged signal itself and appends nothing, so a client's retry
 never shows up as a HOLD, and re-running a job over the same rows leaves the log as it was.
 
-Thresholds default to the |score| threshold the model's backtest used (``meta.json`` ``threshold``, else
-``report.json``), symmetric around 0: LONG above it, SHORT below minus it; 0 when none was recorded.
+Thresholds default to the |score| threshold the model's backtest used (``ModelMeta.threshold``), symmetric
+around 0: LONG above it, SHORT below minus it; 0 when none was recorded.
 
 Signal fields (``signature`` is the HMAC-SHA256 of the canonical JSON of all the others):
 ``ts`` (the feature row's time, ISO-8601 UTC: when the decision is taken), ``symbol``, ``side``, ``score``,
@@ -17,16 +17,27 @@ Signal fields (``signature`` is the HMAC-SHA256 of the canonical JSON of all the
 ``size``, ``model``, ``model_version``, ``views`` ({view: {version, ts}} of the rows used), ``features``
 (input name -> value used; null when missing and fed as NaN), ``missing`` (those names), ``thresholds``.
 
+A model directory (a tiny LightGBM model, threshold 0.1), a row, a signal:
+
 >>> import tempfile
 >>> from datetime import datetime, timezone
 >>> from pathlib import Path
+>>> import lightgbm as lgb, numpy as np
 >>> from featurestore.online import OnlineRow
 >>> from featurestore.online.sqlite import SqliteOnlineStore
 >>> from serving.signals import verify_signal
 >>> from serving.scorer import Scorer, load_model
->>> from serving.toy_model import write_toy_model
+>>> from training.artifact import FeatureColumn, ModelMeta, OnnxInfo, ViewInfo, write_model
+>>> from training.onnx_export import export_onnx
+>>> X = np.random.default_rng(0).normal(size=(500, 2))
+>>> booster = lgb.train({"objective": "regression", "verbosity": -1, "num_threads": 1, "min_data_in_leaf": 5},
+...                     lgb.Dataset(X, np.where(X[:, 0] > 0, 0.5, -0.5), feature_name=["toy__a", "toy__b"]), 20)
+>>> exported = export_onnx(booster, X, kind="regressor")
+>>> meta = ModelMeta(name="toy", version="t0", kind="regressor", views=(ViewInfo("toy", "v1", "1h"),),
+...                  features=tuple(FeatureColumn(f"toy__{f}", "toy", f, "v1", "1h", 3600.0) for f in "ab"),
+...                  onnx=OnnxInfo.from_export(exported), threshold=0.1)
 >>> work = Path(tempfile.mkdtemp())
->>> _ = write_toy_model(work / "model", threshold=0.1)
+>>> _ = write_model(work / "model", meta, onnx_model=exported.model, model_text=booster.model_to_string())
 >>> t = datetime(2024, 5, 1, 12, tzinfo=timezone.utc)
 >>> with SqliteOnlineStore(work / "online.sqlite") as online:
 ...     _ = online.put_many([OnlineRow("toy", "BTC/USDT", t, "v1", {"a": 0.5, "b": 1.0}, t)])

@@ -10,8 +10,13 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pytest
+from fixtures.toy_model import write_toy_model
 
 from featurestore.errors import ModelRegistryError
+from featurestore.online import OnlineRow
+from featurestore.online.sqlite import SqliteOnlineStore
+from featurestore.store import Store
+from serving.scorer import Scorer, load_model
 from training.artifact import (
     BacktestSummary,
     FeatureColumn,
@@ -163,6 +168,25 @@ def test_a_legacy_toy_meta_keeps_the_old_readers_defaults(tmp_path):
     assert (meta.onnx.input_dtype, meta.onnx.input_name, meta.onnx.outputs) == ("float32", "input", ("variable",))
 
 
+def test_a_model_directory_published_before_modelmeta_still_scores(tmp_path):
+    booster = write_toy_model(tmp_path / "model", threshold=0.1)
+    write_json(tmp_path / "model", legacy_toy_meta(threshold=None))
+    (tmp_path / "model" / "features.json").unlink()  # the old toy model wrote none
+    online_path = Store(tmp_path).online_path
+    with SqliteOnlineStore(online_path) as online:
+        online.put_many([OnlineRow("toy", "BTC/USDT", T, "v1", {"a": 0.5, "b": None}, T)])
+    model = load_model(tmp_path / "model")
+    assert model.threshold is None and model.dtype == "float64" and model.no_missing == {"toy__a"}
+    with Scorer(model, SqliteOnlineStore(online_path, readonly=True)) as scorer:
+        (score,) = scorer.score(["BTC/USDT"], now=T)
+    assert score.score == booster.predict(np.array([[0.5, np.nan]]))[0] and score.missing == ("toy__b",)
+    old = legacy_toy_meta()
+    del old["onnx_input_dtype"]  # the old reader's default, float32, does not fit this float64 graph
+    write_json(tmp_path / "model", old)
+    with pytest.raises(ModelRegistryError, match=r"takes 'input' tensor\(double\), but meta.json says 'input' float32"):
+        Scorer(load_model(tmp_path / "model"), SqliteOnlineStore(online_path, readonly=True))
+
+
 # --- errors ---------------------------------------------------------------------------------------
 
 def current(**changes) -> dict:
@@ -232,3 +256,8 @@ def test_unreadable_files_and_directories(tmp_path):
         ModelMeta.read(tmp_path)
     with pytest.raises(ModelRegistryError, match="is not a model directory"):
         ModelMeta.read(tmp_path / "absent")
+    (tmp_path / "model.onnx").write_bytes(b"")
+    (tmp_path / "model.txt").write_text("")
+    write_json(tmp_path, current(onnx__input_dtype="float16"))
+    with pytest.raises(ModelRegistryError, match=r"meta\.json: field 'onnx\.input_dtype' must be one of"):
+        load_model(tmp_path)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import schemathesis
+from fixtures.toy_model import write_toy_model
 from hypothesis import HealthCheck, settings
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -29,7 +30,6 @@ from featurestore.online.sqlite import SqliteOnlineStore
 from featurestore.store import Store
 from serving.openapi import openapi_schema
 from serving.signals import verify_signal
-from serving.toy_model import write_toy_model
 
 SCRIPT = str(Path(sys.executable).parent / "featurestore")
 SIGNING_KEY = "sign-" + secrets.token_hex(16)

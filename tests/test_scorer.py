@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import lightgbm as lgb
 import numpy as np
 import polars as pl
 import pytest
+from fixtures.toy_model import write_toy_model
 
 from featurestore.backfill import backfill
 from featurestore.builtin_views import DAILY_TREND
@@ -28,7 +29,7 @@ from featurestore.online import OnlineRow
 from featurestore.online.sqlite import SqliteOnlineStore
 from featurestore.store import Store
 from serving.scorer import Scorer, load_model, open_scorer, resolve_model_dir
-from serving.toy_model import write_toy_model
+from training.artifact import ModelMeta
 from training.labels import parse_label
 from training.model import ModelParams
 from training.onnx_export import run_onnx, to_onnx_float32
@@ -217,18 +218,17 @@ def test_float32_models_are_fed_float32(toy, tmp_path):
     path, booster = toy
     model32 = tmp_path / "model32"
     model32.mkdir()
-    for name in ("model.txt", "meta.json"):
-        (model32 / name).write_text((path / name).read_text())
+    (model32 / "model.txt").write_text((path / "model.txt").read_text())
     onnx32 = to_onnx_float32(booster).SerializeToString()
     (model32 / "model.onnx").write_bytes(onnx32)
-    meta = json.loads((model32 / "meta.json").read_text())
-    (model32 / "meta.json").write_text(json.dumps({**meta, "onnx_input_dtype": "float32"}))
+    meta = ModelMeta.read(path)
+    replace(meta, onnx=replace(meta.onnx, input_dtype="float32")).write(model32)
     X, _ = training_rows(100, seed=7)
     write(tmp_path, online_rows(X, [f"S{i}" for i in range(100)]))
     with Scorer(load_model(model32), SqliteOnlineStore(Store(tmp_path).online_path, readonly=True)) as scorer:
         got = [s.score for s in scorer.score([f"S{i}" for i in range(100)], now=T)]
     assert got == run_onnx(onnx32, X, "float32").tolist()
-    (model32 / "meta.json").write_text(json.dumps(meta))  # says float64, the graph takes float32
+    meta.write(model32)  # says float64, the graph takes float32
     with pytest.raises(ModelRegistryError, match=r"takes 'input' tensor\(float\), but meta.json says 'input' float64"):
         Scorer(load_model(model32), SqliteOnlineStore(Store(tmp_path).online_path, readonly=True))
 

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from fixtures.toy_model import write_toy_model
 
 from featurestore.errors import FeatureStoreError
 from featurestore.online import OnlineRow
@@ -31,7 +32,6 @@ from serving.signals import (
     verify_file,
     verify_signal,
 )
-from serving.toy_model import write_toy_model
 
 SCRIPT = str(Path(sys.executable).parent / "featurestore")
 T = datetime(2024, 5, 1, 12, tzinfo=UTC)

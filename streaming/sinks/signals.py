@@ -9,15 +9,26 @@ newer than the bar included. One partition, so one worker of the cluster writes 
 Exactly once under recovery: the audit log is the state. A row at or before its symbol's last signal
 from the same model version is skipped, so the rows Bytewax replays after a restart add nothing.
 
+A view, a model trained on it (a tiny LightGBM model; ``featurestore train`` publishes the same files),
+two streamed rows, two signals:
+
 >>> import json, os, tempfile
 >>> from datetime import datetime, timezone
->>> import polars as pl
+>>> import lightgbm as lgb, numpy as np, polars as pl
 >>> from featurestore.definitions import FeatureView
->>> from serving.toy_model import write_toy_model
 >>> from streaming.items import Counts, FeatureRows
+>>> from training.artifact import FeatureColumn, ModelMeta, OnnxInfo, ViewInfo, write_model
+>>> from training.onnx_export import export_onnx
 >>> toy = FeatureView("toy", "1h", {"a": pl.col("close").pct_change(), "b": pl.col("volume").log()})
+>>> X = np.random.default_rng(0).normal(size=(500, 2)); X[::7, 1] = np.nan  # b: missing in training
+>>> booster = lgb.train({"objective": "regression", "verbosity": -1, "num_threads": 1, "min_data_in_leaf": 5},
+...                     lgb.Dataset(X, np.where(X[:, 0] > 0, 0.5, -0.5), feature_name=["toy__a", "toy__b"]), 20)
+>>> exported = export_onnx(booster, X, kind="regressor")
+>>> meta = ModelMeta(name="toy", version="t0", kind="regressor", views=(ViewInfo("toy", toy.version, "1h"),),
+...                  features=tuple(FeatureColumn(f"toy__{f}", "toy", f, toy.version, "1h", 3600.0) for f in "ab"),
+...                  onnx=OnnxInfo.from_export(exported), threshold=0.1)
 >>> work = Path(tempfile.mkdtemp())
->>> _ = write_toy_model(work / "model", versions={"toy": toy.version}, threshold=0.1)
+>>> _ = write_model(work / "model", meta, onnx_model=exported.model, model_text=booster.model_to_string())
 >>> os.environ["FEATURESTORE_SIGNING_KEY"] = "demo key"
 >>> part = SignalSink(work, toy, ["a", "b"], work / "model", work / "signals.jsonl").build_part("signals", "signals", None)
 >>> t = int(datetime(2024, 5, 1, 12, tzinfo=timezone.utc).timestamp() * 1000)

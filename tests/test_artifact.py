@@ -72,6 +72,15 @@ def test_round_trip_through_json_and_a_directory(tmp_path):
     assert {view: ttl.total_seconds() for view, ttl in meta.ttl.items()} == {"hourly": 3600.0, "daily_trend": 86400.0}
 
 
+def test_a_meta_is_checked_when_built_not_only_when_read():
+    with pytest.raises(ModelRegistryError, match="field 'trained_at' is 2024-05-01T12:00:00, a time without a UTC offset"):
+        replace(classifier_meta(), trained_at=datetime(2024, 5, 1, 12))
+    with pytest.raises(ModelRegistryError, match=r"field 'views' lists \['spare'\], which no feature uses"):
+        replace(classifier_meta(), views=(*classifier_meta().views, ViewInfo("spare", "s1", "1h")))
+    with pytest.raises(ModelRegistryError, match=r"field 'classes' is \[-1, 0, 1\] for a regressor: write null"):
+        replace(classifier_meta(), kind="regressor")
+
+
 def test_non_finite_metrics_are_written_as_null():
     meta = replace(classifier_meta(), metrics={"ic_spearman": float("nan"), "rmse": np.float64(0.5)})
     assert ModelMeta.from_json(meta.to_json()).metrics == {"ic_spearman": None, "rmse": 0.5}

@@ -267,6 +267,14 @@ def _check(meta: ModelMeta) -> None:
     if meta.onnx.outputs != _expected_outputs(meta.kind):
         raise ModelRegistryError(f"field 'onnx.outputs' is {list(meta.onnx.outputs)}, a {meta.kind} graph outputs "
                                  f"{list(_expected_outputs(meta.kind))}")
+    moments = {"trained_at": meta.trained_at} if meta.trained_at else {}
+    if meta.training:
+        moments.update({"training.first_event_ts": meta.training.first_event_ts,
+                        "training.last_event_ts": meta.training.last_event_ts})
+    for field, moment in moments.items():
+        if moment.tzinfo is None:
+            raise ModelRegistryError(f"field {field!r} is {moment.isoformat()}, a time without a UTC offset: "
+                                     f"pass an aware datetime (tzinfo=UTC)")
     if meta.threshold is not None and not math.isfinite(meta.threshold):
         raise ModelRegistryError(f"field 'threshold' must be a finite number or null, got {meta.threshold!r}")
 

@@ -123,7 +123,7 @@ def setup(tmp_path_factory) -> Iterator[Setup]:
 
 
 def _scorer(setup: Setup) -> Scorer:
-    return Scorer(load_model(setup.root / "models" / "bench" / "b1"), SqliteOnlineStore(setup.online_path, readonly=True))
+    return Scorer(load_model(setup.root / "models" / "bench" / "b1"), SqliteOnlineStore(Store(setup.root).online_path, readonly=True))
 
 
 def _percentiles(ns: np.ndarray) -> tuple[float, float, float]:

@@ -215,8 +215,8 @@ def builtin_view(name: str, timeframe: str) -> FeatureView:
     """
     template = BUILTIN_TEMPLATES.get(name)
     if template is None:
-        close = difflib.get_close_matches(str(name).lower(), BUILTIN_TEMPLATES, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        guess = difflib.get_close_matches(str(name).lower(), BUILTIN_TEMPLATES, n=1)
+        hint = f"; did you mean {guess[0]!r}?" if guess else ""
         raise DefinitionError(f"unknown built-in template {name!r}{hint} (available: {', '.join(sorted(BUILTIN_TEMPLATES))})")
     try:
         timeframe_ms(timeframe)

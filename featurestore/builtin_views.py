@@ -1,4 +1,18 @@
-"""The feature views that ship with the project: ``research``, ``indicators`` and ``daily_trend``.
+"""The feature sets that ship with the project: ``research``, ``indicators`` and ``daily_trend``.
+
+Each set is a template (``BUILTIN_TEMPLATES``) that ``builtin_view(name, timeframe)`` binds to the bars of
+one timeframe. Bound at its default timeframe (``research`` and ``indicators`` at 1m, ``daily_trend`` at
+1d) a template gives the view of that name, ``RESEARCH``, ``INDICATORS`` or ``DAILY_TREND``, with the
+version its stored data carries. Bound at another timeframe it gives ``<template>_<timeframe>``
+(``research_1h``, ``indicators_4h``, ``daily_trend_1w``) with a version of its own.
+
+- Windows, lags and warm-ups count bars of the bound timeframe, never clock time: ``rv_24`` is the
+  volatility of the last 24 bars (24 minutes at 1m, a day at 1h, four days at 4h) and is null for the
+  first 24 rows. Feature names keep their numbers whatever the timeframe: ``log_ret_20d`` of
+  ``daily_trend_1w`` is a 20-week return.
+- The calendar features (``hour``, ``weekday`` and their sin/cos) are those of the row time, the bar's
+  close. They are kept as they are at every timeframe: on bars of a day or longer ``hour`` is always 0
+  (``hour_sin`` 0, ``hour_cos`` 1), and on weekly bars ``weekday`` is always 1 (Monday).
 
 Conventions (differences from TA-Lib are deliberate; values agree to 1e-9 relative once the seeding
 difference has decayed, which takes 5-10 windows: e.g. ema_48 from bar ~313, RSI ~276, MACD ~328):
@@ -16,17 +30,26 @@ difference has decayed, which takes 5-10 windows: e.g. ema_48 from bar ~313, RSI
 ['daily_trend', 'indicators', 'research']
 >>> len(RESEARCH.features)
 14
+>>> {name: template.timeframe for name, template in BUILTIN_TEMPLATES.items()}
+{'research': '1m', 'indicators': '1m', 'daily_trend': '1d'}
 """
 
 from __future__ import annotations
 
+import difflib
 import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 
 import polars as pl
 
 from featurestore.definitions import FeatureView
+from featurestore.errors import DefinitionError, FeatureStoreError
+from featurestore.timeframes import timeframe_ms
 
-__all__ = ["BUILTIN_VIEWS", "DAILY_TREND", "INDICATORS", "RESEARCH"]
+__all__ = ["BUILTIN_TEMPLATES", "BUILTIN_VIEWS", "DAILY_TREND", "INDICATORS", "RESEARCH", "ViewTemplate",
+           "builtin_view"]
 
 close, high, low, volume = pl.col("close"), pl.col("high"), pl.col("low"), pl.col("volume")
 
@@ -81,8 +104,21 @@ def _cyclic(value: pl.Expr, period: float, name: str) -> dict[str, pl.Expr]:
     return {f"{name}_sin": angle.sin(), f"{name}_cos": angle.cos()}
 
 
+@dataclass(frozen=True)
+class ViewTemplate:
+    """A built-in feature set before it is bound to a timeframe: what ``builtin_view`` binds."""
+
+    name: str
+    timeframe: str  # the default: bound here, the view is called ``name``
+    features: Mapping[str, pl.Expr]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "features", MappingProxyType(dict(self.features)))
+
+
 _ret_1 = log_return(1)
-RESEARCH = FeatureView(
+_RESEARCH = ViewTemplate(
     "research",
     "1m",
     {
@@ -106,7 +142,7 @@ _fast_k = 100.0 * ratio_or_zero(close - _lowest, _highest - _lowest)
 _stoch_k = _fast_k.rolling_mean(3)
 _hour = pl.col("close_ts").dt.hour()
 _weekday = pl.col("close_ts").dt.weekday()
-INDICATORS = FeatureView(
+_INDICATORS = ViewTemplate(
     "indicators",
     "1m",
     {
@@ -129,7 +165,7 @@ INDICATORS = FeatureView(
     description="Standard technical indicators (TA-Lib definitions) and calendar encodings of the row time.",
 )
 
-DAILY_TREND = FeatureView(
+_DAILY_TREND = ViewTemplate(
     "daily_trend",
     "1d",
     {
@@ -141,4 +177,56 @@ DAILY_TREND = FeatureView(
     description="Daily trend and volatility context, joined as-of onto intraday rows.",
 )
 
+#: The built-in feature sets by name, each with its default timeframe.
+BUILTIN_TEMPLATES: Mapping[str, ViewTemplate] = MappingProxyType(
+    {template.name: template for template in (_RESEARCH, _INDICATORS, _DAILY_TREND)})
+
+
+def builtin_view(name: str, timeframe: str) -> FeatureView:
+    """The built-in template ``name`` bound to bars of ``timeframe`` (ccxt notation: ``1m``, ``4h``, ``1w``).
+
+    At the template's default timeframe this is the built-in view itself (same name, same version); at any
+    other it is ``<name>_<timeframe>``. Windows count bars of ``timeframe`` (module docstring).
+
+    >>> hourly = builtin_view("research", "1h")
+    >>> hourly.name, hourly.timeframe, hourly.feature_names == RESEARCH.feature_names
+    ('research_1h', '1h', True)
+    >>> builtin_view("research", "1m").version == RESEARCH.version != hourly.version
+    True
+
+    ``rv_24`` needs 24 hourly returns: its first value is on the row of the 25th bar, a day after the first.
+
+    >>> from datetime import datetime, timezone
+    >>> from featurestore.sources.synthetic import synthetic_bars
+    >>> day = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    >>> bars = synthetic_bars(["BTC/USDT"], "1h", since=day, until=datetime(2024, 1, 3, tzinfo=timezone.utc))
+    >>> rows = hourly.compute_symbol(bars).drop_nulls("rv_24")
+    >>> rows["ts"][0], rows.height
+    (datetime.datetime(2024, 1, 2, 1, 0, tzinfo=zoneinfo.ZoneInfo(key='UTC')), 24)
+
+    >>> builtin_view("reserch", "1h")
+    Traceback (most recent call last):
+    ...
+    featurestore.errors.DefinitionError: unknown built-in template 'reserch'; did you mean 'research'? (available: daily_trend, indicators, research)
+    >>> builtin_view("indicators", "4H")
+    Traceback (most recent call last):
+    ...
+    featurestore.errors.DefinitionError: built-in template 'indicators': unknown timeframe '4H': use a count and a unit m, h, d or w, e.g. '1m', '4h', '1d', '1w'; did you mean '4h'?
+    """
+    template = BUILTIN_TEMPLATES.get(name)
+    if template is None:
+        guess = difflib.get_close_matches(str(name).lower(), BUILTIN_TEMPLATES, n=1)
+        hint = f"; did you mean {guess[0]!r}?" if guess else ""
+        raise DefinitionError(f"unknown built-in template {name!r}{hint} (available: {', '.join(sorted(BUILTIN_TEMPLATES))})")
+    try:
+        timeframe_ms(timeframe)
+    except FeatureStoreError as exc:
+        raise DefinitionError(f"built-in template {name!r}: {exc}") from None
+    bound = name if timeframe == template.timeframe else f"{name}_{timeframe}"
+    return FeatureView(bound, timeframe, template.features, description=template.description)
+
+
+RESEARCH = builtin_view("research", "1m")
+INDICATORS = builtin_view("indicators", "1m")
+DAILY_TREND = builtin_view("daily_trend", "1d")
 BUILTIN_VIEWS = (RESEARCH, INDICATORS, DAILY_TREND)

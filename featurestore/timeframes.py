@@ -5,6 +5,10 @@
 900000
 >>> floor_ms(1_700_000_123_456, "1h")
 1699999200000
+>>> timeframe_ms("15min")
+Traceback (most recent call last):
+...
+featurestore.errors.FeatureStoreError: unknown timeframe '15min': use a count and a unit m, h, d or w, e.g. '1m', '4h', '1d', '1w'; did you mean '15m'?
 """
 
 from __future__ import annotations
@@ -19,16 +23,34 @@ _UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
 # Weekly bars open on Monday 00:00 UTC (ccxt/Binance convention); the Unix epoch was a Thursday.
 _WEEK_OFFSET_MS = 4 * 86_400_000
 _PATTERN = re.compile(r"^([1-9][0-9]*)([mhdw])$")
+# Spellings people type for a unit, for the hint of the error (ccxt's "1M" is a month: no fixed length, no hint).
+_UNIT_WORDS = {"m": ("min", "mins", "minute", "minutes"), "h": ("hr", "hrs", "hour", "hours"),
+               "d": ("day", "days"), "w": ("wk", "week", "weeks")}
+_SPELLED = re.compile(r"^([1-9][0-9]*)([a-z]+)$")
 
 
 def timeframe_ms(timeframe: str) -> int:
     """Length of one bar in milliseconds; refuses anything not ``<n><m|h|d|w>``."""
-    match = _PATTERN.match(timeframe)
+    match = _PATTERN.match(timeframe) if isinstance(timeframe, str) else None
     if match is None:
+        suggestion = _suggest(timeframe)
         raise FeatureStoreError(
             f"unknown timeframe {timeframe!r}: use a count and a unit m, h, d or w, e.g. '1m', '4h', '1d', '1w'"
+            + (f"; did you mean {suggestion!r}?" if suggestion else "")
         )
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def _suggest(timeframe: object) -> str | None:
+    """The ccxt spelling of a timeframe typed another way (``4H``, ``1 h``, ``15min``, ``2days``), if any."""
+    if not isinstance(timeframe, str) or timeframe.strip().endswith("M"):
+        return None
+    match = _SPELLED.match("".join(timeframe.split()).lower())
+    if match is None:
+        return None
+    count, word = match.groups()
+    unit = next((unit for unit, words in _UNIT_WORDS.items() if word == unit or word in words), None)
+    return f"{count}{unit}" if unit else None
 
 
 def offset_ms(timeframe: str) -> int:

@@ -10,31 +10,35 @@ into these methods: the command line and a notebook take the same code path.
 >>> fs = FeatureStore.init(tempfile.mkdtemp(), timeframe="1h", clock=clock)
 >>> fs.ingest(symbols=["BTC/USDT"], since=datetime(2024, 1, 1, tzinfo=timezone.utc))
 {'BTC/USDT': 1440}
->>> import polars as pl
->>> from featurestore.definitions import FeatureView
->>> momentum = FeatureView("momentum", "1h", {"ret_1": (pl.col("close") / pl.col("close").shift(1)).log()})
->>> [(c.name, c.action) for c in fs.apply([momentum])]
-[('momentum', 'registered')]
->>> fs.backfill("momentum")[0].rows_written
+>>> [(c.name, c.action) for c in fs.apply(builtin="research")]
+[('research_1h', 'registered')]
+>>> fs.backfill("research_1h")[0].rows_written
 {'BTC/USDT': 1440}
->>> fs.sql("SELECT count(*) AS n FROM features_momentum")["n"].item()
+>>> fs.sql("SELECT count(*) AS n FROM features_research_1h")["n"].item()
 1440
+>>> train = fs.get_historical_features(features=["research_1h:ret_1", "research_1h:rv_24"], all_bars=True,
+...                                    labels=["future_ret:h=1"])
+>>> train.columns[:5], train.height
+(['symbol', 'event_ts', 'research_1h__ts', 'research_1h__ret_1', 'research_1h__rv_24'], 1440)
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
 from featurestore.backfill import BackfillReport, backfill
 from featurestore.config import StoreConfig, with_overrides, write_config
 from featurestore.definitions import FeatureView
+from featurestore.entities import EntitySource
 from featurestore.errors import DefinitionError, FeatureStoreError
+from featurestore.export import ExportFormat, ExportOptions, ExportResult, training_set, write_training_set
 from featurestore.offline import stored_range
 from featurestore.registry import (
     AppliedView,
@@ -46,8 +50,21 @@ from featurestore.registry import (
 )
 from featurestore.store import Store, default_store_root
 from featurestore.validate import StoreReport, validate_store
+from training.model import ModelKind, ModelParams
+from training.onnx_export import OnnxDtype
+
+if TYPE_CHECKING:
+    from serving.scorer import Scorer
+    from serving.signal_service import SignalService
+    from serving.signals import Thresholds
+    from streaming.flow import StreamConfig
+    from streaming.parity import ParityReport
+    from training.registry import ModelVersion
+    from training.train import TrainResult
 
 __all__ = ["FeatureStore", "ViewStatus"]
+
+_DEFAULT_SINCE = datetime(2024, 1, 1, tzinfo=UTC)
 
 Clock = Callable[[], datetime]
 
@@ -121,7 +138,7 @@ class FeatureStore:
         from featurestore import ingest
 
         now, timeframe = self.clock(), timeframe or self.config.timeframe
-        since = since or datetime(2024, 1, 1, tzinfo=UTC)
+        since = since or _DEFAULT_SINCE
         if source == "synthetic":
             return ingest.ingest_synthetic(self.store, list(symbols or ["BTC/USDT"]), timeframe, since=since,
                                            until=until, now=now, seed=seed)
@@ -257,3 +274,195 @@ class FeatureStore:
                 if one not in names:
                     names.append(one)
         return list(chosen.values())
+
+    # -- training sets and models
+
+    def _export(self, features: Sequence[str], labels: Sequence[str], *, ttl: str | Mapping[str, timedelta] | None,
+                **options: object) -> tuple[list[FeatureView], ExportOptions]:
+        """The views and ``ExportOptions`` of ``view:feature`` references, label specs and a TTL."""
+        from featurestore.durations import parse_ttl
+        from training.labels import parse_label
+
+        selected = self._select(features)
+        views = [view for view, _ in selected]
+        if isinstance(ttl, str):
+            ttl = parse_ttl(ttl, views)
+        return views, ExportOptions(labels=[parse_label(text) for text in labels], ttl=ttl,
+                                    features={view.name: names for view, names in selected}, **options)
+
+    def get_historical_features(self, entities: EntitySource | None = None, *, features: Sequence[str],
+                                labels: Sequence[str] = (), ttl: str | Mapping[str, timedelta] | None = None,
+                                all_bars: bool = False, symbols: Sequence[str] | None = None,
+                                start: datetime | None = None, end: datetime | None = None,
+                                as_of_created: bool = False, exchange: str | None = None) -> pl.DataFrame:
+        """A point-in-time training set: for each entity row (``symbol``, ``event_ts``; or with ``all_bars`` every
+        row of the first view) the ``features`` (``view:feature``, or ``view`` for all of it) as of ``event_ts``
+        within each view's TTL (``2h``, ``research=2m,daily_trend=1d``; default one timeframe), and ``labels``
+        (``future_ret:h=1``, ...). Columns are ``view__feature``."""
+        views, options = self._export(features, labels, ttl=ttl, all_bars=all_bars, symbols=symbols, start=start,
+                                      end=end, as_of_created=as_of_created,
+                                      exchange=exchange or self.config.exchange)
+        return training_set(self.store, views, entities, options=options)
+
+    def export(self, path: str | Path, entities: EntitySource | None = None, *, features: Sequence[str],
+               labels: Sequence[str] = (), ttl: str | Mapping[str, timedelta] | None = None, all_bars: bool = False,
+               symbols: Sequence[str] | None = None, start: datetime | None = None, end: datetime | None = None,
+               as_of_created: bool = False, exchange: str | None = None,
+               format: ExportFormat | None = None) -> ExportResult:
+        """``get_historical_features`` written to a parquet, CSV or Arrow file with a JSON sidecar."""
+        views, options = self._export(features, labels, ttl=ttl, all_bars=all_bars, symbols=symbols, start=start,
+                                      end=end, as_of_created=as_of_created,
+                                      exchange=exchange or self.config.exchange)
+        return write_training_set(path, self.store, views, entities, options=options, format=format)
+
+    def train(self, *, features: Sequence[str], label: str, name: str, kind: ModelKind = "regressor",
+              ttl: str | Mapping[str, timedelta] | None = None, symbols: Sequence[str] | None = None,
+              start: datetime | None = None, end: datetime | None = None, params: ModelParams | None = None,
+              folds: int = 4, onnx_dtype: OnnxDtype = "float64", threshold: float = 0.0, cost_bps: float = 5.0,
+              exchange: str | None = None, promote: bool = False, models_dir: str | Path | None = None) -> TrainResult:
+        """Train a LightGBM model on ``features`` (as for ``get_historical_features``; every feature row of the first
+        view is a sample), evaluate it walk-forward, export it to ONNX behind the parity gate and publish it to
+        the model registry (``promote``: make it production)."""
+        from training.registry import models_root
+        from training.registry import promote as promote_version
+        from training.train import train_model
+
+        views, options = self._export(features, [label], ttl=ttl)
+        result = train_model(self.store, views=views, label=options.labels[0], name=name,
+                             models_root=models_root(self.store, models_dir), now=self.clock(), kind=kind,
+                             symbols=symbols, start=start, end=end, params=params or ModelParams(kind=kind),
+                             folds=folds, onnx_dtype=onnx_dtype, cost_bps=cost_bps, threshold=threshold,
+                             ttl=options.ttl, exchange=exchange or self.config.exchange, features=options.features)
+        if promote:
+            promote_version(models_root(self.store, models_dir), result.name, result.version)
+        return result
+
+    def models(self, name: str | None = None, *, models_dir: str | Path | None = None) -> list[ModelVersion]:
+        """Every published model version (of ``name``), by name then training time."""
+        from training.registry import list_models, models_root
+
+        return list_models(models_root(self.store, models_dir), name)
+
+    def promote(self, name: str, version: str, *, models_dir: str | Path | None = None) -> None:
+        """Point ``name``'s production at ``version``."""
+        from training.registry import models_root, promote
+
+        promote(models_root(self.store, models_dir), name, version)
+
+    # -- scoring
+
+    def model_dir(self, model: str | None = None, *, version: str | None = None,
+                  models_dir: str | Path | None = None) -> Path:
+        """A model's directory: a registry name (``version``, else production), a directory, or (``None``) the
+        only model with a production version."""
+        from serving.scorer import resolve_model_dir
+        from training.registry import models_root
+
+        if model is None:
+            names = sorted({m.name for m in self.models(models_dir=models_dir) if m.production})
+            if len(names) != 1:
+                raise FeatureStoreError("name the model (--model NAME, or a model directory); production models: "
+                                        + (", ".join(names) or "none (featurestore models promote NAME VERSION)"))
+            model = names[0]
+        return resolve_model_dir(self.store, model, version=version,
+                                 models=None if models_dir is None else models_root(self.store, models_dir))
+
+    def scorer(self, model: str | None = None, *, version: str | None = None, models_dir: str | Path | None = None,
+               max_age: Mapping[str, timedelta] | timedelta | None = None) -> Scorer:
+        """A ``Scorer`` of the model on this store's online store (close it, or use it in a ``with``)."""
+        from featurestore.online import connect
+        from serving.scorer import Scorer, load_model
+
+        loaded = load_model(self.model_dir(model, version=version, models_dir=models_dir))
+        return Scorer(loaded, connect(self.store.online_url, readonly=True), max_age=max_age)
+
+    def score(self, symbols: Sequence[str], *, model: str | None = None, version: str | None = None,
+              as_of: datetime | None = None, max_age: Mapping[str, timedelta] | timedelta | None = None,
+              models_dir: str | Path | None = None) -> pl.DataFrame:
+        """Score ``symbols`` from the online store as of ``as_of`` (default now): one row per symbol with ``ts``
+        (the row time the decision is for), ``score`` and the inputs fed to the model. Nothing is signed or logged."""
+        with self.scorer(model, version=version, models_dir=models_dir, max_age=max_age) as scorer:
+            scores = scorer.score(symbols, now=as_of or self.clock())
+        return pl.DataFrame([{"symbol": s.symbol, "ts": s.ts, "score": s.score, **s.features} for s in scores])
+
+    def signals(self, symbols: Sequence[str], *, model: str | None = None, version: str | None = None,
+                as_of: datetime | None = None, max_age: Mapping[str, timedelta] | timedelta | None = None,
+                thresholds: Thresholds | None = None, size: float = 1.0, audit: str | Path | None = None,
+                key: bytes | None = None, models_dir: str | Path | None = None) -> list[dict]:
+        """Signed signals (LONG / SHORT / FLAT with the position transition) for ``symbols``, appended to the audit
+        log; asking again for the same feature rows returns the logged signals. ``key``: default
+        ``$FEATURESTORE_SIGNING_KEY``."""
+        with self.signal_service(model, version=version, max_age=max_age, thresholds=thresholds, size=size,
+                                 audit=audit, key=key, models_dir=models_dir, fsync=True) as service:
+            return service.signals(symbols, now=as_of or self.clock())
+
+    def signal_service(self, model: str | None = None, *, version: str | None = None,
+                       max_age: Mapping[str, timedelta] | timedelta | None = None, thresholds: Thresholds | None = None,
+                       size: float = 1.0, audit: str | Path | None = None, key: bytes | None = None,
+                       models_dir: str | Path | None = None, fsync: bool = True) -> SignalService:
+        """The ``SignalService`` behind ``signals`` and the HTTP service (close it, or use it in a ``with``)."""
+        from serving.audit import AuditLog
+        from serving.signal_service import SignalService
+        from serving.signals import signing_key
+
+        key = key or signing_key()
+        scorer = self.scorer(model, version=version, models_dir=models_dir, max_age=max_age)
+        return SignalService(scorer, key=key, audit=AuditLog(audit or self.store.audit_path, fsync=fsync),
+                             thresholds=thresholds, size=size)
+
+    # -- streaming
+
+    def stream(self, view: str, *, source: str = "replay", symbols: Sequence[str] | None = None,
+               exchange: str | None = None, start: datetime | None = None, end: datetime | None = None,
+               batch: int = 1000, speed: float = 0.0, poll_interval_s: float = 5.0, jsonl: str | Path | None = None,
+               offline_parts: bool = False, metrics: str | Path | None = None, model: str | None = None,
+               workers: int = 1, process_id: int | None = None, addresses: Sequence[str] | None = None,
+               recovery_dir: str | Path | None = None, snapshot_interval_s: float = 10.0,
+               backup_interval_s: float = 0.0, **signals: Any) -> StreamConfig:
+        """Run the Bytewax dataflow for ``view`` until its source ends (live: until interrupted): bars replayed from
+        the store (``source="replay"``, ``start <= ts < end``, ``batch`` bars a window, paced by ``speed``) or
+        polled live from ccxt, into the online store and the optional sinks; with ``model`` every row becomes a
+        signed signal (``signals``: the keyword arguments of ``signal_service``). Returns the run's config."""
+        from streaming.flow import StreamConfig, build_flow
+        from streaming.runner import run_flow
+
+        resolved = self.view(view)
+        if symbols is None:
+            if source == "ccxt":
+                raise FeatureStoreError("--source ccxt needs --symbols, e.g. --symbols BTC/USDT,ETH/USDT (a live stream "
+                                        "polls only the symbols it is given)")
+            stored = self.store.resolve_exchange(resolved.timeframe, exchange or self.config.exchange)
+            symbols = [s.symbol for s in self.store.series(exchange=stored, timeframe=resolved.timeframe)]
+        config = StreamConfig(
+            store=str(self.root), view=resolved.name, symbols=list(symbols), source=source,
+            exchange=exchange or self.config.exchange, start=start.isoformat() if start else None,
+            until=end.isoformat() if end else None, batch=batch, speed=speed, poll_interval_s=poll_interval_s,
+            jsonl=str(jsonl) if jsonl else None, offline_parts=offline_parts, metrics=str(metrics) if metrics else None,
+            **(self._signal_config(resolved, model, **signals) if model else {}))
+        run_flow(build_flow(config), workers=workers, process_id=process_id,
+                 addresses=list(addresses) if addresses else None, recovery_dir=Path(recovery_dir) if recovery_dir else None,
+                 snapshot_interval_s=snapshot_interval_s, backup_interval_s=backup_interval_s)
+        return config
+
+    def _signal_config(self, view: FeatureView, model: str, *, version: str | None = None,
+                       max_age: Mapping[str, timedelta] | timedelta | None = None,
+                       thresholds: Thresholds | None = None, size: float = 1.0, audit: str | Path | None = None,
+                       models_dir: str | Path | None = None) -> dict[str, Any]:
+        """The ``StreamConfig`` fields that score every streamed row with ``model`` (resolved once, here, so
+        every process of a cluster scores with the same version)."""
+        from serving.scorer import load_model
+
+        model_dir = self.model_dir(model, version=version, models_dir=models_dir)
+        if isinstance(max_age, timedelta):
+            max_age = dict.fromkeys(load_model(model_dir).view_versions, max_age)
+        return {"model": str(model_dir), "audit": str(audit) if audit else None,
+                "thresholds": [thresholds.long_above, thresholds.short_below] if thresholds else None, "size": size,
+                "max_age_s": {v: age.total_seconds() for v, age in max_age.items()} if max_age else None}
+
+    def parity(self, view: str, *, symbols: Sequence[str] | None = None, start: datetime | None = None,
+               exchange: str | None = None, batch: int = 1000) -> ParityReport:
+        """Replay the stored bars through the incremental engine and compare with the offline store."""
+        from streaming.parity import replay_parity
+
+        return replay_parity(self.store, self.view(view), symbols=list(symbols) if symbols else None,
+                             exchange=exchange or self.config.exchange, start=start, batch=batch)

@@ -17,7 +17,7 @@ import re
 
 from featurestore.errors import FeatureStoreError
 
-__all__ = ["aligned", "floor_ms", "offset_ms", "timeframe_ms"]
+__all__ = ["aligned", "canonical_timeframe", "floor_ms", "offset_ms", "timeframe_ms"]
 
 _UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
 # Weekly bars open on Monday 00:00 UTC (ccxt/Binance convention); the Unix epoch was a Thursday.
@@ -39,6 +39,27 @@ def timeframe_ms(timeframe: str) -> int:
             + (f"; did you mean {suggestion!r}?" if suggestion else "")
         )
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def canonical_timeframe(timeframe: str) -> str:
+    """``timeframe`` if it is spelled in its largest whole unit, as exchanges name bars; else an error with the
+    spelling to use (``60m`` and ``1h`` would be two stored series of the same bars).
+
+    >>> canonical_timeframe("4h")
+    '4h'
+    >>> canonical_timeframe("60m")
+    Traceback (most recent call last):
+    ...
+    featurestore.errors.FeatureStoreError: timeframe '60m' is spelled '1h' in this store (one spelling per bar size, as exchanges name them)
+    """
+    length = timeframe_ms(timeframe)
+    # weeks open on Monday, 7d bars on the epoch's Thursday: different grids, so days never become weeks
+    unit = "w" if timeframe.endswith("w") else next(u for u in ("d", "h", "m") if length % _UNIT_MS[u] == 0)
+    canonical = f"{length // _UNIT_MS[unit]}{unit}"
+    if canonical != timeframe:
+        raise FeatureStoreError(f"timeframe {timeframe!r} is spelled {canonical!r} in this store (one spelling per "
+                                f"bar size, as exchanges name them)")
+    return timeframe
 
 
 def _suggest(timeframe: object) -> str | None:

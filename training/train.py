@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import math
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -113,18 +113,20 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
                 now: datetime, kind: ModelKind = "regressor", symbols: Sequence[str] | None = None,
                 start: datetime | None = None, end: datetime | None = None, params: ModelParams | None = None,
                 folds: int = 4, onnx_dtype: OnnxDtype = "float64", cost_bps: float = 5.0, threshold: float = 0.0,
-                ttl: dict | None = None, exchange: str | None = None) -> TrainResult:
-    """Train, evaluate, export and register one model; see the module docstring."""
+                ttl: dict | None = None, exchange: str | None = None,
+                features: Mapping[str, Sequence[str]] | None = None) -> TrainResult:
+    """Train, evaluate, export and register one model; see the module docstring. ``features``: per view, the
+    features to train on (a view not named: all of its features)."""
     params = params or ModelParams(kind=kind)
     if params.kind != kind:
         raise TrainingDataError(f"params.kind {params.kind!r} differs from kind {kind!r}")
     target = _target(label, kind)
     labels = [label] if label.spec == _BAR_RETURN.spec else [label, _BAR_RETURN]
     options = ExportOptions(all_bars=True, labels=labels, symbols=symbols, start=start, end=end, ttl=ttl,
-                            exchange=exchange)
+                            exchange=exchange, features=features)
     frame = training_set(store, views, options=options)
     frame = frame.filter(pl.col(target).is_not_null()).sort("event_ts", "symbol")
-    features = [feature_column(v.name, f) for v in views for f in v.feature_names]
+    features = [feature_column(v.name, f) for v in views for f in options.features_of(v)]
     periods = frame["event_ts"].n_unique()
     if periods < 20 * (folds + 1):
         raise TrainingDataError(f"only {frame.height} labelled rows over {periods} distinct times; need at least "
@@ -166,7 +168,7 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
                 "folds": folds, "onnx_dtype": onnx_dtype, "cost_bps": cost_bps, "threshold": threshold,
                 "libraries": library_versions()}
     version = model_version(fingerprint, settings)
-    view_of = {feature_column(v.name, f): v for v in views for f in v.feature_names}
+    view_of = {feature_column(v.name, f): v for v in views for f in options.features_of(v)}
     report = {"name": name, "version": version, "kind": kind, "label": label.spec, "target": target,
               "metrics": metrics, "folds": fold_info, "out_of_sample_rows": int(oos.size),
               "backtest": {"model": result.strategy, "buy_and_hold": result.buy_and_hold, **result.settings},

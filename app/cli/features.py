@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.cli.options import add_definitions, add_symbols, comma_list, utc
+from app.cli.options import add_definitions, add_symbols, add_time_range, add_views, timeframe
 from app.sdk import FeatureStore
 from featurestore.errors import FeatureStoreError
 
@@ -64,7 +64,7 @@ def cmd_features(args: argparse.Namespace, fs: FeatureStore) -> int:
 
 def cmd_backfill(args: argparse.Namespace, fs: FeatureStore) -> int:
     _apply_definitions(args, fs)
-    for report in fs.backfill(args.view, symbols=args.symbols, start=args.start, end=args.end,
+    for report in fs.backfill(args.views, symbols=args.symbols, start=args.start, end=args.end,
                               exchange=args.exchange, progress=True):
         for symbol, rows in report.rows_written.items():
             print(f"{report.view} {symbol}: {rows} rows written"
@@ -80,7 +80,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     apply.add_argument("module", nargs="?", type=Path,
                        help="a Python file defining FeatureView objects (default: the config's definitions)")
     apply.add_argument("--builtin", help="a built-in template to register instead: research, indicators, daily_trend")
-    apply.add_argument("--timeframe", help="with --builtin: the bars it runs on (default: the store's timeframe)")
+    apply.add_argument("--timeframe", type=timeframe,
+                       help="with --builtin: the bars it runs on (default: the store's timeframe)")
     apply.set_defaults(run=cmd_apply)
 
     features = commands.add_parser("features", parents=[common], help="list feature views or show one")
@@ -90,10 +91,9 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     features.set_defaults(run=cmd_features)
 
     backfill = commands.add_parser("backfill", parents=[common], help="compute feature views into the offline store")
-    backfill.add_argument("--view", type=comma_list, required=True, help="view name(s), comma-separated")
+    add_views(backfill, several=True)
     add_symbols(backfill)
     backfill.add_argument("--exchange", help="default: the only exchange with bars of the view's timeframe")
-    backfill.add_argument("--start", type=utc, help="write rows with ts >= start")
-    backfill.add_argument("--end", type=utc, help="write rows with ts < end")
+    add_time_range(backfill, "write rows with ts >= start", "write rows with ts < end")
     add_definitions(backfill)
     backfill.set_defaults(run=cmd_backfill)

@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from app.cli import demo, features, serving, store, streaming, training
-from app.cli.options import common_options
+from app.cli.options import HelpFormatter, check_ranges, common_options
 from app.sdk import FeatureStore
 from featurestore.errors import FeatureStoreError
 
@@ -31,7 +31,8 @@ def _version() -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="featurestore", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="featurestore", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"featurestore {_version()}")
     parser.add_argument("--store", type=Path, default=None,
                         help="store directory (default: $FEATURESTORE_HOME, else ./store)")
@@ -39,12 +40,16 @@ def _parser() -> argparse.ArgumentParser:
     common = common_options()
     for group in (store, features, demo, training, streaming, serving):
         group.add_commands(commands, common)
+    for command in commands.choices.values():
+        command.formatter_class = HelpFormatter
     return parser
 
 
 def main(argv: Sequence[str] | None = None, *, now: Callable[[], datetime] = lambda: datetime.now(UTC)) -> int:
     """Entry point; returns the exit code (0 ok, 1 a user-facing error, 2 bad usage)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    check_ranges(parser, args)
     try:
         moment = now()
         return args.run(args, FeatureStore(args.store, clock=lambda: moment))

@@ -1,27 +1,38 @@
 """Argument types and options every command shares, defined once.
 
-The parsing itself is the foundation's (``featurestore.durations``); here it is adapted to argparse,
-whose type functions must raise ``ArgumentTypeError`` for their message to reach the user.
+The parsing itself is the foundation's (``featurestore.durations``, ``featurestore.timeframes``); here it is
+adapted to argparse, whose type functions must raise ``ArgumentTypeError`` for their message to reach the
+user. One spelling per option everywhere: ``--start``/``--end`` for time ranges, ``--view``/``--views`` and
+``--symbol``/``--symbols`` (each pair the same option), ``--store`` before or after the command.
 
 >>> utc("2024-01-01T12:00Z").isoformat()
 '2024-01-01T12:00:00+00:00'
->>> comma_list(" BTC/USDT, ETH/USDT ")
-['BTC/USDT', 'ETH/USDT']
+>>> symbols(" BTC/USDT, ETH/USDT:USDT ")
+['BTC/USDT', 'ETH/USDT:USDT']
+>>> symbols("BTCUSDT")
+Traceback (most recent call last):
+...
+argparse.ArgumentTypeError: symbol 'BTCUSDT' is not in ccxt's BASE/QUOTE form; did you mean 'BTC/USDT'?
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from featurestore.durations import parse_duration, parse_utc, parse_view_durations
 from featurestore.errors import FeatureStoreError
+from featurestore.timeframes import canonical_timeframe
 
-__all__ = ["add_definitions", "add_symbols", "comma_list", "common_options", "duration", "utc", "view_durations"]
+__all__ = ["HelpFormatter", "add_definitions", "add_symbols", "add_time_range", "add_views", "check_ranges",
+           "comma_list", "common_options", "duration", "symbols", "timeframe", "utc", "view_durations"]
 
 T = TypeVar("T")
+_SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9._-]*/[A-Z0-9][A-Z0-9._-]*(:[A-Z0-9._-]+)?$")
+_QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USD", "EUR", "GBP", "JPY", "TRY", "BTC", "ETH", "BNB")
 
 
 def _argument_type(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
@@ -40,14 +51,47 @@ def _argument_type(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
 utc = _argument_type(parse_utc, "utc")
 duration = _argument_type(parse_duration, "duration")
 view_durations = _argument_type(parse_view_durations, "view_durations")
+timeframe = _argument_type(canonical_timeframe, "timeframe")
 
 
 def comma_list(text: str) -> list[str]:
-    """``"BTC/USDT, ETH/USDT"`` -> ``["BTC/USDT", "ETH/USDT"]``; empty is an error."""
+    """``"research, indicators"`` -> ``["research", "indicators"]``; empty is an error."""
     items = [item.strip() for item in text.split(",") if item.strip()]
     if not items:
         raise argparse.ArgumentTypeError("give at least one, comma-separated, e.g. BTC/USDT,ETH/USDT or research")
     return items
+
+
+def _symbol_hint(symbol: str) -> str:
+    upper = symbol.upper().replace("-", "/").replace("_", "/")
+    if _SYMBOL.match(upper):
+        return upper
+    quote = next((q for q in _QUOTES if upper.endswith(q) and len(upper) > len(q)), None)
+    return f"{upper[:-len(quote)]}/{quote}" if quote else ""
+
+
+def symbols(text: str) -> list[str]:
+    """Comma-separated symbols in ccxt's unified form ``BASE/QUOTE[:SETTLE]`` (``BTC/USDT``, ``ETH/USDT:USDT``)."""
+    items = comma_list(text)
+    for item in items:
+        if not _SYMBOL.match(item):
+            hint = _symbol_hint(item)
+            raise argparse.ArgumentTypeError(f"symbol {item!r} is not in ccxt's BASE/QUOTE form"
+                                             + (f"; did you mean {hint!r}?" if hint else ", e.g. BTC/USDT"))
+    return items
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows every option's default (when it has one worth showing)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (default not in (None, False, argparse.SUPPRESS) and not isinstance(action, argparse._HelpAction)
+                and "%(default)" not in text and "default" not in text):
+            shown = ",".join(default) if isinstance(default, list) else default
+            text += f" (default: {shown})"
+        return text
 
 
 def common_options() -> argparse.ArgumentParser:
@@ -59,10 +103,46 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
-def add_symbols(parser: argparse.ArgumentParser, help: str = "comma-separated (default: every stored symbol)",
-                **options: object) -> None:
-    parser.add_argument("--symbols", type=comma_list, help=help, **options)
+def add_symbols(parser: argparse.ArgumentParser, help: str = "comma-separated, e.g. BTC/USDT,ETH/USDT "
+                "(default: every stored symbol)", **options: object) -> None:
+    parser.add_argument("--symbols", "--symbol", dest="symbols", type=symbols, help=help, **options)
+
+
+def add_views(parser: argparse.ArgumentParser, *, several: bool, help: str | None = None) -> None:
+    """``--view`` / ``--views`` (one option): a comma list where the command takes several views, else one name."""
+    if several:
+        parser.add_argument("--views", "--view", dest="views", type=comma_list, required=True,
+                            help=help or "view name(s), comma-separated (name@version for an older version)")
+    else:
+        parser.add_argument("--view", "--views", dest="view", required=True, type=_one_view,
+                            help=help or "view name (name@version for an older version)")
+
+
+def _one_view(text: str) -> str:
+    names = comma_list(text)
+    if len(names) != 1:
+        raise argparse.ArgumentTypeError(f"this command takes one view, got {len(names)}: {text!r}")
+    return names[0]
+
+
+def add_time_range(parser: argparse.ArgumentParser, start_help: str, end_help: str | None = None, *,
+                   start_default: object = None) -> None:
+    """``--start`` (and ``--end`` where the command has an end), UTC; the older spellings ``--since``/``--from``
+    and ``--until`` still work."""
+    parser.add_argument("--start", type=utc, help=start_help, default=start_default)
+    parser.add_argument("--since", "--from", dest="start", type=utc, help=argparse.SUPPRESS)
+    if end_help is not None:
+        parser.add_argument("--end", type=utc, help=end_help)
+        parser.add_argument("--until", dest="end", type=utc, help=argparse.SUPPRESS)
+
+
+def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse an empty or reversed time range before any work starts."""
+    start, end = getattr(args, "start", None), getattr(args, "end", None)
+    if start is not None and end is not None and end <= start:
+        parser.error(f"--end {end.isoformat()} is not after --start {start.isoformat()}")
 
 
 def add_definitions(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--definitions", type=Path, help="a Python file defining FeatureView objects")
+    parser.add_argument("--definitions", type=Path,
+                        help="a Python file defining FeatureView objects (applied to the store first)")

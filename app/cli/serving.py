@@ -1,12 +1,12 @@
-"""The ``score``, ``serve``, ``verify-signal`` and ``materialize`` commands of the ``featurestore`` CLI.
+"""The ``score``, ``serve``, ``verify-signal``, ``materialize`` and ``online`` commands: the online side.
 
-``app.cli.main`` calls ``add_commands(commands, common)``. Signing and verifying need the key in
-``$FEATURESTORE_SIGNING_KEY`` (never printed or written).
+Signing and verifying need the key in ``$FEATURESTORE_SIGNING_KEY`` (never printed or written).
 
     featurestore score --model btc_reg --symbols BTC/USDT,ETH/USDT     signed signals as JSON lines (+ audit log)
     featurestore serve [--host 127.0.0.1] [--port 8000] [--model NAME] [--token-env FEATURESTORE_API_TOKEN]
     featurestore verify-signal signals.jsonl                           exit 0 when every line verifies, else 1
     featurestore materialize --view daily_trend [--symbols ..]         newest offline rows -> online store
+    featurestore online get --view research [--symbols BTC/USDT]
 """
 
 from __future__ import annotations
@@ -17,31 +17,16 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from app.cli.options import comma_list, view_durations
+from app.cli.options import add_definitions, add_symbols, add_views, view_durations
 from app.sdk import FeatureStore
 from featurestore.errors import FeatureStoreError
-from featurestore.store import Store
 
 if TYPE_CHECKING:
-    from serving.signal_service import SignalService
     from serving.signals import Thresholds
 
-__all__ = ["add_commands", "model_options", "thresholds_from_args"]
-
-
-def _service(args: argparse.Namespace, store: Store, *, fsync: bool) -> SignalService:
-    from serving.audit import AuditLog
-    from serving.scorer import open_scorer
-    from serving.signal_service import SignalService
-    from serving.signals import signing_key
-
-    key = signing_key()
-    model = args.model or _production_model(store, args.models)
-    scorer = open_scorer(store, model, version=args.version, models=args.models, max_age=args.max_age)
-    audit = AuditLog(args.audit or store.audit_path, fsync=fsync)
-    return SignalService(scorer, key=key, audit=audit, thresholds=thresholds_from_args(args), size=args.size)
+__all__ = ["add_commands", "model_options", "signal_options", "thresholds_from_args"]
 
 
 def thresholds_from_args(args: argparse.Namespace) -> Thresholds | None:
@@ -55,30 +40,23 @@ def thresholds_from_args(args: argparse.Namespace) -> Thresholds | None:
     return Thresholds(args.long_above, args.short_below)
 
 
-def _production_model(store: Store, models: Path | None) -> str:
-    from training.registry import list_models, models_root
-
-    names = sorted({m.name for m in list_models(models_root(store, models)) if m.production})
-    if len(names) != 1:
-        raise FeatureStoreError("name the model with --model NAME (or a model directory); production models: "
-                                + (", ".join(names) or "none (featurestore models promote NAME VERSION)"))
-    return names[0]
+def signal_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of ``FeatureStore.signal_service`` that the model options give."""
+    return {"version": args.version, "max_age": args.max_age, "thresholds": thresholds_from_args(args),
+            "size": args.size, "audit": args.audit, "models_dir": args.models}
 
 
 def cmd_score(args: argparse.Namespace, fs: FeatureStore) -> int:
-    store, now = fs.store, fs.clock()
-    with _service(args, store, fsync=True) as service:
-        for signal in service.signals(args.symbols, now=now):
-            print(json.dumps(signal, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
+    for signal in fs.signals(args.symbols, model=args.model, **signal_options(args)):
+        print(json.dumps(signal, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
     return 0
 
 
 def cmd_serve(args: argparse.Namespace, fs: FeatureStore) -> int:
-    store = fs.store
     from serving.http import create_app, serve
 
     token = os.environ.get(args.token_env) or None
-    with _service(args, store, fsync=False) as service:
+    with fs.signal_service(args.model, fsync=False, **signal_options(args)) as service:
         model = service.scorer.model
         app = create_app(service, clock=lambda: datetime.now(UTC), token=token, max_batch=args.max_batch)
         print(f"serving model {model.name} {model.version} on http://{args.host}:{args.port} (OpenAPI: /openapi.json); "
@@ -103,27 +81,43 @@ def cmd_verify(args: argparse.Namespace, fs: FeatureStore) -> int:
 
 
 def cmd_materialize(args: argparse.Namespace, fs: FeatureStore) -> int:
-    store, now = fs.store, fs.clock()
-    from featurestore.materialize import materialize_latest
     from featurestore.online import connect
-    from featurestore.registry import resolve_view
 
-    view = resolve_view(store, args.view, args.definitions, now=now)
-    exchange = store.resolve_exchange(view.timeframe, args.exchange)
-    symbols = args.symbols or [s.symbol for s in store.series(exchange=exchange, timeframe=view.timeframe)]
-    with connect(store.online_url) as online:
-        written = materialize_latest(store, view, symbols, online, now=now, exchange=exchange)
-        for symbol, row in online.get_many(view.name, symbols).items():
-            print(f"{view.name} {symbol}: online row at {row.ts.isoformat()} (version {row.view_version})")
-    print(f"materialized view {view.name} v{view.version}: {written} of {len(symbols)} row(s) written "
-          f"(a newer online row is kept)")
+    if args.definitions is not None:
+        fs.apply(args.definitions)
+    view = fs.view(args.view)
+    written = fs.materialize(args.view, symbols=args.symbols, exchange=args.exchange)
+    with connect(fs.store.online_url, readonly=True) as online:
+        rows = online.rows(view.name)
+    for row in rows:
+        if args.symbols is None or row.symbol in args.symbols:
+            print(f"{view.name} {row.symbol}: online row at {row.ts.isoformat()} (version {row.view_version})")
+    print(f"materialized view {view.name} v{view.version}: {written} row(s) written (a newer online row is kept)")
+    return 0
+
+
+def cmd_online(args: argparse.Namespace, fs: FeatureStore) -> int:
+    from featurestore.online import connect
+
+    with connect(fs.store.online_url, readonly=True) as online:
+        rows = list(online.get_many(args.view, args.symbols).values()) if args.symbols else online.rows(args.view)
+    missing = sorted(set(args.symbols or []) - {row.symbol for row in rows})
+    for row in rows:
+        print(f"{row.view} {row.symbol}  ts {row.ts.isoformat()}  version {row.view_version}  "
+              f"updated {row.updated_at.isoformat()}")
+        for name, value in row.features.items():
+            print(f"  {name:<24} {value!r}")
+    if missing or not rows:
+        print(f"error: no online row for view {args.view!r}"
+              + (f" and symbol(s) {', '.join(missing)}" if missing else ""), file=sys.stderr)
+        return 1
     return 0
 
 
 def model_options(parser: argparse.ArgumentParser) -> None:
     """The options that choose a model and turn its scores into signals (``score``, ``serve``, ``stream``)."""
     parser.add_argument("--model", help="registry name (its production version) or a model directory (contains '/'); "
-                        "serve: default the only production model")
+                        "score and serve: default the only production model")
     parser.add_argument("--version", help="a registry version instead of production")
     parser.add_argument("--models", type=Path, help="models directory (default <store>/models)")
     parser.add_argument("--max-age", type=view_durations, help="refuse rows older than this: 90s (every view) or "
@@ -136,9 +130,9 @@ def model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Register ``score``, ``serve``, ``verify-signal`` and ``materialize`` on the ``featurestore`` parser."""
+    """Register ``score``, ``serve``, ``verify-signal``, ``materialize`` and ``online``."""
     score = commands.add_parser("score", parents=[common], help="score symbols now: signed signals as JSON lines")
-    score.add_argument("--symbols", type=comma_list, required=True, help="comma-separated, e.g. BTC/USDT,ETH/USDT")
+    add_symbols(score, help="comma-separated, e.g. BTC/USDT,ETH/USDT", required=True)
     model_options(score)
     score.set_defaults(run=cmd_score)
 
@@ -157,8 +151,14 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
 
     materialize = commands.add_parser("materialize", parents=[common],
                                       help="copy each symbol's newest offline row of a view to the online store")
-    materialize.add_argument("--view", required=True)
-    materialize.add_argument("--symbols", type=comma_list, help="default: every symbol with bars of the view's timeframe")
+    add_views(materialize, several=False)
+    add_symbols(materialize, help="comma-separated (default: every symbol with bars of the view's timeframe)")
     materialize.add_argument("--exchange", help="default: the only exchange with bars of the view's timeframe")
-    materialize.add_argument("--definitions", type=Path, help="a Python file defining FeatureView objects")
+    add_definitions(materialize)
     materialize.set_defaults(run=cmd_materialize)
+
+    online = commands.add_parser("online", parents=[common], help="read the online store")
+    online.add_argument("action", choices=["get"])
+    add_views(online, several=False)
+    add_symbols(online, help="comma-separated (default: every symbol of the view)")
+    online.set_defaults(run=cmd_online)

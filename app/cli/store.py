@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 
-from app.cli.options import add_symbols, comma_list, utc
+from app.cli.options import add_symbols, add_time_range, comma_list, timeframe, utc
 from app.sdk import FeatureStore
 from featurestore.errors import FeatureStoreError
 
@@ -31,10 +31,9 @@ def cmd_init(args: argparse.Namespace, fs: FeatureStore) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace, fs: FeatureStore) -> int:
-    if args.source == "csv" and (not args.path or not args.symbol):
-        raise FeatureStoreError("--source csv needs --path FILE.csv and --symbol SYMBOL")
-    symbols = [args.symbol] if args.source == "csv" else args.symbols
-    new_rows = fs.ingest(args.source, symbols=symbols, timeframe=args.timeframe, since=args.since, until=args.until,
+    if args.source == "csv" and (not args.path or not args.symbols or len(args.symbols) != 1):
+        raise FeatureStoreError("--source csv needs --path FILE.csv and one --symbol SYMBOL")
+    new_rows = fs.ingest(args.source, symbols=args.symbols, timeframe=args.timeframe, since=args.start, until=args.end,
                          exchange=args.exchange, seed=args.seed, path=args.path, from_timeframe=args.from_timeframe)
     for symbol, count in new_rows.items():
         print(f"{symbol}: {count} new bars")
@@ -69,20 +68,20 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     init.add_argument("--online-store", help="online store URL: sqlite:///online.sqlite (relative to the store) "
                       "or redis://host:port/db")
     init.add_argument("--exchange", help="default exchange of every command")
-    init.add_argument("--timeframe", help="default bar timeframe of ingest (a new store: 1m)")
+    init.add_argument("--timeframe", type=timeframe, help="default bar timeframe of ingest (a new store: 1m)")
     init.add_argument("--definitions", type=comma_list, help="definition modules a bare `featurestore apply` registers")
     init.set_defaults(run=cmd_init)
 
     ingest = commands.add_parser("ingest", parents=[common], help="bring bars into the store")
-    ingest.add_argument("--source", choices=["synthetic", "ccxt", "csv", "resample"], default="synthetic")
+    ingest.add_argument("--source", choices=["synthetic", "ccxt", "csv", "resample"], default="synthetic",
+                        help="where the bars come from")
     ingest.add_argument("--from-timeframe", default="1m", help="resample: the stored timeframe to aggregate")
     ingest.add_argument("--exchange", help="ccxt exchange id (ccxt source, default binance) or a label (csv)")
     add_symbols(ingest, help="comma-separated, e.g. BTC/USDT,ETH/USDT (default BTC/USDT; resample: all stored)")
-    ingest.add_argument("--symbol", help="the symbol of a CSV file")
     ingest.add_argument("--path", type=Path, help="CSV file to import")
-    ingest.add_argument("--timeframe", help="1m, 5m, 1h, 4h, 1d, 1w, ... (default: the store's, 1m)")
-    ingest.add_argument("--since", type=utc, default=utc("2024-01-01"), help="first bar open time (UTC)")
-    ingest.add_argument("--until", type=utc, help="stop before this open time (default: now)")
+    ingest.add_argument("--timeframe", type=timeframe, help="1m, 5m, 1h, 4h, 1d, 1w, ... (default: the store's, 1m)")
+    add_time_range(ingest, "first bar open time (UTC)", "stop before this open time (default: now)",
+                   start_default=utc("2024-01-01"))
     ingest.add_argument("--seed", type=int, default=7, help="synthetic market seed")
     ingest.set_defaults(run=cmd_ingest)
 

@@ -102,6 +102,7 @@ class FeatureStore:
     def __init__(self, path: str | Path | None = None, *, clock: Clock = _wall_clock) -> None:
         self.store = Store(default_store_root(path))
         self.clock = clock
+        self.store.config  # noqa: B018 - a broken featurestore.toml is refused by every verb, before any work
 
     def __repr__(self) -> str:
         return f"FeatureStore({str(self.store.root)!r})"

@@ -2,9 +2,12 @@
 
 A feature is written as a plain polars expression over one symbol's bars sorted by ``ts``. Polars
 serializes an expression to a JSON tree; ``parse`` turns that tree into ``Node``s with one operation
-each and checks every node against the supported set (``SUPPORTED``). The same ``Node`` tree is
-what the incremental engine runs, so an operation is either supported in both places or refused
-when the feature is defined: never approximated.
+each, every one an operator of the table in ``featurestore.operators`` (``SUPPORTED``), with inputs of the
+kinds it accepts. The same ``Node`` tree is what the incremental engine runs, so an operation is either
+supported in both places or refused when the feature is defined: never approximated.
+
+A sub-expression that reads no column (``pl.lit(2.0).sqrt()``) is a constant: polars evaluates it once, as
+a one-row column, and broadcasts the result; ``constant`` does the same, and the engine uses that value.
 
 >>> import polars as pl
 >>> node = parse((pl.col("close") / pl.col("close").shift(3)).log())
@@ -12,66 +15,82 @@ when the feature is defined: never approximated.
 ('log', ['truediv'], (('base', 2.718281828459045),))
 >>> sorted(columns(node))
 ['close']
+>>> render(parse(pl.col("close") * (pl.lit(2.0).sqrt() + 1)))
+'(close * (sqrt(2.0) + 1))'
 >>> parse(pl.col("close").shift(-1))
 Traceback (most recent call last):
 ...
 featurestore.errors.LookAheadError: shift(-1) reads 1 bar(s) ahead; use shift(n) with n >= 1
+>>> parse(pl.rolling_corr(pl.col("close"), pl.col("open"), window_size=5))
+Traceback (most recent call last):
+...
+featurestore.errors.UnsupportedExpressionError: unsupported operation rolling_corr in a feature expression; supported: abs, ...
 """
 
 from __future__ import annotations
 
-import difflib
+import io
 import json
-import math
+import re
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
 
-from featurestore.errors import LookAheadError, SchemaError, UnsupportedExpressionError
+from featurestore.errors import DefinitionError, LookAheadError, UnsupportedExpressionError
+from featurestore.operators import BY_POLARS, OPERATORS, STATEFUL, SUPPORTED
+from featurestore.operators.base import BOOL, FLOAT, FLOAT32, INT, NULL, Expression
+from featurestore.operators.source import (
+    SOURCE_COLUMNS,
+    TIME_COLUMNS,
+    VALUE_COLUMNS,
+    check_column,
+    checked_value,
+    literal_value,
+)
 
-__all__ = ["SOURCE_COLUMNS", "STATEFUL", "SUPPORTED", "Node", "columns", "parse", "render", "walk"]
+__all__ = [
+    "SOURCE_COLUMNS",
+    "STATEFUL",
+    "SUPPORTED",
+    "VALUE_COLUMNS",
+    "Node",
+    "columns",
+    "constant",
+    "parse",
+    "render",
+    "to_polars",
+    "walk",
+]
 
-VALUE_COLUMNS = ("open", "high", "low", "close", "volume")
-TIME_COLUMNS = ("ts", "close_ts")
-SOURCE_COLUMNS = (*TIME_COLUMNS, *VALUE_COLUMNS)
-
-_BINARY = {
-    "Plus": "add", "Minus": "sub", "Multiply": "mul", "TrueDivide": "truediv", "FloorDivide": "floordiv",
-    "Modulus": "mod", "Eq": "eq", "NotEq": "neq", "Lt": "lt", "LtEq": "le", "Gt": "gt", "GtEq": "ge",
-    "And": "and", "Or": "or", "Xor": "xor",
-}
-_UNARY = {
-    "Log1p": "log1p", "Exp": "exp", "Abs": "abs", "Negate": "neg", "Sign": "sign",
-    "Sqrt": "sqrt", "Sin": "sin", "Cos": "cos", "Tan": "tan", "Tanh": "tanh",
-    "Not": "not", "IsNan": "is_nan", "IsNotNan": "is_not_nan", "IsNull": "is_null", "IsNotNull": "is_not_null",
-    "IsFinite": "is_finite", "IsInfinite": "is_infinite",
-}
-_VARIADIC = {"Pow": "pow", "MaxHorizontal": "max_horizontal", "MinHorizontal": "min_horizontal",
-             "FillNull": "fill_null", "Clip": "clip"}
-_TEMPORAL = {"Hour": "hour", "Minute": "minute", "WeekDay": "weekday", "Day": "day", "Month": "month"}
-_ROLLING = {"Mean": "rolling_mean", "Sum": "rolling_sum", "Std": "rolling_std", "Var": "rolling_var",
-            "Min": "rolling_min", "Max": "rolling_max"}
-_LAGGED = {"Shift": "shift", "Diff": "diff", "PctChange": "pct_change"}
-
-#: Operations that carry state from bar to bar (everything else is elementwise on the current bar).
-STATEFUL = frozenset({*_ROLLING.values(), *_LAGGED.values(), "ewm_mean", "cum_sum"})
-#: Every operation a feature expression may use, by its polars name.
-SUPPORTED = tuple(sorted({
-    "col", "lit", "when/then/otherwise", "cast", "log", *_BINARY.values(), *_UNARY.values(),
-    *_VARIADIC.values(), *(f"dt.{name}" for name in _TEMPORAL.values()), *STATEFUL,
-}))
+_AGG = ("a whole-series aggregation (mean(), sum(), first(), ...) uses every row, including future bars; "
+        "use a rolling_* or ewm_* operation instead")
 # Operations that need future rows; refused with LookAheadError rather than "unsupported".
 _FORWARD = {
     "Reverse": "reverse() reads the series backwards, so every row sees the future",
     "Interpolate": "interpolate() fills a null from the next known value",
+    "InterpolateBy": "interpolate_by() fills a null from the next known value",
     "Sort": "sort() reorders rows by value, mixing past and future",
     "SortBy": "sort_by() reorders rows, mixing past and future",
+    "ArgSort": "arg_sort() ranks rows by value, mixing past and future",
     "Rank": "rank() ranks a value among all rows, including future ones",
-    "Agg": "a whole-series aggregation (mean(), sum(), first(), ...) uses every row, including future bars; "
-           "use a rolling_* or ewm_* operation instead",
+    "Random": "shuffle() and sample() mix rows from the whole series",
+    "Boolean.IsUnique": "is_unique() compares a value with every row, including future ones",
+    "Boolean.IsDuplicated": "is_duplicated() compares a value with every row, including future ones",
+    "Boolean.IsLastDistinct": "is_last_distinct() looks for the value in future rows",
+    "Agg": _AGG,
+    **dict.fromkeys(("ArgMax", "ArgMin", "ArgUnique", "NullCount", "Mode", "Entropy", "Unique", "UniqueCounts",
+                     "ValueCounts", "ApproxNUnique", "TopK", "BottomK", "SearchSorted", "IndexOf", "DropNulls",
+                     "DropNans", "Explode", "Boolean.Any", "Boolean.All", "Boolean.HasNulls", "Hist"), _AGG),
 }
+# Serialized function groups whose option names the function ({"Boolean": "IsNan"}, {"StringExpr": {...}}).
+_NAMESPACES = {"Boolean": "", "Pow": "", "Trigonometry": "", "TemporalExpr": "dt.", "StringExpr": "str.",
+               "ListExpr": "list.", "ArrayExpr": "arr.", "StructExpr": "struct.", "BinaryExpr": "bin.",
+               "Categorical": "cat.", "Bitwise": "bitwise_", "Range": "", "Business": ""}
+_PASS_THROUGH = ("Alias", "KeepName", "RenameAlias")  # names change nothing: the feature is named by its key
+_KINDS = {pl.Float64: FLOAT, pl.Float32: FLOAT32, pl.Boolean: BOOL, pl.Null: NULL}
 
 
 @dataclass(frozen=True)
@@ -102,9 +121,20 @@ def parse(expr: pl.Expr) -> Node:
     """Parse and check one feature expression; raise a ``DefinitionError`` subclass naming the problem."""
     if not isinstance(expr, pl.Expr):
         raise UnsupportedExpressionError(f"a feature must be a polars expression (pl.Expr), got {type(expr).__name__}")
-    node = _convert(json.loads(expr.meta.serialize(format="json")))
-    _check_columns(node)
-    return node
+    try:
+        tree = json.loads(expr.meta.serialize(format="json"))
+    except pl.exceptions.PolarsError as exc:
+        raise UnsupportedExpressionError(f"the expression cannot be serialized, so it cannot be a feature: "
+                                         f"{str(exc).splitlines()[0]}") from None
+    try:
+        _check_columns(tree)
+        return _convert(tree)[0]
+    except DefinitionError:
+        raise
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as exc:  # a serialized shape not met before
+        raise UnsupportedExpressionError(
+            f"unsupported expression {str(expr)[:80]!r}: its serialized form has a shape this parser does not "
+            f"know ({type(exc).__name__}: {exc}); supported: {', '.join(SUPPORTED)}") from exc
 
 
 def _unsupported(what: str) -> UnsupportedExpressionError:
@@ -113,157 +143,194 @@ def _unsupported(what: str) -> UnsupportedExpressionError:
     )
 
 
-def _literal(body: dict) -> Any:
-    (kind, payload), = body.items()
-    if kind == "Dyn":
-        (_, value), = payload.items()
-    elif kind == "Scalar":
-        (dtype, value), = payload.items()
-        if dtype == "Null":
-            return None
-        if dtype == "String":
-            raise _unsupported(f"string literal {value!r}")
-    else:
-        raise _unsupported(f"literal {body}")
-    if value is None:
-        # polars writes NaN and +/-inf float literals as JSON null: they cannot be recovered exactly.
-        raise UnsupportedExpressionError(
-            "a NaN or infinite literal cannot be represented in a feature definition; "
-            "use a finite value or when/then/otherwise on is_nan()/is_finite()")
-    return value
+_TEMPORAL = [name for name, op in OPERATORS.items() if op.label.startswith("dt.")]
 
 
-def _literal_int(node: Node, what: str) -> int:
-    if node.op != "lit" or not isinstance(node.param("value"), int) or isinstance(node.param("value"), bool):
-        raise UnsupportedExpressionError(f"{what} needs a literal integer, got an expression ({node.op})")
-    return node.param("value")
+def _check_columns(tree: Any, *, temporal_input: bool = False) -> None:
+    """Every column must be a bar column, and a timestamp only the direct input of a ``dt.*`` function.
+    Checked before anything else, so that a misspelt column is named as such."""
+    if isinstance(tree, list):
+        for item in tree:
+            _check_columns(item)
+    if not isinstance(tree, dict):
+        return
+    if list(tree) == ["Column"] and isinstance(tree["Column"], str):
+        name = check_column(tree["Column"])
+        if name in TIME_COLUMNS and not temporal_input:
+            raise UnsupportedExpressionError(f"column {name!r} is a timestamp: use it through "
+                                             f"{', '.join(OPERATORS[op].label + '()' for op in _TEMPORAL)} only")
+        return
+    if "Over" in tree or "Literal" in tree:  # .over() is refused whole; literals hold no columns
+        return
+    body = tree.get("Function")
+    if isinstance(body, dict) and isinstance(body.get("function"), dict) and "TemporalExpr" in body["function"]:
+        for position, child in enumerate(body.get("input", [])):
+            _check_columns(child, temporal_input=position == 0)
+        return
+    for value in tree.values():
+        _check_columns(value)
 
 
-def _convert(tree: dict | str) -> Node:
+def _convert(tree: Any) -> tuple[Node, str, bool]:
+    """(node, its kind, whether it reads a column)."""
+    key, options, children = _entry(tree)
+    op = BY_POLARS.get(key)
+    if op is None:
+        raise _refusal(key, options)
+    count = len(children) if op.arguments is None else op.arguments
+    if len(children) < max(count, 1 if op.arguments is None else 0):
+        raise _unsupported(f"{op.name} with {len(children)} input(s)")
+    inputs = [_convert(child) for child in children[:count]]
+    params = op.parse(options, *(_argument(child) for child in children[count:]))
+    node = Node(op.name, tuple(child[0] for child in inputs), tuple((name, params[name]) for name in op.params))
+    if inputs and not any(child[2] for child in inputs):  # reads no column: polars' own value and type
+        return node, _constant_kind(tree, node), False
+    kind = op.typing(op.shown, tuple(child[1] for child in inputs), params)
+    return node, kind, op.name == "col" or any(child[2] for child in inputs)
+
+
+def _entry(tree: Any) -> tuple[str, Any, list]:
+    """(polars name, options, inputs) of one serialized node; refuses what is not an operation."""
     if isinstance(tree, str):  # argument-less nodes: pl.len(), pl.element(), ...
         if tree == "Len":
-            raise LookAheadError(_FORWARD["Agg"].replace("(mean(), sum(), first(), ...)", "(pl.len())"))
-        raise _unsupported(tree)
+            raise LookAheadError(_AGG.replace("(mean(), sum(), first(), ...)", "(pl.len())"))
+        raise _unsupported(_describe(tree))
     (kind, body), = tree.items()
-    if kind == "Column":
-        return Node("col", params=(("name", body),))
-    if kind == "Literal":
-        return Node("lit", params=(("value", _literal(body)),))
-    if kind == "Alias":
-        return _convert(body[0])
+    if kind in ("Column", "Literal"):
+        return kind, body, []
+    if kind in _PASS_THROUGH:
+        return _entry(body[0] if kind == "Alias" else body.get("expr", body) if isinstance(body, dict) else body)
     if kind == "BinaryExpr":
-        if body["op"] not in _BINARY:
-            raise _unsupported(f"binary operator {body['op']}")
-        return Node(_BINARY[body["op"]], (_convert(body["left"]), _convert(body["right"])))
+        return body["op"], None, [body["left"], body["right"]]
     if kind == "Ternary":
-        return Node("when", tuple(_convert(body[k]) for k in ("predicate", "truthy", "falsy")))
+        return "Ternary", None, [body["predicate"], body["truthy"], body["falsy"]]
     if kind == "Cast":
-        dtype = body["dtype"].get("Literal") if isinstance(body["dtype"], dict) else None
-        if not isinstance(dtype, str) or not (dtype.startswith(("Float", "Int", "UInt")) or dtype == "Boolean"):
-            raise _unsupported(f"cast to {body['dtype']}")
-        return Node("cast", (_convert(body["expr"]),), (("dtype", dtype), ("strict", body["options"] == "Strict")))
+        return "Cast", body, [body["expr"]]
     if kind == "Function":
-        return _function(body["function"], tuple(_convert(child) for child in body["input"]))
+        key, options = _function_key(body["function"])
+        return key, options, list(body["input"])
     if kind == "Over":
         raise UnsupportedExpressionError(
             "don't write .over(...) in a feature: the project partitions every feature by symbol itself")
     if kind in _FORWARD:
         raise LookAheadError(_FORWARD[kind])
-    raise _unsupported(kind)
+    raise _unsupported(_describe(kind))
 
 
-def _function(function: str | dict, inputs: tuple[Node, ...]) -> Node:
+def _function_key(function: Any) -> tuple[str, Any]:
     if isinstance(function, str):
-        name, options = function, None
-    else:
-        (name, options), = function.items()
-    if name in ("Pow", "Boolean", "Trigonometry") and isinstance(options, str):
-        name, options = (options if options != "Generic" else "Pow"), None
-    if name in _FORWARD:
-        raise LookAheadError(_FORWARD[name])
-    if name in _UNARY:
-        return Node(_UNARY[name], inputs)
-    if name == "Log":
-        base = inputs[1]
-        if base.op != "lit":
-            raise UnsupportedExpressionError("log(base) needs a literal base")
-        return Node("log", inputs[:1], (("base", float(base.param("value"))),))
-    if name == "Clip":
-        return Node("clip", inputs, (("has_min", options["has_min"]), ("has_max", options["has_max"])))
-    if name in _VARIADIC:
-        return Node(_VARIADIC[name], inputs)
-    if name == "TemporalExpr" and options in _TEMPORAL:
-        if inputs[0].op != "col" or inputs[0].param("name") not in TIME_COLUMNS:
-            raise UnsupportedExpressionError(f"dt.{_TEMPORAL[options]}() applies to the columns {TIME_COLUMNS} only")
-        return Node(_TEMPORAL[options], inputs)
-    if name in _LAGGED:
-        return _lagged(_LAGGED[name], options, inputs)
-    if name == "RollingExpr":
-        return _rolling(options, inputs)
-    if name == "EwmMean":
-        return _ewm(options["options"], inputs)
-    if name == "CumSum":
-        if options["reverse"]:
-            raise LookAheadError("cum_sum(reverse=True) sums the future")
-        return Node("cum_sum", inputs)
-    if name == "FillNullWithStrategy" and isinstance(options, dict) and "Backward" in options:
-        raise LookAheadError("fill_null(strategy='backward') fills a null from the next bar")
-    raise _unsupported(name if options is None else f"{name} {json.dumps(options)}")
+        return function, None
+    (name, options), = function.items()
+    if name in ("RollingExpr", "RollingExprBy"):
+        sub = options["function" if name == "RollingExpr" else "function_by"]
+        return f"{name}.{sub if isinstance(sub, str) else next(iter(sub))}", options
+    if name in _NAMESPACES and isinstance(options, str):
+        return f"{name}.{options}", None
+    if name in _NAMESPACES and isinstance(options, dict) and len(options) == 1:
+        (sub, sub_options), = options.items()
+        return f"{name}.{sub}", sub_options
+    return name, options
 
 
-def _lagged(op: str, null_behavior: str | None, inputs: tuple[Node, ...]) -> Node:
-    n = _literal_int(inputs[1], f"{op}(n)")
-    if n < 0:
-        raise LookAheadError(f"{op}({n}) reads {-n} bar(s) ahead; use {op}(n) with n >= 1")
-    if n == 0 or null_behavior == "Drop":
+def _argument(tree: Any) -> Any:
+    """A literal parameter given as a polars input (``shift(n)``, ``log(base)``): its value, or an
+    ``Expression`` naming what was given instead."""
+    if isinstance(tree, dict) and list(tree) == ["Literal"]:
+        return literal_value(tree["Literal"])
+    try:
+        key, options, _ = _entry(tree)
+    except DefinitionError:
+        return Expression("an expression")
+    op = BY_POLARS.get(key)
+    return Expression(op.name if op else _describe(key, options))
+
+
+def to_polars(node: Node) -> pl.Expr:
+    """The polars expression ``node`` stands for, written by the operators' ``write`` (``parse`` inverted).
+
+    >>> to_polars(parse(pl.col("close").rolling_mean(3) - 1)).meta.eq(pl.col("close").rolling_mean(3) - 1)
+    True
+    """
+    op = OPERATORS[node.op]
+    return op.write(*(to_polars(child) for child in node.inputs), **dict(node.params))
+
+
+def constant(node: Node) -> tuple[Any, str]:
+    """(value, kind) of an expression that reads no column, evaluated as polars evaluates it inside a
+    feature: once, on one row, the result broadcast to every bar (so ``pl.lit(1.0).cum_sum()`` is 1.0 and
+    ``pl.lit(1.0).shift(1)`` null everywhere).
+
+    >>> constant(parse(pl.lit(2.0).sqrt() * 3))
+    (4.242640687119286, 'Float64')
+    """
+    return _evaluate(to_polars(node), render(node))
+
+
+def _evaluate(expr: pl.Expr, shown: str) -> tuple[Any, str]:
+    try:
+        values = pl.select(expr.alias("constant")).to_series()
+    except pl.exceptions.PolarsError as exc:
         raise UnsupportedExpressionError(
-            f"{op}({n}{', null_behavior=drop' if null_behavior == 'Drop' else ''}) is not a causal lag; use n >= 1")
-    return Node(op, inputs[:1], (("n", n),))
+            f"polars cannot evaluate the constant {shown}: {str(exc).splitlines()[0]}") from None
+    kind = _KINDS.get(values.dtype, INT if values.dtype.is_integer() else None)
+    if kind is None or len(values) != 1:
+        raise UnsupportedExpressionError(f"the constant {shown} is not a number ({values.dtype})")
+    value = values[0]
+    if kind == INT and value is not None:
+        checked_value(value)
+    return value, kind
 
 
-def _rolling(options: dict, inputs: tuple[Node, ...]) -> Node:
-    op = _ROLLING.get(options["function"])
-    settings = options["options"]
-    if op is None:
-        raise _unsupported(f"rolling_{options['function'].lower()}")
-    if settings["center"]:
-        raise LookAheadError(f"{op}(center=True) is a centred window: it reads half a window ahead")
-    if settings["weights"] is not None:
-        raise _unsupported(f"{op}(weights=...)")
-    ddof = (settings["fn_params"] or {}).get("Var", {}).get("ddof")
-    params = (("window_size", settings["window_size"]), ("min_samples", settings["min_periods"]))
-    return Node(op, inputs, (*params, ("ddof", ddof)) if op in ("rolling_std", "rolling_var") else params)
+def _constant_kind(tree: Any, node: Node) -> str:
+    """The kind of a constant, once its value as written (``tree``) is the value the engine will use
+    (``constant(node)``, rebuilt from the table): they differ only where a literal's dtype mattered."""
+    written = _evaluate(pl.Expr.deserialize(io.StringIO(json.dumps(tree)), format="json"), render(node))
+    rebuilt = constant(node)
+    if _bits(written[0]) != _bits(rebuilt[0]):
+        raise UnsupportedExpressionError(
+            f"the constant {render(node)} depends on a literal's dtype (pl.lit(..., dtype=...)): it is "
+            f"{written[0]!r} as written and {rebuilt[0]!r} with plain literals; write plain literals or compute it "
+            f"in Python")
+    return written[1]
 
 
-def _ewm(options: dict, inputs: tuple[Node, ...]) -> Node:
-    if options["ignore_nulls"]:
-        raise _unsupported("ewm_mean(ignore_nulls=True)")
-    if not 0 < options["alpha"] <= 1 or not math.isfinite(options["alpha"]):
-        raise UnsupportedExpressionError(f"ewm_mean needs 0 < alpha <= 1, got {options['alpha']}")
-    return Node("ewm_mean", inputs, (("alpha", options["alpha"]), ("adjust", options["adjust"]),
-                                     ("min_samples", options["min_periods"])))
+def _bits(value: Any) -> bytes | None:
+    """A value's float64 bit pattern (any NaN alike; None for null)."""
+    return None if value is None else b"nan" if value != value else struct.pack("<d", float(value))
 
 
-def _check_columns(node: Node) -> None:
-    if node.op == "col" and node.param("name") in TIME_COLUMNS:
-        raise UnsupportedExpressionError(f"column {node.param('name')!r} is a timestamp: use it through "
-                                         f"{', '.join('dt.' + t + '()' for t in _TEMPORAL.values())} only")
-    for name in sorted(columns(node)):
-        if name not in SOURCE_COLUMNS:
-            close = difflib.get_close_matches(name, SOURCE_COLUMNS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise SchemaError(f"unknown column {name!r}: a feature reads the bar columns {SOURCE_COLUMNS}{hint}")
-    for n in walk(node):
-        if n.op not in _TEMPORAL.values():
-            for child in n.inputs:
-                if child.op == "col" and child.param("name") in TIME_COLUMNS:
-                    raise UnsupportedExpressionError(
-                        f"column {child.param('name')!r} is a timestamp: use it through "
-                        f"{', '.join('dt.' + t + '()' for t in _TEMPORAL.values())} only")
+def _refusal(key: str, options: Any) -> DefinitionError:
+    if key in _FORWARD:
+        return LookAheadError(_FORWARD[key])
+    if key == "FillNullWithStrategy" and isinstance(options, dict) and "Backward" in options:
+        return LookAheadError("fill_null(strategy='backward') fills a null from the next bar")
+    if key.startswith("Cum") and isinstance(options, dict) and options.get("reverse"):
+        return LookAheadError(f"{_describe(key)}(reverse=True) accumulates from the last row back: it reads the future")
+    return _unsupported(_describe(key, options))
 
 
-_INFIX = {"add": "+", "sub": "-", "mul": "*", "truediv": "/", "floordiv": "//", "mod": "%", "eq": "==",
-          "neq": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">=", "and": "&", "or": "|", "xor": "^"}
+_SPECIAL = {
+    "ShiftAndFill": "shift(fill_value=...)",
+    "AnonymousFunction": "map_batches/map_elements (a Python function)",
+    "EqValidity": "eq_missing", "NotEqValidity": "ne_missing",
+    "Selector": "a column selector (pl.all(), pl.col(a, b), cs.*)",
+}
+
+
+def _describe(key: str, options: Any = None) -> str:
+    """How ``key`` is written in polars, for messages: ``RollingExpr.Quantile`` -> ``rolling_quantile``."""
+    if key == "FillNullWithStrategy":
+        strategy = next(iter(options)) if isinstance(options, dict) else options
+        return f"fill_null(strategy={str(strategy).lower()!r})"
+    if key == "RollingExpr.CorrCov":
+        return "rolling_corr" if options["function"]["CorrCov"].get("is_corr") else "rolling_cov"
+    if key in _SPECIAL:
+        return _SPECIAL[key]
+    group, _, name = key.rpartition(".")
+    prefix = {"RollingExpr": "rolling_", "RollingExprBy": "rolling_", **_NAMESPACES}.get(group, "")
+    if group in ("Pow", "Trigonometry"):
+        return name.lower()
+    return prefix + re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower()
 
 
 def render(node: Node) -> str:
@@ -273,13 +340,10 @@ def render(node: Node) -> str:
     >>> render(parse(pl.col("close").ewm_mean(span=3, adjust=False) / pl.col("close").shift(1) - 1))
     '((ewm_mean(close, alpha=0.5, adjust=False, min_samples=1) / shift(close, n=1)) - 1)'
     """
-    if node.op == "col":
-        return node.param("name")
-    if node.op == "lit":
-        return repr(node.param("value"))
+    op = OPERATORS[node.op]
     args = [render(child) for child in node.inputs]
-    if node.op in _INFIX:
-        return f"({args[0]} {_INFIX[node.op]} {args[1]})"
-    if node.op == "when":
-        return f"when({args[0]}).then({args[1]}).otherwise({args[2]})"
+    if op.infix:
+        return f"({args[0]} {op.infix} {args[1]})"
+    if op.render:
+        return op.render.format(*args, **dict(node.params))
     return f"{node.op}({', '.join(args + [f'{k}={v!r}' for k, v in node.params])})"

@@ -32,7 +32,7 @@ OPERATIONS: dict[str, pl.Expr] = {
     "and_null": (maybe > 0) & (v > 0.5), "or_null": (maybe > 0) | (v > 0.5), "not": ~(c > o),
     "log": c.log(), "log10": c.log(10), "log2": c.log(2.0), "log1p": c.log1p(), "exp": c.exp(),
     "sqrt": c.sqrt(), "abs": c.abs(), "sign": c.sign(), "sin": c.sin(), "cos": c.cos(), "tan": c.tan(),
-    "tanh": c.tanh(), "pow2": c.pow(2), "pow3": c.pow(3), "pow_half": c.pow(0.5),
+    "floor": c.floor(), "ceil": c.ceil(), "tanh": c.tanh(), "pow2": c.pow(2), "pow3": c.pow(3), "pow_half": c.pow(0.5),
     "pow_col": c.pow(o), "clip": c.clip(-1.0, 1.0), "clip_lo": c.clip(lower_bound=0.0),
     "clip_hi": c.clip(upper_bound=2.0), "max_h": pl.max_horizontal(c, o, maybe), "min_h": pl.min_horizontal(c, maybe, o),
     "fill_null": maybe.fill_null(0.0), "fill_null_col": maybe.fill_null(o), "fill_nan": c.fill_nan(0.0),
@@ -61,6 +61,19 @@ for window in (1, 2, 5):
         OPERATIONS[f"{name}_{window}"] = make(c, window, window)
         OPERATIONS[f"{name}_{window}_null"] = make(maybe, window, max(1, window - 2))
 OPERATIONS["nested"] = (c / c.shift(1)).log().rolling_std(3).ewm_mean(alpha=0.5, adjust=False) / c.rolling_mean(2)
+# constants: polars evaluates a sub-expression without columns once, on one row, then broadcasts it
+OPERATIONS |= {"const_shift": c + pl.lit(3.0).shift(1), "const_cum_sum": c + pl.lit(1.0).cum_sum(),
+               "const_rolling": c * pl.lit(2.0).rolling_mean(2, min_samples=1), "const_div": c / (pl.lit(3.0) * 1.5),
+               "const_mod": c % (pl.lit(2.5) + 0.0),
+               "const_int": c + pl.lit(7) // pl.lit(-2), "const_null": pl.when(c > 0).then(pl.lit(3).shift(1))}
+# integers (dt.*) and booleans where their float values are exact
+hour = close_ts.dt.hour()
+OPERATIONS |= {"int_cast_mul": hour.cast(pl.Float64) * 100, "int_truediv": hour / 7, "int_gt_float": hour > 12.5,
+               "int_shift": hour.shift(1), "int_when": pl.when(c > 0).then(hour).otherwise(2.5),
+               "int_rolling_mean": hour.rolling_mean(3), "int_max_h": pl.max_horizontal(hour, c),
+               "bool_eq": (c > o) == (v > 0.5), "bool_cast32": (c > o).cast(pl.Float32),
+               "bool_max_h": pl.max_horizontal(c > o, maybe > 0), "bool_rolling_max": (c > o).rolling_max(2),
+               "bool_fill_null": (maybe > o).fill_null(0.5), "f32_cast_back": c.cast(pl.Float32).cast(pl.Float64) + o}
 
 ALL_OPS = FeatureView("all_ops", "1h", OPERATIONS)
 

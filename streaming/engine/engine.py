@@ -19,7 +19,6 @@ does the same for many bars of one symbol in one compiled loop. Both give, bit f
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +30,8 @@ from featurestore.bars import TS_DTYPE
 from featurestore.definitions import FeatureView
 from featurestore.errors import FeatureStoreError, VersionSkewError
 from featurestore.timeframes import timeframe_ms
-from streaming.engine import elementwise
 from streaming.engine.codegen import generate
-from streaming.engine.ops import cum_sum, ewm_mean, lag, rolling_extreme, rolling_sum, rolling_var
+from streaming.engine.kernels import namespace
 
 __all__ = ["SymbolState", "ViewEngine"]
 
@@ -51,17 +49,9 @@ class SymbolState:
     extra: dict = field(default_factory=dict)
 
 
-def _namespace() -> dict[str, Any]:
-    names: dict[str, Any] = {"math": math, "np": np}
-    for module in (elementwise, cum_sum, ewm_mean, lag, rolling_extreme, rolling_sum, rolling_var):
-        names.update({name: getattr(module, name) for name in module.__all__ if name.endswith(("_step", "_of"))
-                      or module is elementwise})
-    return names
-
-
 def _compile(source: str) -> tuple[Any, Any]:
     if source not in _COMPILED:
-        names = _namespace()
+        names = dict(namespace())
         exec(compile(source, "<feature view program>", "exec"), names)  # source generated from a parsed tree
         jit = numba.njit(error_model="numpy", nogil=True)
         _COMPILED[source] = (jit(names["step"]), jit(names["run"]))

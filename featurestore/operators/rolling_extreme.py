@@ -1,20 +1,29 @@
 """``rolling_min`` and ``rolling_max``: exact by construction (a scan of the window).
 
-A NaN anywhere in the window makes the result NaN, as in polars. State:
-``[filled, head, nulls, ring (w), valid (w)]``.
+Same window as ``rolling_sum`` (rows ``i - window_size + 1 .. i``, null until ``min_samples`` non-null
+values). A NaN anywhere in the window makes the result NaN, as in polars; among equal values the oldest wins
+(so ``0.0`` and ``-0.0`` keep polars' choice). State: ``[filled, head, nulls, ring (w), valid (w)]``.
+
+>>> from featurestore.operators import OPERATORS, replay
+>>> replay(OPERATORS["rolling_max"], [1.0, 3.0, None, 2.0, float("nan"), 0.0], window_size=2, min_samples=1)
+[1.0, 3.0, 3.0, 2.0, nan, nan]
+>>> replay(OPERATORS["rolling_min"], [1.0, 3.0, 2.0], window_size=2, min_samples=2)
+[None, 1.0, 2.0]
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
-from streaming.engine.ops import kernel
+from featurestore.operators.base import Operator, kernel, selecting, window_params
 
-__all__ = ["rolling_max_step", "rolling_min_step", "size"]
+__all__ = ["OPERATORS", "rolling_max_step", "rolling_min_step"]
 
 
-def size(window: int) -> int:
-    return 3 + 2 * window
+def _size(params: Mapping[str, Any]) -> int:
+    return 3 + 2 * params["window_size"]
 
 
 @kernel
@@ -63,3 +72,15 @@ def rolling_min_step(S, off, x, valid, window, min_samples):
     count = _push(S, off, x, valid, window)
     ok = count >= min_samples and count > 0
     return (_extreme(S, off, window, -1.0) if ok else 0.0), ok
+
+
+def _rolling(name: str, polars: str, step) -> Operator:
+    return Operator(name, (f"RollingExpr.{polars}",), selecting, params=("window_size", "min_samples"),
+                    parse=lambda options: window_params(name, options), size=_size, step=step,
+                    write=lambda x, window_size, min_samples: getattr(x, name)(window_size, min_samples=min_samples))
+
+
+OPERATORS = (
+    _rolling("rolling_min", "Min", rolling_min_step),
+    _rolling("rolling_max", "Max", rolling_max_step),
+)

@@ -1,30 +1,39 @@
 """``rolling_var`` and ``rolling_std`` over a fixed window, as polars computes them.
 
-Polars keeps the window as a two-stack queue of Welford states ``(weight, mean, dp)``: values
-enter a back stack whose running state grows by ``insert_one``; when the oldest value must leave
-and the front stack is empty, the back stack is flipped into the front stack as suffix states
-(newest first, each older value inserted into the newer suffix); the window's state is the back
-state merged with the front top (Chan's parallel merge). No subtraction ever happens. Non-finite
-values enter as 0.0 and are counted (any in the window makes the result NaN); negative variance
-clamps to 0; std is sqrt(var).
+Same window as ``rolling_sum`` (rows ``i - window_size + 1 .. i``, null until ``min_samples`` non-null
+values, and null while the count is ``<= ddof``; ``ddof=1`` by default). Polars keeps the window as a
+two-stack queue of Welford states ``(weight, mean, dp)``: values enter a back stack whose running state grows
+by ``insert_one``; when the oldest value must leave and the front stack is empty, the back stack is flipped
+into the front stack as suffix states (newest first, each older value inserted into the newer suffix); the
+window's state is the back state merged with the front top (Chan's parallel merge). No subtraction ever
+happens. Non-finite values enter as 0.0 and are counted (any in the window makes the result NaN); negative
+variance clamps to 0; std is sqrt(var).
 
 State: ``[nulls, non_finite, filled, head, front_size, back_size, back_w, back_mean, back_dp,
 ring (w), valid (w), front_w (w), front_mean (w), front_dp (w), back_values (w)]``.
+
+>>> from featurestore.operators import OPERATORS, replay
+>>> replay(OPERATORS["rolling_var"], [1.0, 2.0, 4.0, None, 5.0], window_size=3, min_samples=2, ddof=1)
+[None, 0.5, 2.333333333333333, 2.0, 0.5]
+>>> replay(OPERATORS["rolling_std"], [1.0, 3.0, float("inf")], window_size=2, min_samples=2, ddof=0)
+[None, 1.0, nan]
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
-from streaming.engine.ops import kernel
+from featurestore.operators.base import Operator, float_math, kernel, window_params
 
-__all__ = ["rolling_std_step", "rolling_var_step", "size"]
+__all__ = ["OPERATORS", "rolling_std_step", "rolling_var_step"]
 
 _HEADER = 9
 
 
-def size(window: int) -> int:
-    return _HEADER + 6 * window
+def _size(params: Mapping[str, Any]) -> int:
+    return _HEADER + 6 * params["window_size"]
 
 
 @kernel
@@ -120,3 +129,16 @@ def rolling_var_step(S, off, x, valid, window, min_samples, ddof):
 def rolling_std_step(S, off, x, valid, window, min_samples, ddof):
     var, ok = rolling_var_step(S, off, x, valid, window, min_samples, ddof)
     return math.sqrt(var), ok
+
+
+def _rolling(name: str, polars: str, step) -> Operator:
+    return Operator(name, (f"RollingExpr.{polars}",), float_math, params=("window_size", "min_samples", "ddof"),
+                    parse=lambda options: window_params(name, options, ddof=True), size=_size, step=step,
+                    write=lambda x, window_size, min_samples, ddof: getattr(x, name)(
+                        window_size, min_samples=min_samples, ddof=ddof))
+
+
+OPERATORS = (
+    _rolling("rolling_var", "Var", rolling_var_step),
+    _rolling("rolling_std", "Std", rolling_std_step),
+)

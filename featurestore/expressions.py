@@ -35,6 +35,7 @@ import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import polars as pl
@@ -93,9 +94,16 @@ _PASS_THROUGH = ("Alias", "KeepName", "RenameAlias")  # names change nothing: th
 _KINDS = {pl.Float64: FLOAT, pl.Float32: FLOAT32, pl.Boolean: BOOL, pl.Null: NULL}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Node:
-    """One operation of a feature expression: ``op`` applied to ``inputs`` with scalar ``params``."""
+    """One operation of a feature expression: ``op`` applied to ``inputs`` with scalar ``params``.
+
+    Two nodes are equal when they compute the same thing: parameters compare by type and value, so that
+    ``0.0`` and ``-0.0`` (or ``1`` and ``1.0``) are different literals, as they are to polars.
+
+    >>> Node("lit", params=(("value", 0.0),)) == Node("lit", params=(("value", -0.0),))
+    False
+    """
 
     op: str
     inputs: tuple[Node, ...] = ()
@@ -103,6 +111,17 @@ class Node:
 
     def param(self, name: str) -> Any:
         return dict(self.params)[name]
+
+    @cached_property
+    def _identity(self) -> tuple:
+        return (self.op, tuple(child._identity for child in self.inputs),
+                tuple((name, type(value).__name__, repr(value)) for name, value in self.params))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Node) and self._identity == other._identity
+
+    def __hash__(self) -> int:
+        return hash(self._identity)
 
 
 def walk(node: Node) -> Iterator[Node]:

@@ -3,8 +3,10 @@
 Rust's f64 arithmetic and the platform libm, which numba calls too, so values are identical once each
 operation is evaluated as polars evaluates it:
 
-- a division by a scalar (a literal, or a constant sub-expression polars evaluates once) is a multiplication
-  by its reciprocal, ``a * (1.0 / b)``: a different last bit than ``a / b``;
+- with a scalar operand (a literal, or a constant sub-expression polars evaluates once): adding or subtracting
+  a scalar zero returns the other operand unchanged and ``0 - b`` is ``-b`` (so ``-0.0 + 0.0`` is -0.0, not
+  IEEE's 0.0); a division by a scalar is a multiplication by its reciprocal, ``a * (1.0 / b)``: a different
+  last bit than ``a / b``;
 - ``a // b`` is ``floor(a / b)`` and ``a % b`` is ``a - b * floor(a / b)`` (the result takes the sign of ``b``),
   with ``a * (1.0 / b)`` for ``a / b`` when ``b`` is a scalar;
 - ``pow`` with a scalar exponent of 1, 2, 3 or 0.5 is ``a``, ``a * a``, ``a * a * a``, ``sqrt(a)`` (so
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import math
 
-from featurestore.operators.base import Emit, Operator, arithmetic, float_math, kernel, template
+from featurestore.operators.base import Arg, Emit, Operator, arithmetic, float_math, kernel, template
 
 __all__ = ["OPERATORS", "sign"]
 
@@ -36,6 +38,22 @@ def sign(a):
     if a < 0.0:
         return -1.0
     return a
+
+
+def _is_zero(arg: Arg) -> bool:
+    return arg.literal and arg.constant is not None and arg.constant == 0
+
+
+def _add_code(emit: Emit) -> list[str]:
+    a, b = emit.args
+    value = a.value if _is_zero(b) else b.value if _is_zero(a) else f"{a.value} + {b.value}"
+    return [f"{emit.value}, {emit.valid} = {value}, {a.valid} and {b.valid}"]
+
+
+def _sub_code(emit: Emit) -> list[str]:
+    a, b = emit.args
+    value = a.value if _is_zero(b) else f"-({b.value})" if _is_zero(a) else f"{a.value} - {b.value}"
+    return [f"{emit.value}, {emit.valid} = {value}, {a.valid} and {b.valid}"]
 
 
 def _divide(formula: str):
@@ -70,8 +88,8 @@ def _infix(name: str, polars: str, infix: str, typing=arithmetic, code=None) -> 
 
 
 OPERATORS = (
-    _infix("add", "Plus", "+"),
-    _infix("sub", "Minus", "-"),
+    _infix("add", "Plus", "+", code=_add_code),
+    _infix("sub", "Minus", "-", code=_sub_code),
     _infix("mul", "Multiply", "*"),
     _infix("truediv", "TrueDivide", "/", float_math, _divide("{q}")),
     _infix("floordiv", "FloorDivide", "//", code=_divide("np.floor({q})")),

@@ -61,6 +61,8 @@ for window in (1, 2, 5):
         OPERATIONS[f"{name}_{window}"] = make(c, window, window)
         OPERATIONS[f"{name}_{window}_null"] = make(maybe, window, max(1, window - 2))
 OPERATIONS["nested"] = (c / c.shift(1)).log().rolling_std(3).ewm_mean(alpha=0.5, adjust=False) / c.rolling_mean(2)
+# polars computes a scalar integer exponent 2..9 as a product from the left, not with libm's pow
+OPERATIONS |= {f"pow{k}": c.pow(k) for k in (4, 5, 7, 9)} | {"pow10": c.pow(10), "pow_neg2": c.pow(-2)}
 # 0.0 and -0.0 are different literals: the engine must not share c * 0.0 and c * -0.0 as one sub-expression
 OPERATIONS |= {"mul_zero": c * 0.0, "mul_neg_zero": c * -0.0}
 # a scalar zero: polars returns the other operand as it is (-0.0 + 0.0 is -0.0) and 0 - x is -x
@@ -69,7 +71,7 @@ OPERATIONS |= {"add_zero": c + 0.0, "add_neg_zero": c + -0.0, "zero_add": 0 + c,
 # constants: polars evaluates a sub-expression without columns once, on one row, then broadcasts it
 OPERATIONS |= {"const_shift": c + pl.lit(3.0).shift(1), "const_cum_sum": c + pl.lit(1.0).cum_sum(),
                "const_rolling": c * pl.lit(2.0).rolling_mean(2, min_samples=1), "const_div": c / (pl.lit(3.0) * 1.5),
-               "const_mod": c % (pl.lit(2.5) + 0.0),
+               "const_pow": c.pow(pl.lit(2.0) + 2.0), "const_mod": c % (pl.lit(2.5) + 0.0),
                "const_int": c + pl.lit(7) // pl.lit(-2), "const_null": pl.when(c > 0).then(pl.lit(3).shift(1))}
 # integers (dt.*) and booleans where their float values are exact
 hour = close_ts.dt.hour()

@@ -9,8 +9,9 @@ operation is evaluated as polars evaluates it:
   last bit than ``a / b``;
 - ``a // b`` is ``floor(a / b)`` and ``a % b`` is ``a - b * floor(a / b)`` (the result takes the sign of ``b``),
   with ``a * (1.0 / b)`` for ``a / b`` when ``b`` is a scalar;
-- ``pow`` with a scalar exponent of 1, 2, 3 or 0.5 is ``a``, ``a * a``, ``a * a * a``, ``sqrt(a)`` (so
-  ``(-0.0) ** 0.5`` is -0.0 and ``(-inf) ** 0.5`` NaN); any other exponent is libm's ``pow``;
+- ``pow`` with a scalar exponent: 1 gives ``a``, 0.5 gives ``sqrt(a)`` (so ``(-0.0) ** 0.5`` is -0.0 and
+  ``(-inf) ** 0.5`` NaN), an integer from 2 to 9 the product ``a * a * ... * a`` from the left; any other
+  exponent is libm's ``pow``;
 - ``sign`` keeps NaN and the sign of zero.
 
 Null in, null out; integers computed against integers keep the integer type in polars (refused, see
@@ -74,7 +75,7 @@ def _pow_code(emit: Emit) -> list[str]:
         value = a.value
     elif exponent == 0.5:
         value = f"math.sqrt({a.value})"
-    elif exponent in (2.0, 3.0):
+    elif exponent is not None and exponent.is_integer() and 1.0 < exponent < 10.0:
         value = " * ".join([a.value] * int(exponent))
     else:
         value = f"{a.value} ** {b.value}"

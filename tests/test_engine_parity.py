@@ -68,6 +68,9 @@ OPERATIONS |= {"mul_zero": c * 0.0, "mul_neg_zero": c * -0.0}
 # a scalar zero: polars returns the other operand as it is (-0.0 + 0.0 is -0.0) and 0 - x is -x
 OPERATIONS |= {"add_zero": c + 0.0, "add_neg_zero": c + -0.0, "zero_add": 0 + c, "sub_neg_zero": c - (-0.0),
                "zero_sub": 0.0 - c, "neg_zero_sub": -0.0 - c}
+# bounds that are expressions: a null bound is no bound, and the lower bound wins when it exceeds the upper
+OPERATIONS |= {"clip_exprs": c.clip(o, maybe), "clip_expr_lo": c.clip(lower_bound=maybe.shift(1)),
+               "clip_crossed": c.clip(2.0, -1.0)}
 # constants: polars evaluates a sub-expression without columns once, on one row, then broadcasts it
 OPERATIONS |= {"const_shift": c + pl.lit(3.0).shift(1), "const_cum_sum": c + pl.lit(1.0).cum_sum(),
                "const_rolling": c * pl.lit(2.0).rolling_mean(2, min_samples=1), "const_div": c / (pl.lit(3.0) * 1.5),

@@ -4,7 +4,8 @@
 - ``pl.when(p).then(t).otherwise(f)``: ``t`` where ``p`` is true, else ``f`` (a null ``p`` counts as false;
   ``p`` must be a boolean). Chains of ``.when`` nest.
 - ``x.fill_null(v)``: ``v`` where ``x`` is null (NaN is a value, not a null).
-- ``x.clip(lo, hi)``: ``lo`` where ``x < lo``, ``hi`` where ``x > hi``; NaN stays NaN.
+- ``x.clip(lo, hi)``: ``lo`` where ``x < lo``, else ``hi`` where ``x > hi``, else ``x`` (so ``lo`` wins when
+  ``lo > hi``); NaN stays NaN and a null bound is no bound.
 - ``pl.max_horizontal(...)``/``pl.min_horizontal(...)``: the largest/smallest non-null, non-NaN value (NaN only
   if every value is NaN, null if every value is null).
 
@@ -77,13 +78,12 @@ def _clip_code(emit: Emit) -> list[str]:
     x, *bounds = emit.args
     lo = bounds.pop(0) if emit.params["has_min"] else None
     hi = bounds.pop(0) if emit.params["has_max"] else None
-    v = emit.value
-    lines = [f"{v}, {emit.valid} = {x.value}, {x.valid}"]
-    if lo is not None:
-        lines.append(f"{v} = {lo.value} if {v} < {lo.value} else {v}")
+    value = x.value
     if hi is not None:
-        lines.append(f"{v} = {hi.value} if {v} > {hi.value} else {v}")
-    return lines
+        value = f"{hi.value} if {hi.valid} and {x.value} > {hi.value} else {value}"
+    if lo is not None:  # the lower bound is checked first: with lo > hi, x < lo gives lo
+        value = f"{lo.value} if {lo.valid} and {x.value} < {lo.value} else ({value})"
+    return [f"{emit.value}, {emit.valid} = {value}, {x.valid}"]
 
 
 def _clip_write(x: pl.Expr, *bounds: pl.Expr, has_min: bool, has_max: bool) -> pl.Expr:

@@ -19,7 +19,7 @@ does the same for many bars of one symbol in one compiled loop. Both give, bit f
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numba
@@ -46,7 +46,6 @@ class SymbolState:
     vector: np.ndarray
     last_bar_ts: int | None = None  # open time (epoch ms) of the last bar applied
     bars: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def _compile(source: str) -> tuple[Any, Any]:

@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+SYSTEM_PACKAGES := redis-server
+
+.PHONY: demo test bench clean system-packages
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] >= (3, 11), "Python 3.11+ is required"'
@@ -17,12 +19,16 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/featurestore demo --store $(or $(STORE),store)
 
-test: $(STAMP)
+# Debian packages the tests and benchmarks run for real (a redis-server per session), installed when missing.
+system-packages:
+	tools/system-packages.sh $(SYSTEM_PACKAGES)
+
+test: $(STAMP) system-packages
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) system-packages
 	$(BIN)/python -m pytest benchmarks -q --benchmark-enable --benchmark-only -s
 
 clean:

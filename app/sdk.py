@@ -227,6 +227,7 @@ class FeatureStore:
 
     def materialize(self, view: str, *, symbols: Sequence[str] | None = None, exchange: str | None = None) -> int:
         """Copy each symbol's newest offline row of ``view`` into the online store; return the rows written."""
+        from featurestore.durations import parse_ttl
         from featurestore.materialize import materialize_latest
         from featurestore.online import connect
 
@@ -234,7 +235,7 @@ class FeatureStore:
         exchange = self.store.resolve_exchange(resolved.timeframe, exchange or self.config.exchange)
         chosen = list(symbols) if symbols else [s.symbol for s in self.store.series(exchange=exchange,
                                                                                     timeframe=resolved.timeframe)]
-        with connect(self.store.online_url) as online:
+        with connect(self.store.online_url, ttl=parse_ttl(None, [resolved])) as online:
             return materialize_latest(self.store, resolved, chosen, online, now=self.clock(), exchange=exchange)
 
     def get_online_features(self, symbols: Sequence[str], features: Sequence[str]) -> pl.DataFrame:

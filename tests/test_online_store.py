@@ -1,21 +1,29 @@
-"""The online store: upsert rules (never back in time), exact values, WAL, readers in another process."""
+"""The online store, every backend (SQLite and a real redis-server): upsert rules (never back in time), exact values,
+readers in another process, writers racing; then what only one backend has (SQLite's WAL, Redis's expiry)."""
 
 from __future__ import annotations
 
 import math
+import random
+import socket
 import sqlite3
 import struct
 import subprocess
 import sys
 import textwrap
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from featurestore.errors import FeatureStoreError
-from featurestore.online import OnlineRow
+from featurestore.online import OnlineRow, connect, sqlite_url
+from featurestore.online.redis import CHUNK
 from featurestore.online.sqlite import SqliteOnlineStore
 from featurestore.store import Store
 
@@ -28,9 +36,17 @@ def row(symbol: str = "BTC/USDT", ts: datetime = T, version: str = "v1", value: 
     return OnlineRow(view, symbol, ts, version, {"ret_1": value, "rv_24": 2.0}, updated_at=ts + MINUTE)
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def url(request, tmp_path) -> str:
+    """A new, empty online store of each backend."""
+    if request.param == "redis":
+        return request.getfixturevalue("redis_server").fresh()
+    return sqlite_url(Store(tmp_path).online_path)
+
+
 @pytest.fixture
-def online(tmp_path):
-    with SqliteOnlineStore(Store(tmp_path).online_path) as store:
+def online(url):
+    with connect(url) as store:
         yield store
 
 
@@ -79,6 +95,130 @@ def test_values_round_trip_bit_for_bit(online):
     assert [None if v is None else struct.pack("<d", v) for v in got] == bits
 
 
+def test_naive_times_are_refused(online):
+    with pytest.raises(FeatureStoreError, match="no timezone"):
+        online.put_many([row(ts=datetime(2024, 5, 1))])
+
+
+def test_get_views_reads_a_symbols_rows_of_several_views_in_one_query(online):
+    online.put_many([row(view="research"), row(view="daily", ts=T - MINUTE), row(view="research", symbol="ETH/USDT")])
+    got = online.get_views(["daily", "research", "absent"], "BTC/USDT")
+    assert got == {"daily": online.latest("daily", "BTC/USDT"), "research": online.latest("research", "BTC/USDT")}
+    assert got["daily"].ts == T - MINUTE and online.get_views(["research"], "SOL/USDT") == {}
+
+
+def racing_writer(url: str, start: threading.Barrier, minutes: list[int]) -> None:
+    with connect(url) as online:
+        start.wait()
+        for minute in minutes:
+            online.put_many([row(ts=T + minute * MINUTE, value=float(minute))])
+
+
+def test_racing_writers_never_move_a_row_back_in_time(url):
+    # Four writers, each with its own connection, write the same symbol's rows in shuffled orders while a reader
+    # polls: the rule is checked where the row is stored (one transaction in SQLite, a Lua script in Redis), so
+    # no interleaving can replace a newer row with an older one.
+    rng = random.Random(7)
+    orders = [rng.sample(range(400), 400) for _ in range(4)]
+    start, seen, done = threading.Barrier(5), [], threading.Event()
+
+    def read() -> None:
+        with connect(url, readonly=True) as reader:
+            start.wait()
+            while not done.is_set():
+                got = reader.latest("research", "BTC/USDT")
+                if got is not None and (not seen or seen[-1] != got.ts):
+                    seen.append(got.ts)
+
+    with connect(url) as online:
+        online.put_many([row(ts=T - MINUTE)])  # the store exists before the reader opens it
+    with ThreadPoolExecutor(5) as pool:
+        reader = pool.submit(read)
+        list(pool.map(racing_writer, [url] * 4, [start] * 4, orders))
+        done.set()
+        reader.result()
+    assert seen == sorted(seen)
+    with connect(url, readonly=True) as online:
+        final = online.latest("research", "BTC/USDT")
+    assert (final.ts, final.features["ret_1"]) == (T + 399 * MINUTE, 399.0)
+
+
+READER = textwrap.dedent("""
+    import sys, time
+    from featurestore.online import connect
+    url, final_ms = sys.argv[1], int(sys.argv[2])
+    seen = []
+    with connect(url, readonly=True) as online:
+        print("ready", flush=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            got = online.latest("research", "BTC/USDT")
+            if got is not None:
+                ms = int(got.ts.timestamp() * 1000)
+                if not seen or seen[-1] != ms:
+                    seen.append(ms)
+                if ms == final_ms:
+                    break
+    print(len(seen), int(seen == sorted(seen)), seen[-1] if seen else -1, flush=True)
+""")
+
+
+def test_a_reader_in_another_process_reads_while_the_writer_writes(url):
+    writes = 3_000
+    final = T + writes * MINUTE
+    with connect(url) as writer:
+        writer.put_many([row()])  # the store exists before the reader opens it
+        reader = subprocess.Popen([sys.executable, "-c", READER, url, str(int(final.timestamp() * 1000))],
+                                  stdout=subprocess.PIPE, text=True)
+        assert reader.stdout.readline().strip() == "ready"
+        for k in range(1, writes + 1):  # one write per row, as the flow writes batch by batch
+            writer.put_many([row(ts=T + k * MINUTE, value=float(k))])
+    out, _ = reader.communicate(timeout=60)
+    distinct, monotonic, last = map(int, out.split())
+    assert reader.returncode == 0
+    assert last == int(final.timestamp() * 1000)  # it saw the final row
+    assert monotonic == 1  # and never a row going back in time
+    assert distinct > 2, "the reader saw no intermediate state: it did not read while the writer wrote"
+
+
+# -- every backend against the rule, written once: hypothesis batches ------------------------------------------
+
+batches = st.lists(st.lists(st.tuples(st.sampled_from(["A", "B"]), st.integers(0, 5), st.sampled_from(["v1", "v2"]),
+                                      st.integers(0, 3)), max_size=6), min_size=1, max_size=8)
+
+
+def expected_rows(written: list[list[tuple]]) -> dict[str, tuple]:
+    """The rule, applied one row at a time: symbol -> (minute, version, value) of the row that stays."""
+    kept: dict[str, tuple] = {}
+    for batch in written:
+        for symbol, minute, version, value in batch:
+            old = kept.get(symbol)
+            if old is None or minute > old[0] or (minute == old[0] and version == old[1]):
+                kept[symbol] = (minute, version, value)
+    return kept
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(written=batches, replayed=st.integers(0, 7))
+def test_any_batches_end_as_the_rule_says_and_replaying_them_changes_nothing(backend, written, replayed, tmp_path,
+                                                                             redis_server):
+    url = redis_server.fresh(1) if backend == "redis" else sqlite_url(tmp_path / f"{uuid.uuid4().hex}.sqlite")
+    to_row = lambda s, m, v, x: row(symbol=s, ts=T + m * MINUTE, version=v, value=float(x))  # noqa: E731
+    with connect(url) as online:
+        for batch in written:
+            online.put_many([to_row(*r) for r in batch])
+        state = online.rows("research")
+        assert {r.symbol: (r.ts, r.view_version, r.features["ret_1"]) for r in state} == {
+            s: (T + m * MINUTE, v, float(x)) for s, (m, v, x) in expected_rows(written).items()}
+        for batch in written[replayed % len(written):]:  # a resume replays the batches after some snapshot
+            online.put_many([to_row(*r) for r in batch])
+        assert online.rows("research") == state
+
+
+# -- SQLite only ------------------------------------------------------------------------------------------------
+
+
 def test_wal_mode_and_a_read_only_reader(tmp_path):
     path = Store(tmp_path).online_path
     with pytest.raises(FeatureStoreError, match=r"no online store at .*featurestore stream"):
@@ -90,18 +230,6 @@ def test_wal_mode_and_a_read_only_reader(tmp_path):
         assert reader.latest("research", "BTC/USDT").features == {"ret_1": 1.0, "rv_24": 2.0}
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             reader.put_many([row(ts=T + MINUTE)])
-
-
-def test_naive_times_are_refused(online):
-    with pytest.raises(FeatureStoreError, match="no timezone"):
-        online.put_many([row(ts=datetime(2024, 5, 1))])
-
-
-def test_get_views_reads_a_symbols_rows_of_several_views_in_one_query(online):
-    online.put_many([row(view="research"), row(view="daily", ts=T - MINUTE), row(view="research", symbol="ETH/USDT")])
-    got = online.get_views(["daily", "research", "absent"], "BTC/USDT")
-    assert got == {"daily": online.latest("daily", "BTC/USDT"), "research": online.latest("research", "BTC/USDT")}
-    assert got["daily"].ts == T - MINUTE and online.get_views(["research"], "SOL/USDT") == {}
 
 
 def open_and_write(path, start: threading.Barrier, symbol: str) -> None:
@@ -122,40 +250,109 @@ def test_writers_opening_a_new_store_at_once_all_succeed(tmp_path):
             assert [r.ts for r in online.rows("research")] == [T + 2 * MINUTE] * 2
 
 
-READER = textwrap.dedent("""
-    import sys, time
-    from featurestore.online.sqlite import SqliteOnlineStore
-    path, final_ms = sys.argv[1], int(sys.argv[2])
-    seen = []
-    with SqliteOnlineStore(path, readonly=True) as online:
-        print("ready", flush=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            got = online.latest("research", "BTC/USDT")
-            if got is not None:
-                ms = int(got.ts.timestamp() * 1000)
-                if not seen or seen[-1] != ms:
-                    seen.append(ms)
-                if ms == final_ms:
-                    break
-    print(len(seen), int(seen == sorted(seen)), seen[-1] if seen else -1, flush=True)
-""")
+# -- Redis only -------------------------------------------------------------------------------------------------
 
 
-def test_a_reader_in_another_process_reads_while_the_writer_writes(tmp_path):
-    path = Store(tmp_path).online_path
-    writes = 3_000
-    final = T + writes * MINUTE
-    with SqliteOnlineStore(path) as writer:
-        writer.put_many([row()])  # the file exists before the reader opens it
-        reader = subprocess.Popen([sys.executable, "-c", READER, str(path), str(int(final.timestamp() * 1000))],
-                                  stdout=subprocess.PIPE, text=True)
-        assert reader.stdout.readline().strip() == "ready"
-        for k in range(1, writes + 1):  # one transaction per row, as the flow commits batch by batch
-            writer.put_many([row(ts=T + k * MINUTE, value=float(k))])
-    out, _ = reader.communicate(timeout=60)
-    distinct, monotonic, last = map(int, out.split())
-    assert reader.returncode == 0
-    assert last == int(final.timestamp() * 1000)  # it saw the final row
-    assert monotonic == 1  # and never a row going back in time
-    assert distinct > 2, "the reader saw no intermediate state: it did not read while the writer wrote"
+def test_redis_keys_carry_the_version_and_a_newer_version_replaces_the_old_ones_row(redis_server):
+    url = redis_server.fresh()
+    with connect(url) as online:
+        online.put_many([row(version="v1"), row(symbol="ETH/USDT", version="v1")])
+        online.put_many([row(ts=T + MINUTE, version="v2")])
+    with redis.Redis.from_url(url) as raw:
+        assert sorted(raw.keys()) == [b"fs:{BTC/USDT}:research", b"fs:{BTC/USDT}:research:v2",
+                                      b"fs:{ETH/USDT}:research", b"fs:{ETH/USDT}:research:v1"]
+        assert raw.get("fs:{BTC/USDT}:research") == b"v2"
+        stored = raw.hgetall("fs:{BTC/USDT}:research:v2")
+    assert stored == {b"ts": str(int((T + MINUTE).timestamp() * 1000)).encode(),
+                      b"updated_at": str(int((T + 2 * MINUTE).timestamp() * 1000)).encode(),
+                      b"features": b'{"ret_1": 1.0, "rv_24": 2.0}'}
+
+
+def test_redis_rows_expire_the_views_ttl_after_each_write(redis_server):
+    url = redis_server.fresh()
+    with connect(url, ttl={"research": timedelta(minutes=1)}) as online:  # the writer's default for its view
+        online.put_many([row(), row(view="other")])
+        assert 59_000 < online.expiry_ms("research", "BTC/USDT") <= 60_000
+        assert online.expiry_ms("other", "BTC/USDT") is None  # no TTL given for it: kept
+        assert online.expiry_ms("research", "ETH/USDT") is None  # no row
+    with connect(url + "?ttl=other=2h", ttl={"research": timedelta(minutes=1)}) as online:  # the URL's wins
+        online.put_many([row(ts=T + MINUTE), row(view="other", ts=T + MINUTE)])
+        assert 7_100_000 < online.expiry_ms("other", "BTC/USDT") <= 7_200_000
+        assert online.expiry_ms("research", "BTC/USDT") <= 60_000
+    with connect(url + "?ttl=3d", ttl={"research": timedelta(minutes=1)}) as online:  # every view
+        online.put_many([row(ts=T + 2 * MINUTE), row(view="other", ts=T + 2 * MINUTE)])
+        assert online.expiry_ms("research", "BTC/USDT") > 2 * 86_400_000
+    with redis.Redis.from_url(url) as raw:
+        head, stored = raw.pttl("fs:{BTC/USDT}:research"), raw.pttl("fs:{BTC/USDT}:research:v1")
+        assert abs(head - stored) < 1_000  # the row and its head expire together
+    with connect(url) as online:  # no TTL at all: the next write keeps the row for good
+        online.put_many([row(ts=T + 3 * MINUTE)])
+        assert online.expiry_ms("research", "BTC/USDT") is None
+
+
+def test_redis_refuses_what_it_cannot_use_with_the_fix(redis_server, tmp_path):
+    url = redis_server.fresh()
+    with connect(url) as online:
+        online.put_many([row()])
+    with connect(url, readonly=True) as reader, pytest.raises(FeatureStoreError, match="opened read-only"):
+        reader.put_many([row(ts=T + MINUTE)])
+    with pytest.raises(FeatureStoreError, match=r"ttl: not a duration: 'soon'"):
+        connect(url + "?ttl=research=soon")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    with pytest.raises(FeatureStoreError, match=rf"cannot reach the online store at redis://127.0.0.1:{closed}/0 "
+                                                r".*is redis-server running"):
+        connect(f"redis://127.0.0.1:{closed}/0")
+    with pytest.raises(FeatureStoreError, match=r"redis://me:\*\*\*@127.0.0.1"):  # the password is never shown
+        connect(f"redis://me:secret@127.0.0.1:{closed}/0")
+    with connect(url, readonly=True) as reader:
+        assert reader.latest("research", "BTC/USDT").features["ret_1"] == 1.0  # nothing changed
+
+
+def test_redis_writes_again_after_the_server_lost_its_scripts(redis_server):
+    url = redis_server.fresh()
+    with connect(url) as online:
+        online.put_many([row()])
+        with redis.Redis.from_url(url) as raw:
+            raw.script_flush()
+        assert online.put_many([row(ts=T + MINUTE)]) == 1
+        assert online.latest("research", "BTC/USDT").ts == T + MINUTE
+
+
+def test_redis_batches_larger_than_a_script_call(redis_server):
+    url = redis_server.fresh()
+    rows = [row(symbol=f"S{k:05d}") for k in range(2 * CHUNK + 7)]
+    with connect(url) as online:
+        assert online.put_many(rows) == len(rows)
+        assert online.put_many(rows) == len(rows)  # same ts and version: rewritten, as in SQLite
+        assert len(online.get_many("research", [r.symbol for r in rows])) == len(rows)
+        assert [r.symbol for r in online.rows("research")] == sorted(r.symbol for r in rows)
+
+
+VIEWS = """
+import polars as pl
+from featurestore.definitions import FeatureView
+MOM = FeatureView("mom", "1h", {"ret_1": (pl.col("close") / pl.col("close").shift(1)).log()})
+"""
+
+
+def test_the_cli_writes_and_reads_the_redis_store_named_in_featurestore_toml(redis_server, run_cli, tmp_path):
+    url, store = redis_server.fresh(2), tmp_path / "store"
+    (tmp_path / "views.py").write_text(VIEWS)
+    for command in (["init", "--online-store", url, "--timeframe", "1h"],
+                    ["ingest", "--symbols", "BTC/USDT,ETH/USDT", "--since", "2024-01-01", "--until", "2024-01-03"],
+                    ["backfill", "--view", "mom", "--definitions", tmp_path / "views.py"],
+                    ["materialize", "--view", "mom", "--definitions", tmp_path / "views.py"]):
+        done = run_cli(*command, "--store", store)
+        assert done.returncode == 0, done.stderr
+    assert f'online_store = "{url}"' in (store / "featurestore.toml").read_text()
+    assert not (store / "online.sqlite").exists()
+    shown = run_cli("online", "get", "--view", "mom", "--symbol", "ETH/USDT", "--store", store)
+    assert shown.returncode == 0, shown.stderr
+    assert "mom ETH/USDT  ts 2024-01-03T00:00:00+00:00" in shown.stdout
+    with connect(url, readonly=True) as online:
+        assert [row.symbol for row in online.rows("mom")] == ["BTC/USDT", "ETH/USDT"]
+        assert 3_500_000 < online.expiry_ms("mom", "BTC/USDT") <= 3_600_000  # the view's TTL: one timeframe
+    lacking = run_cli("online", "get", "--view", "mom", "--symbol", "SOL/USDT", "--store", store)
+    assert lacking.returncode == 1 and "no online row for view 'mom' and symbol(s) SOL/USDT" in lacking.stderr

@@ -4,6 +4,8 @@
 
 - ``sqlite:///relative/path`` or ``sqlite:////absolute/path``: the embedded default
   (``featurestore.online.sqlite``), one file, readers in any process while one flow writes.
+- ``redis://host:port/db`` (``rediss://`` for TLS, ``?ttl=...`` for the rows' expiry): a Redis server
+  (``featurestore.online.redis``), shared by every process of a cluster, on any machine.
 
 Every backend keeps the same rules: ``put_many`` is an idempotent upsert that never moves a row back in
 time (a stored row is replaced only by a newer ``ts``, or the same ``ts`` and view version), so rows
@@ -24,9 +26,9 @@ replayed after a crash leave the store as it was; reads return ``OnlineRow`` obj
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from featurestore.errors import FeatureStoreError
@@ -89,12 +91,20 @@ def sqlite_url(path: str | Path) -> str:
     return f"sqlite:///{path}"
 
 
-def connect(url: str, *, readonly: bool = False) -> OnlineStore:
-    """Open the online store at ``url``; ``readonly`` for readers (the store must exist)."""
+def connect(url: str, *, readonly: bool = False, ttl: Mapping[str, timedelta] | None = None) -> OnlineStore:
+    """Open the online store at ``url``; ``readonly`` for readers (the store must exist).
+
+    ``ttl``: a writer's views and how long their rows live after a write, where the backend expires rows
+    (Redis, unless its URL says otherwise; SQLite keeps every row until it is replaced).
+    """
     scheme, sep, rest = url.partition("://")
     if scheme == "sqlite" and sep and rest.startswith("/"):
         from featurestore.online.sqlite import SqliteOnlineStore
 
         return SqliteOnlineStore(Path(rest[1:]), readonly=readonly)
-    raise FeatureStoreError(f"unsupported online store URL {url!r}; use sqlite:///relative/path or "
-                            f"sqlite:////absolute/path")
+    if scheme in ("redis", "rediss") and sep:
+        from featurestore.online.redis import RedisOnlineStore
+
+        return RedisOnlineStore(url, readonly=readonly, ttl=ttl)
+    raise FeatureStoreError(f"unsupported online store URL {url!r}; use sqlite:///relative/path, "
+                            f"sqlite:////absolute/path or redis://host:port/db")

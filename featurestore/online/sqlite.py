@@ -26,17 +26,13 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-import orjson
 
 from featurestore.errors import FeatureStoreError
 from featurestore.online import OnlineRow, OnlineStore
+from featurestore.online.encoding import decode_features, encode_features, epoch_ms, from_epoch_ms
 
 __all__ = ["SqliteOnlineStore"]
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS online_features (
@@ -62,16 +58,6 @@ _GET = f"SELECT {_COLUMNS} FROM online_features WHERE view = ? AND symbol = ?"
 _GET_MANY = f"SELECT {_COLUMNS} FROM online_features WHERE view = ? AND symbol IN (SELECT value FROM json_each(?))"
 _GET_VIEWS = f"SELECT view, {_COLUMNS} FROM online_features WHERE symbol = ? AND view IN ({{}})"
 _GET_ALL = f"SELECT {_COLUMNS} FROM online_features WHERE view = ? ORDER BY symbol"
-
-
-def _ms(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        raise FeatureStoreError(f"{moment.isoformat()} has no timezone; online rows need aware UTC datetimes")
-    return (moment - _EPOCH) // timedelta(milliseconds=1)
-
-
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 class SqliteOnlineStore(OnlineStore):
@@ -101,7 +87,7 @@ class SqliteOnlineStore(OnlineStore):
 
     def put_many(self, rows: Iterable[OnlineRow]) -> int:
         """Upsert ``rows`` in one transaction; return how many were inserted or replaced."""
-        params = [(r.view, r.symbol, _ms(r.ts), r.view_version, json.dumps(r.features), _ms(r.updated_at))
+        params = [(r.view, r.symbol, epoch_ms(r.ts), r.view_version, encode_features(r.features), epoch_ms(r.updated_at))
                   for r in rows]
         before = self._con.total_changes
         self._con.execute("BEGIN IMMEDIATE")
@@ -134,14 +120,6 @@ class SqliteOnlineStore(OnlineStore):
         return [_row(view, row) for row in self._con.execute(_GET_ALL, (view,))]
 
 
-def _features(text: str) -> dict[str, float | None]:
-    """The stored JSON object; orjson (4x faster) unless it holds NaN or infinity, which only ``json`` reads."""
-    try:
-        return orjson.loads(text)
-    except orjson.JSONDecodeError:
-        return json.loads(text)
-
-
 def _row(view: str, found: tuple) -> OnlineRow:
     symbol, ts, version, features, updated_at = found
-    return OnlineRow(view, symbol, _utc(ts), version, _features(features), _utc(updated_at))
+    return OnlineRow(view, symbol, from_epoch_ms(ts), version, decode_features(features), from_epoch_ms(updated_at))

@@ -1,8 +1,10 @@
 """Sink: each symbol's newest row into the online store.
 
-Every worker writes the symbols it computes through its own connection. The store's upsert never
-moves a row back in time and rewrites a same-time row with itself, so rows replayed after a restart
-leave it unchanged: the sink is idempotent and needs no recovery state.
+Every worker writes the symbols it computes through its own connection, one write per batch of items
+(Redis: one round trip). The store's upsert never moves a row back in time and rewrites a same-time row
+with itself, so rows replayed after a restart leave it unchanged: the sink is idempotent and needs no
+recovery state. Where the store expires rows (Redis), the view's rows live its TTL (one timeframe, unless
+the store's URL says otherwise) after each write.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from featurestore.definitions import FeatureView
+from featurestore.durations import parse_ttl
 from featurestore.online import OnlineRow, OnlineStore, connect
 from streaming.clock import Clock, to_datetime
 from streaming.items import FeatureRows
@@ -24,7 +27,7 @@ class OnlineSink(DynamicSink[tuple[str, FeatureRows]]):
         self.url, self.view, self.feature_names, self.clock = url, view, feature_names, clock
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _OnlinePartition:
-        return _OnlinePartition(self, connect(self.url))
+        return _OnlinePartition(self, connect(self.url, ttl=parse_ttl(None, [self.view])))
 
 
 class _OnlinePartition(StatelessSinkPartition[tuple[str, FeatureRows]]):

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,6 +67,12 @@ __all__ = ["FeatureStore", "ViewStatus"]
 _DEFAULT_SINCE = datetime(2024, 1, 1, tzinfo=UTC)
 
 Clock = Callable[[], datetime]
+
+
+def _absolute(options: Mapping[str, Any], paths: Sequence[str]) -> dict[str, Any]:
+    """``options`` with the values under ``paths`` made absolute: the processes of a cluster, started in other
+    directories, must name the same files."""
+    return {key: str(Path(value).absolute()) if key in paths and value else value for key, value in options.items()}
 
 
 def _wall_clock() -> datetime:
@@ -419,12 +425,17 @@ class FeatureStore:
                batch: int = 1000, speed: float = 0.0, poll_interval_s: float = 5.0, jsonl: str | Path | None = None,
                offline_parts: bool = False, metrics: str | Path | None = None, model: str | None = None,
                workers: int = 1, process_id: int | None = None, addresses: Sequence[str] | None = None,
-               recovery_dir: str | Path | None = None, snapshot_interval_s: float = 10.0,
+               join_timeout_s: float = 120.0, recovery_dir: str | Path | None = None, snapshot_interval_s: float = 10.0,
                backup_interval_s: float = 0.0, **signals: Any) -> StreamConfig:
         """Run the Bytewax dataflow for ``view`` until its source ends (live: until interrupted): bars replayed from
         the store (``source="replay"``, ``start <= ts < end``, ``batch`` bars a window, paced by ``speed``) or
         polled live from ccxt, into the online store and the optional sinks; with ``model`` every row becomes a
-        signed signal (``signals``: the keyword arguments of ``signal_service``). Returns the run's config."""
+        signed signal (``signals``: the keyword arguments of ``signal_service``). Returns the run's config.
+
+        A cluster (``process_id`` and the ``addresses`` of every process, each process calling this with the same
+        arguments): the processes agree on their options first (``streaming.cluster.join``), or all refuse.
+        """
+        from streaming.cluster import join
         from streaming.flow import StreamConfig, build_flow
         from streaming.runner import run_flow
 
@@ -441,9 +452,15 @@ class FeatureStore:
             until=end.isoformat() if end else None, batch=batch, speed=speed, poll_interval_s=poll_interval_s,
             jsonl=str(jsonl) if jsonl else None, offline_parts=offline_parts, metrics=str(metrics) if metrics else None,
             **(self._signal_config(resolved, model, **signals) if model else {}))
-        run_flow(build_flow(config), workers=workers, process_id=process_id,
-                 addresses=list(addresses) if addresses else None, recovery_dir=Path(recovery_dir) if recovery_dir else None,
-                 snapshot_interval_s=snapshot_interval_s, backup_interval_s=backup_interval_s)
+        flow = build_flow(config)
+        described = {**asdict(config), "view_version": resolved.version, "steps": [step.step_id for step in flow.substeps],
+                     "workers": workers, "recovery_dir": recovery_dir, "snapshot_interval_s": snapshot_interval_s,
+                     "backup_interval_s": backup_interval_s}
+        join(process_id, addresses, _absolute(described, ("store", "jsonl", "metrics", "model", "audit", "recovery_dir")),
+             timeout_s=join_timeout_s)
+        run_flow(flow, workers=workers, process_id=process_id, addresses=list(addresses) if addresses else None,
+                 recovery_dir=Path(recovery_dir) if recovery_dir else None, snapshot_interval_s=snapshot_interval_s,
+                 backup_interval_s=backup_interval_s)
         return config
 
     def _signal_config(self, view: FeatureView, model: str, *, version: str | None = None,

@@ -4,7 +4,9 @@ This is what ``python -m bytewax.run`` does, callable from Python (``featurestor
 With ``recovery_dir`` Bytewax snapshots every ``snapshot_interval_s`` and a restart resumes from the
 last snapshot. An empty recovery directory is initialised with one partition per worker; a cluster
 of processes needs it initialised beforehand (``python -m bytewax.recovery DIR N``) so that no two
-processes race to create it.
+processes race to create it. The processes of a cluster should agree on their options first
+(``streaming.cluster.join``): Bytewax itself waits forever for processes whose flows differ. When a
+process of a running cluster dies, the others stop with an error naming the fix, not a Rust panic.
 
 Typical use::
 
@@ -57,3 +59,10 @@ def run_flow(flow: Dataflow, *, workers: int = 1, process_id: int | None = None,
         if cause is None:
             raise
         raise cause from exc
+    except BaseException as exc:
+        if addresses is None or type(exc).__name__ != "PanicException":  # pyo3's, for a lost connection
+            raise
+        resume = (f"they resume from the last snapshot in {recovery_dir}" if recovery_dir is not None else
+                  "without --recovery-dir the run starts over")
+        raise FeatureStoreError(f"this process lost the cluster (Bytewax: {exc}): another process stopped or "
+                                f"died; restart every process with the same command ({resume})") from None

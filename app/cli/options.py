@@ -27,7 +27,7 @@ from featurestore.durations import parse_duration, parse_utc, parse_view_duratio
 from featurestore.errors import FeatureStoreError
 from featurestore.timeframes import canonical_timeframe
 
-__all__ = ["HelpFormatter", "add_definitions", "add_symbols", "add_time_range", "add_views", "check_ranges",
+__all__ = ["HelpFormatter", "add_cluster_options", "add_definitions", "add_symbols", "add_time_range", "add_views", "check_ranges",
            "comma_list", "common_options", "duration", "symbols", "timeframe", "utc", "view_durations"]
 
 T = TypeVar("T")
@@ -146,3 +146,13 @@ def check_ranges(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
 def add_definitions(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--definitions", type=Path,
                         help="a Python file defining FeatureView objects (applied to the store first)")
+
+
+def add_cluster_options(parser: argparse.ArgumentParser) -> None:
+    """``--workers`` and the flags of a multi-process run (``stream``, ``backfill``)."""
+    parser.add_argument("--workers", type=int, default=1, help="worker threads in this process")
+    parser.add_argument("--process-id", type=int, help="cluster: this process's index in --addresses")
+    parser.add_argument("--addresses", type=lambda text: text.split(";"),
+                        help='cluster: "host:port;host:port;..." of every process, the same on every process')
+    parser.add_argument("--join-timeout", type=float, default=120.0,
+                        help="cluster: seconds to wait for every process to start")

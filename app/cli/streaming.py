@@ -16,7 +16,7 @@ from pathlib import Path
 
 import polars as pl
 
-from app.cli.options import add_definitions, add_symbols, add_time_range, add_views
+from app.cli.options import add_cluster_options, add_definitions, add_symbols, add_time_range, add_views
 from app.cli.serving import model_options, signal_options
 from app.sdk import FeatureStore
 
@@ -36,10 +36,9 @@ def cmd_stream(args: argparse.Namespace, fs: FeatureStore) -> int:
     config = fs.stream(args.view, source=args.source, symbols=args.symbols, exchange=args.exchange, start=args.start,
                        end=args.end, batch=args.batch, speed=args.speed, poll_interval_s=args.poll_interval,
                        jsonl=args.jsonl, offline_parts=args.offline_parts, metrics=args.metrics, model=args.model,
-                       workers=args.workers, process_id=args.process_id,
-                       addresses=args.addresses.split(";") if args.addresses else None,
-                       recovery_dir=args.recovery_dir, snapshot_interval_s=args.snapshot_interval,
-                       backup_interval_s=args.backup_interval, **signals)
+                       workers=args.workers, process_id=args.process_id, addresses=args.addresses,
+                       join_timeout_s=args.join_timeout, recovery_dir=args.recovery_dir,
+                       snapshot_interval_s=args.snapshot_interval, backup_interval_s=args.backup_interval, **signals)
     elapsed = time.perf_counter() - started
     if config.metrics_path.exists():  # in a cluster, only the process that ran the metrics sink has it
         print(f"{summary_line(read_metrics(config.metrics_path))} ({config.metrics_path})")
@@ -82,9 +81,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     stream.add_argument("--recovery-dir", type=Path, help="enable Bytewax recovery with this directory")
     stream.add_argument("--snapshot-interval", type=float, default=10.0, help="seconds between recovery snapshots")
     stream.add_argument("--backup-interval", type=float, default=0.0, help="seconds to keep old snapshots")
-    stream.add_argument("--workers", type=int, default=1, help="worker threads in this process")
-    stream.add_argument("--process-id", type=int, help="cluster: this process's index in --addresses")
-    stream.add_argument("--addresses", help='cluster: "host:port;host:port;..." of every process')
+    add_cluster_options(stream)
     model_options(stream)  # --model: score every row, signed signals to the audit log
     stream.set_defaults(run=cmd_stream)
 

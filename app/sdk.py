@@ -221,13 +221,29 @@ class FeatureStore:
 
     def backfill(self, views: str | Sequence[str], *, symbols: Sequence[str] | None = None,
                  start: datetime | None = None, end: datetime | None = None, exchange: str | None = None,
-                 progress: bool = False) -> list[BackfillReport]:
-        """Compute views into the offline store (every name is resolved before anything is computed)."""
+                 progress: bool = False, workers: int = 1, process_id: int | None = None,
+                 addresses: Sequence[str] | None = None, join_timeout_s: float = 120.0) -> list[BackfillReport]:
+        """Compute views into the offline store (every name is resolved before anything is computed).
+
+        ``workers`` > 1, or a cluster (``process_id`` and the ``addresses`` of every process, each process
+        calling this with the same arguments), runs it as a Bytewax dataflow (``streaming.backfill``): the
+        same rows, stamped with process 0's clock; a process reports what its own workers wrote.
+        """
         names = [views] if isinstance(views, str) else list(views)
         resolved = [self.view(name) for name in names]
-        return [backfill(self.store, view, now=self.clock(), symbols=list(symbols) if symbols else None,
-                         exchange=exchange or self.config.exchange, start=start, end=end, progress=progress)
-                for view in resolved]
+        options = {"symbols": list(symbols) if symbols else None, "exchange": exchange or self.config.exchange,
+                   "start": start, "end": end}
+        if workers == 1 and process_id is None and addresses is None:
+            return [backfill(self.store, view, now=self.clock(), progress=progress, **options) for view in resolved]
+        from streaming.backfill import run_backfill
+        from streaming.cluster import join
+
+        described = {"store": self.root, "views": {view.name: view.version for view in resolved}, "workers": workers,
+                     **{key: str(value) if isinstance(value, datetime) else value for key, value in options.items()}}
+        agreed = join(process_id, addresses, _absolute(described, ("store",)), shared={"now": self.clock().isoformat()},
+                      timeout_s=join_timeout_s)
+        return run_backfill(self.store, resolved, now=datetime.fromisoformat(agreed["now"]), workers=workers,
+                            process_id=process_id, addresses=list(addresses) if addresses else None, **options)
 
     # -- the online store
 

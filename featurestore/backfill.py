@@ -36,7 +36,7 @@ from featurestore.offline import read_symbol_features, write_symbol_features
 from featurestore.registry import register_view
 from featurestore.store import BarSeries, Store
 
-__all__ = ["BackfillReport", "backfill"]
+__all__ = ["BackfillReport", "backfill", "backfill_symbols", "prepare_backfill"]
 
 _WRITERS = 2  # symbols being written at once
 
@@ -50,6 +50,13 @@ class BackfillReport:
     bars_read: int = 0
     recomputed: list[str] = field(default_factory=list)
 
+    def add(self, other: BackfillReport) -> BackfillReport:
+        """Count ``other``'s symbols in (another worker's share of the same view); return self."""
+        self.rows_written.update(other.rows_written)
+        self.bars_read += other.bars_read
+        self.recomputed += other.recomputed
+        return self
+
 
 def _rows_to_write(rows: pl.DataFrame, stored: pl.DataFrame | None) -> tuple[pl.DataFrame, bool]:
     """(rows, replace): only the rows not stored yet, unless a stored row no longer equals its recomputed
@@ -62,21 +69,30 @@ def _rows_to_write(rows: pl.DataFrame, stored: pl.DataFrame | None) -> tuple[pl.
     return rows.join(stored.select("ts"), on="ts", how="anti"), False
 
 
-def backfill(store: Store, view: FeatureView, *, now: datetime, symbols: list[str] | None = None,
-             exchange: str | None = None, start: datetime | None = None, end: datetime | None = None,
-             progress: bool = True) -> BackfillReport:
-    """Compute ``view`` for ``symbols`` (default: all stored) and store rows with ``start <= ts < end``."""
+def prepare_backfill(store: Store, view: FeatureView, *, now: datetime, symbols: list[str] | None = None,
+                     exchange: str | None = None) -> tuple[str, list[str]]:
+    """(exchange, symbols) a backfill of ``view`` computes (default: every stored symbol), unknown symbols refused
+    before anything is written; the view registered (``now`` is the version's first backfill)."""
     exchange = store.resolve_exchange(view.timeframe, exchange)
     chosen = symbols or [s.symbol for s in store.series(exchange=exchange, timeframe=view.timeframe)]
     store.scan_bars(exchange, view.timeframe, chosen)  # refuses unknown symbols before anything is written
-    report = BackfillReport(view.name, register_view(store, view, now=now), exchange)
+    register_view(store, view, now=now)
+    return exchange, chosen
+
+
+def backfill_symbols(store: Store, view: FeatureView, exchange: str, symbols: list[str], *, now: datetime,
+                     start: datetime | None = None, end: datetime | None = None,
+                     progress: bool = True) -> BackfillReport:
+    """Compute and store ``symbols``' rows with ``start <= ts < end`` (the view prepared): all of a backfill's
+    work, or one worker's share of it (``streaming.backfill``)."""
+    report = BackfillReport(view.name, view.version, exchange)
     needed = ["symbol", "ts", *sorted({c for node in view.nodes.values() for c in columns(node) if c in VALUE_COLUMNS})]
     # Writer threads: symbols i-1 and i are encoded and written (polars releases the GIL) while symbol i+1 is
     # read and computed, so at most WRITERS + 1 symbols are in memory. Encoding parquet costs more than
     # computing the features: with one writer the backfill waited for it half of the time.
     with ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="backfill-writer") as writer:
         pending: deque[tuple[str, Future[int]]] = deque()
-        for symbol in tqdm(chosen, desc=f"backfill {view.name}", unit="symbol", disable=None if progress else True):
+        for symbol in tqdm(symbols, desc=f"backfill {view.name}", unit="symbol", disable=None if progress else True):
             bars = store.scan_series(BarSeries(exchange, view.timeframe, symbol)).select(needed).collect()
             rows = view.compute_symbol(bars)
             if start is not None:
@@ -95,5 +111,14 @@ def backfill(store: Store, view: FeatureView, *, now: datetime, symbols: list[st
                                                   now=now, replace=replace)))
         for done, written in pending:
             report.rows_written[done] = written.result()
+    return report
+
+
+def backfill(store: Store, view: FeatureView, *, now: datetime, symbols: list[str] | None = None,
+             exchange: str | None = None, start: datetime | None = None, end: datetime | None = None,
+             progress: bool = True) -> BackfillReport:
+    """Compute ``view`` for ``symbols`` (default: all stored) and store rows with ``start <= ts < end``."""
+    exchange, chosen = prepare_backfill(store, view, now=now, symbols=symbols, exchange=exchange)
+    report = backfill_symbols(store, view, exchange, chosen, now=now, start=start, end=end, progress=progress)
     refresh_catalog(store)
     return report

@@ -28,7 +28,8 @@ import contextlib
 import json
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from importlib.metadata import version
 from typing import Any
 
 from featurestore.errors import FeatureStoreError
@@ -150,18 +151,26 @@ def _report(process_id: int, addresses: list[str], options: dict[str, Any], time
     return verdict["shared"]
 
 
-def join(process_id: int, addresses: list[str], options: Mapping[str, Any], *,
+def join(process_id: int | None, addresses: Sequence[str] | None, options: Mapping[str, Any], *,
          shared: Mapping[str, Any] | None = None, timeout_s: float = 120.0) -> dict[str, Any]:
     """Agree with the other processes of the cluster before running: return process 0's ``shared`` values, or
     raise ``FeatureStoreError`` naming every option that differs from process 0's (or the process missing).
+    Not a cluster (neither ``process_id`` nor ``addresses``): ``shared`` as it is.
 
     ``options``: JSON values describing this process's run, everything but its process id; under ``steps``,
-    the step ids of its flow.
+    the step ids of its flow. The installed featurestore and Bytewax versions are compared too.
     """
+    if process_id is None and addresses is None:
+        return dict(shared or {})
+    if process_id is None or addresses is None:
+        raise FeatureStoreError("a cluster run needs both the process id and the addresses of every process "
+                                "(--process-id and --addresses, the same addresses on every process)")
+    addresses = list(addresses)
     if not 0 <= process_id < len(addresses):
         raise FeatureStoreError(f"--process-id {process_id} is not an index of the {len(addresses)} addresses "
                                 f"(0 to {len(addresses) - 1})")
-    plain = json.loads(json.dumps(dict(options)))  # what the others receive: tuples become lists, keys strings
+    versions = {"featurestore": version("featurestore"), "bytewax": version("bytewax")}
+    plain = json.loads(json.dumps({**options, **versions}))  # what the others receive: tuples become lists
     if process_id == 0:
         return _coordinate(addresses, plain, shared or {}, timeout_s)
     return _report(process_id, addresses, plain, timeout_s)

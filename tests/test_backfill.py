@@ -1,6 +1,7 @@
 """Backfill: incremental runs equal one full run bit for bit, re-runs change nothing, a changed bar history
 is recomputed, ``--start``/``--end`` restrict what is written, versions never mix, and the CLI refuses bad
-input with a message and exit code 1 without touching the store.
+input with a message and exit code 1 without touching the store. On Bytewax (``--workers``, a cluster of
+processes) it writes the files of the single-process backfill.
 
 Every CLI call runs the installed ``featurestore`` script in a subprocess with an explicit ``--store``."""
 
@@ -31,6 +32,8 @@ from featurestore.offline import read_features
 from featurestore.registry import registered
 from featurestore.sources.synthetic import synthetic_bars
 from featurestore.store import Store
+from streaming.backfill import run_backfill, split
+from streaming.cluster import free_port
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 SYMBOLS = ["BTC/USDT", "ETH/USDT"]
@@ -346,3 +349,78 @@ def test_look_ahead_definitions_exit_1_with_the_message_and_no_traceback(tmp_pat
                                    "bar(s) ahead; use shift(n) with n >= 1")
     assert "Traceback" not in done.stderr and done.stdout == ""
     assert hash_files(small_store.root) == before
+
+
+# ---------------------------------------------------------------------------------------------------------
+# On Bytewax: --workers N and a cluster of processes write what one process writes
+
+
+def bars_only(full: Store, root: Path) -> Store:
+    store = Store(root)
+    shutil.copytree(full.root / "kind=bars", root / "kind=bars")
+    return store
+
+
+@pytest.mark.parametrize("workers", [2, 3])  # 3 workers for 2 symbols: one has nothing to do
+def test_dataflow_backfill_writes_the_very_files_of_the_single_process_backfill(full_store, tmp_path, workers):
+    store = bars_only(full_store, tmp_path / "store")
+    reports = run_backfill(store, VIEWS, now=NOW, workers=workers)
+    assert [(r.view, r.rows_written, r.bars_read) for r in reports] == [
+        (view.name, dict.fromkeys(SYMBOLS, N_BARS), len(SYMBOLS) * N_BARS) for view in VIEWS]
+    assert feature_files(store) == feature_files(full_store)  # byte for byte: same rows, same created_at
+    assert hash_files(store.root / "registry") == hash_files(full_store.root / "registry")
+    assert store.catalog_path.exists()
+    again = run_backfill(store, VIEWS, now=NOW + timedelta(hours=1), workers=workers)  # a re-run writes nothing
+    assert [r.rows_written for r in again] == [dict.fromkeys(SYMBOLS, 0)] * len(VIEWS)
+    assert feature_files(store) == feature_files(full_store)
+
+
+def test_the_work_is_shared_out_largest_first_to_the_least_loaded_worker():
+    work = [("research", f"S{k}", size) for k, size in enumerate([9, 1, 8, 2, 7, 3, 5, 5])]
+    shares = split(work, 3)
+    assert sorted(pair for share in shares for pair in share) == sorted((v, s) for v, s, _ in work)  # each once
+    loads = [sum(size for v, s, size in work if (v, s) in share) for share in shares]
+    assert max(loads) - min(loads) <= 3 and split(work[::-1], 3) == shares  # balanced, and the same on every process
+
+
+def start_processes(commands: list[list[object]], cwd: Path) -> list[tuple[int, str, str]]:
+    """Start every command at once; (exit code, stdout, stderr) of each."""
+    env = {k: v for k, v in os.environ.items() if k != "FEATURESTORE_HOME"}
+    processes = [subprocess.Popen([FEATURESTORE, *map(str, command)], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for command in commands]
+    return [(process.wait(timeout=120), *process.communicate()) for process in processes]
+
+
+def test_backfill_processes_given_different_symbols_stop_naming_them_and_write_nothing(small_store, tmp_path):
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    before = hash_files(small_store.root)
+    ran = start_processes([["backfill", "--view", "research", "--store", small_store.root, "--process-id", i,
+                            "--addresses", addresses, *(["--symbols", "BTC/USDT"] if i else [])] for i in (0, 1)],
+                          tmp_path)
+    for code, _, err in ran:
+        assert code == 1 and "symbols is None on process 0 but ['BTC/USDT'] on process 1" in err, err
+    assert not (small_store.root / "kind=features").exists()
+    assert hash_files(small_store.root) == before
+
+
+@pytest.mark.slow
+def test_cli_backfill_with_workers_and_with_two_processes_equals_the_plain_backfill(full_store, tmp_path):
+    runs = {name: bars_only(full_store, tmp_path / name / "store") for name in ("plain", "workers", "cluster")}
+    views = ",".join(view.name for view in VIEWS)
+    done = run_cli("backfill", "--view", views, "--store", runs["plain"].root, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    done = run_cli("backfill", "--view", views, "--workers", "2", "--store", runs["workers"].root, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("rows written") == len(VIEWS) * (len(SYMBOLS) + 1)
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    ran = start_processes([["backfill", "--view", views, "--store", runs["cluster"].root, "--process-id", i,
+                            "--addresses", addresses] for i in (0, 1)], tmp_path)
+    assert [code for code, _, _ in ran] == [0, 0], ran
+    assert sorted(line for _, out, _ in ran for line in out.splitlines() if line.startswith("research ")) == [
+        f"research {symbol}: {N_BARS} rows written" for symbol in SYMBOLS]  # each symbol by one process
+    for view in VIEWS:
+        expected = stored_rows(runs["plain"], view)
+        for name in ("workers", "cluster"):
+            assert_identical(stored_rows(runs[name], view), expected, f"{name} {view.name}")
+            created = read_features(runs[name], view).select("created_at").unique().collect()
+            assert created.height == 1, f"{name}: one moment for the whole run (process 0's in a cluster)"

@@ -3,6 +3,7 @@
     featurestore apply [my_views.py] | --builtin research [--timeframe 1h]
     featurestore features list | show VIEW
     featurestore backfill --view research[,indicators] [--symbols ..] [--start ..] [--end ..]
+    featurestore backfill --view research --workers 2 [--process-id 0 --addresses "host0:2101;host1:2101"]
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from app.cli.options import add_definitions, add_symbols, add_time_range, add_views, timeframe
+from app.cli.options import (
+    add_cluster_options,
+    add_definitions,
+    add_symbols,
+    add_time_range,
+    add_views,
+    timeframe,
+)
 from app.sdk import FeatureStore
 from featurestore.errors import FeatureStoreError
 
@@ -65,12 +73,15 @@ def cmd_features(args: argparse.Namespace, fs: FeatureStore) -> int:
 def cmd_backfill(args: argparse.Namespace, fs: FeatureStore) -> int:
     _apply_definitions(args, fs)
     for report in fs.backfill(args.views, symbols=args.symbols, start=args.start, end=args.end,
-                              exchange=args.exchange, progress=True):
+                              exchange=args.exchange, progress=True, workers=args.workers,
+                              process_id=args.process_id, addresses=args.addresses,
+                              join_timeout_s=args.join_timeout):
         for symbol, rows in report.rows_written.items():
             print(f"{report.view} {symbol}: {rows} rows written"
                   + (" (bar history changed: recomputed)" if symbol in report.recomputed else ""))
         print(f"backfilled view {report.view} v{report.version} from {report.exchange}: "
-              f"{sum(report.rows_written.values())} rows written, {report.bars_read} bars read")
+              f"{sum(report.rows_written.values())} rows written, {report.bars_read} bars read"
+              + (f" by this process ({len(report.rows_written)} symbol(s))" if args.process_id is not None else ""))
     return 0
 
 
@@ -96,4 +107,5 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     backfill.add_argument("--exchange", help="default: the only exchange with bars of the view's timeframe")
     add_time_range(backfill, "write rows with ts >= start", "write rows with ts < end")
     add_definitions(backfill)
+    add_cluster_options(backfill)  # --workers > 1 or a cluster: a Bytewax dataflow, symbols shared out
     backfill.set_defaults(run=cmd_backfill)

@@ -453,6 +453,7 @@ class FeatureStore:
         """
         from streaming.cluster import join
         from streaming.flow import StreamConfig, build_flow
+        from streaming.placement import Placement
         from streaming.runner import run_flow
 
         resolved = self.view(view)
@@ -468,7 +469,7 @@ class FeatureStore:
             until=end.isoformat() if end else None, batch=batch, speed=speed, poll_interval_s=poll_interval_s,
             jsonl=str(jsonl) if jsonl else None, offline_parts=offline_parts, metrics=str(metrics) if metrics else None,
             **(self._signal_config(resolved, model, **signals) if model else {}))
-        flow = build_flow(config)
+        flow = build_flow(config, placement=Placement(process_id or 0, len(addresses) if addresses else 1, workers))
         described = {**asdict(config), "view_version": resolved.version, "steps": [step.step_id for step in flow.substeps],
                      "workers": workers, "recovery_dir": recovery_dir, "snapshot_interval_s": snapshot_interval_s,
                      "backup_interval_s": backup_interval_s}

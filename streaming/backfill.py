@@ -1,7 +1,7 @@
 """The backfill as a Bytewax dataflow: its symbols shared out over the workers of one process or of a cluster.
 
-Every process lists the same (view, symbol) pairs and splits them the same way: largest first (by the size
-of the symbol's stored bars), each to the worker with the least work so far. Each worker then runs the
+Every process lists the same (view, symbol) pairs and shares them out the same way (``streaming.placement.share``):
+largest first (by the size of the symbol's stored bars), each to the worker with the least work so far. Each worker then runs the
 single-process backfill's own code on its share (``featurestore.backfill.backfill_symbols``: read, compute,
 write with its two writer threads), so the rows are those of ``featurestore backfill`` without ``--workers``,
 bit for bit, with the same ``now``. Nothing crosses workers but one small report each; a process returns
@@ -17,8 +17,6 @@ it, on process 0 only (every process has finished writing when the flow ends).
 ...                      now=now)
 >>> [report.rows_written for report in run_backfill(store, [DAILY_TREND], now=now, workers=2)]
 [{'BTC/USDT': 366, 'ETH/USDT': 366, 'SOL/USDT': 366}]
->>> split([("v", "A", 5), ("v", "B", 4), ("v", "C", 3), ("v", "D", 1)], 2)
-[[('v', 'A'), ('v', 'D')], [('v', 'B'), ('v', 'C')]]
 """
 
 from __future__ import annotations
@@ -35,24 +33,13 @@ from featurestore.backfill import BackfillReport, backfill_symbols, prepare_back
 from featurestore.catalog import refresh_catalog
 from featurestore.definitions import FeatureView
 from featurestore.store import BarSeries, Store
+from streaming.placement import share
 from streaming.runner import run_flow
 
-__all__ = ["build_backfill_flow", "run_backfill", "split"]
+__all__ = ["build_backfill_flow", "run_backfill"]
 
 #: One worker's work for one view: (view name, exchange, symbols).
 Share = tuple[str, str, list[str]]
-
-
-def split(work: Sequence[tuple[str, str, int]], workers: int) -> list[list[tuple[str, str]]]:
-    """(view, symbol, size) pairs shared out over ``workers``: largest first, each to the least loaded worker
-    (ties: the lowest index), so that every process computes the same shares."""
-    shares: list[list[tuple[str, str]]] = [[] for _ in range(workers)]
-    loads = [0] * workers
-    for view, symbol, size in sorted(work, key=lambda item: (-item[2], item[0], item[1])):
-        worker = min(range(workers), key=lambda k: (loads[k], k))
-        shares[worker].append((view, symbol))
-        loads[worker] += size
-    return shares
 
 
 class _ShareSource(DynamicSource[Share]):
@@ -63,7 +50,7 @@ class _ShareSource(DynamicSource[Share]):
         sizes = {(view.name, symbol): sum(path.stat().st_size for path in
                                           self.store.bar_files(BarSeries(exchange, view.timeframe, symbol)))
                  for view, exchange, symbols in self.planned for symbol in symbols}
-        mine = set(split([(*pair, size) for pair, size in sizes.items()], worker_count)[worker_index])
+        mine = set(share([(*pair, size) for pair, size in sizes.items()], worker_count)[worker_index])
         return _SharePartition([(view.name, exchange, [s for s in symbols if (view.name, s) in mine])
                                 for view, exchange, symbols in self.planned])
 

@@ -37,6 +37,9 @@ from featurestore.errors import FeatureStoreError
 __all__ = ["free_port", "join"]
 
 _POLL_S = 0.1
+# After the go, process k waits k times this before its caller starts Bytewax, so that the processes it connects
+# to (the lower ones) listen already: Bytewax retries a refused connection only once a second.
+_STAGGER_S = 0.25
 _STEPS = "steps"  # the flow's step ids, derived from the other options
 
 
@@ -148,6 +151,7 @@ def _report(process_id: int, addresses: list[str], options: dict[str, Any], time
         verdict = _receive(conn, deadline, f"process 0 at {addresses[0]}")
     if "error" in verdict:
         raise FeatureStoreError(verdict["error"])
+    time.sleep(_STAGGER_S * process_id)
     return verdict["shared"]
 
 

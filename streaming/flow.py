@@ -3,7 +3,8 @@
 ::
 
     bars (replay of stored bars | live ccxt polling), partitioned by symbol
-      -> key by symbol -> features (streaming.keyed_state: warm start, duplicates/late counted)
+      -> key by symbol (streaming.placement: spread evenly over the workers, on the process that reads it)
+      -> features (streaming.keyed_state: warm start, duplicates/late counted)
       -> online store  (always)       -> metrics JSON (always)
       -> JSONL file    (``jsonl``)    -> parquet parts (``offline_parts``)
       -> signed signals in the audit log (``model``: every row scored, see ``streaming.sinks.signals``)
@@ -41,8 +42,9 @@ from featurestore.store import Store
 from serving.signals import Thresholds
 from streaming.clock import Clock, to_ms, wall_clock_ms
 from streaming.engine import ViewEngine
-from streaming.items import BarItem
+from streaming.items import BarItem, FeatureRows
 from streaming.keyed_state import feature_logic_builder, warm_from_store
+from streaming.placement import Placement
 from streaming.sinks import JsonlSink, MetricsSink, OfflinePartsSink, OnlineSink, SignalSink
 from streaming.sources.replay import ReplaySource
 
@@ -120,16 +122,21 @@ class StreamConfig:
 
 def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
                client_factory: Callable[[], ccxt.Exchange] | None = None,
-               source: Source[BarItem] | None = None) -> Dataflow:
+               source: Source[BarItem] | None = None, placement: Placement | None = None) -> Dataflow:
     """The dataflow for ``config``. ``clock`` stamps writes and paces sources; ``client_factory`` builds
     the ccxt client of each live partition (default: ``make_client(config.exchange)``); ``source``
-    replaces the configured source (tests feed hand-made bars through the real steps)."""
+    replaces the configured source (tests feed hand-made bars through the real steps); ``placement``:
+    this process's place in the cluster and its worker count (the default, one worker of one process,
+    is right for any run, only slower on several workers)."""
     store = Store(config.store)
     view = resolve_view(store, config.view, config.definitions)
     names = ViewEngine(view).feature_names
+    placement = placement or Placement()
+    keys = placement.keys(config.symbols)
+    local = placement.local(keys)
     if config.source == "replay":
         exchange = store.resolve_exchange(view.timeframe, config.exchange)
-        bars_source = source or ReplaySource(store, exchange, view.timeframe, config.symbols,
+        bars_source = source or ReplaySource(store, exchange, view.timeframe, local,
                                              start_ms=_moment(config.start), end_ms=_moment(config.until),
                                              batch=config.batch, speed=config.speed, clock=clock)
     else:
@@ -138,15 +145,17 @@ def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
 
         exchange = (config.exchange or "binance").strip().lower()  # the ccxt id: the stored series' exchange
         factory = client_factory or (lambda: make_client(exchange))
-        bars_source = source or LiveSource(store, factory, view.timeframe, config.symbols, clock=clock,
+        bars_source = source or LiveSource(store, factory, view.timeframe, local, clock=clock,
                                            since_ms=_moment(config.start), until_ms=_moment(config.until),
                                            poll_interval_s=config.poll_interval_s)
     flow = Dataflow(f"featurestore_stream_{view.name}")
     bars = op.input("bars", flow, bars_source)
-    keyed = op.key_on("by_symbol", bars, lambda item: item.symbol)
+    keyed = op.key_on("by_symbol", bars, lambda item: keys.get(item.symbol, item.symbol))
     rows = op.stateful("features", keyed, feature_logic_builder(view, warm_from_store(store, exchange)))
     op.output("online", rows, OnlineSink(store.online_url, view, names, clock))
-    op.output("metrics", rows, MetricsSink(config.metrics_path, view, clock=clock))
+    # the one metrics partition needs each item's counts, not its rows: in a cluster they would cross processes
+    counts = op.map_value("counts", rows, lambda item: FeatureRows(item.symbol, [], [], item.counts))
+    op.output("metrics", counts, MetricsSink(config.metrics_path, view, clock=clock))
     if config.jsonl:
         op.output("jsonl", rows, JsonlSink(Path(config.jsonl), view, names))
     if config.offline_parts:

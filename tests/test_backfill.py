@@ -32,8 +32,9 @@ from featurestore.offline import read_features
 from featurestore.registry import registered
 from featurestore.sources.synthetic import synthetic_bars
 from featurestore.store import Store
-from streaming.backfill import run_backfill, split
+from streaming.backfill import run_backfill
 from streaming.cluster import free_port
+from streaming.placement import share
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 SYMBOLS = ["BTC/USDT", "ETH/USDT"]
@@ -377,10 +378,10 @@ def test_dataflow_backfill_writes_the_very_files_of_the_single_process_backfill(
 
 def test_the_work_is_shared_out_largest_first_to_the_least_loaded_worker():
     work = [("research", f"S{k}", size) for k, size in enumerate([9, 1, 8, 2, 7, 3, 5, 5])]
-    shares = split(work, 3)
+    shares = share(work, 3)
     assert sorted(pair for share in shares for pair in share) == sorted((v, s) for v, s, _ in work)  # each once
     loads = [sum(size for v, s, size in work if (v, s) in share) for share in shares]
-    assert max(loads) - min(loads) <= 3 and split(work[::-1], 3) == shares  # balanced, and the same on every process
+    assert max(loads) - min(loads) <= 3 and share(work[::-1], 3) == shares  # balanced, and the same on every process
 
 
 def start_processes(commands: list[list[object]], cwd: Path) -> list[tuple[int, str, str]]:

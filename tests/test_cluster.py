@@ -2,7 +2,8 @@
 
 Processes started with different options stop at once naming the difference (Bytewax alone waits forever);
 two processes replaying 20 symbols end with the online rows and the output of one process; a process killed
-mid-run stops the other with an error, and both restarted with recovery end as an uninterrupted run.
+mid-run stops the other with an error, and both restarted with recovery end as an uninterrupted run. The
+routing keys of ``streaming.placement`` send each symbol where Bytewax's own routing does.
 """
 
 from __future__ import annotations
@@ -19,13 +20,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import bytewax.operators as op
 import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.testing import TestingSource
 
 from app.sdk import FeatureStore
 from featurestore.ingest import ingest_synthetic
 from featurestore.online import connect
 from featurestore.store import Store
 from streaming.cluster import free_port
+from streaming.placement import Placement, route
+from streaming.runner import run_flow
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 SYMBOLS = [f"S{k:02d}/USDT" for k in range(20)]
@@ -177,3 +184,32 @@ def test_a_process_killed_mid_run_stops_the_other_and_a_restart_ends_as_an_unint
     lines, rows, parts = run.outputs()
     assert len(lines) == len(set(lines)) == ROWS, context  # nothing lost, nothing doubled
     assert (lines, rows, parts) == reference.outputs(), context
+
+
+class Recorder(DynamicSink):
+    """Records (worker index, key) of every item its partitions write."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, str]] = []
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> StatelessSinkPartition:
+        recorder = self
+
+        class Partition(StatelessSinkPartition):
+            def write_batch(self, items: list) -> None:
+                recorder.seen.extend((worker_index, key) for key, _ in items)
+
+        return Partition()
+
+
+def test_routing_keys_put_each_symbol_on_the_worker_bytewax_sends_it_to_evenly():
+    keys = Placement(workers=3).keys(SYMBOLS)
+    assert [route(key, 3) for key in keys.values()] == [k % 3 for k in range(len(SYMBOLS))]  # dealt out in turn
+    flow = Dataflow("routing")
+    keyed = op.key_on("key", op.input("in", flow, TestingSource(list(keys.values()))), lambda key: key)
+    recorder = Recorder()
+    op.output("out", op.stateful_map("step", keyed, lambda state, key: (state, key)), recorder)
+    run_flow(flow, workers=3)
+    assert sorted(recorder.seen) == sorted((route(key, 3), key) for key in keys.values())  # Bytewax agrees
+    halves = [Placement(process_id=p, processes=2, workers=2).local(Placement(0, 2, 2).keys(SYMBOLS)) for p in (0, 1)]
+    assert sorted(halves[0] + halves[1]) == sorted(SYMBOLS) and len(halves[0]) == len(halves[1]) == 10

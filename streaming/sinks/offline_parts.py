@@ -67,9 +67,10 @@ class _PartsPartition(StatelessSinkPartition[tuple[str, FeatureRows]]):
 
     def write_batch(self, items: list[tuple[str, FeatureRows]]) -> None:
         sink = self._sink
-        for symbol, rows in items:
+        for _, rows in items:  # keyed by routing key (streaming.placement): the symbol is the rows'
             if not len(rows):
                 continue
+            symbol = rows.symbol
             frame = pl.DataFrame(rows.values, schema=dict.fromkeys(sink.feature_names, pl.Float64), orient="row")
             frame = frame.select(
                 pl.lit(symbol).alias("symbol"),

@@ -35,7 +35,7 @@ class _OnlinePartition(StatelessSinkPartition[tuple[str, FeatureRows]]):
         self._sink, self._online = sink, online
 
     def write_batch(self, items: list[tuple[str, FeatureRows]]) -> None:
-        newest = {symbol: (rows.ts[-1], rows.values[-1]) for symbol, rows in items if len(rows)}
+        newest = {rows.symbol: (rows.ts[-1], rows.values[-1]) for _, rows in items if len(rows)}
         if not newest:
             return
         sink, now = self._sink, to_datetime(self._sink.clock())

@@ -1,5 +1,5 @@
 """The streaming dataflow end to end: ``run_flow(build_flow(config))`` on the ``research`` view, the real steps
-(key by symbol, warm-started keyed feature step) and the real sinks (online store in SQLite, metrics JSON).
+(key by symbol, warm-started keyed feature step) and the real sinks (online store, metrics JSON).
 
 - ``flow_replay_batched``: replay of ``research_data`` (50 symbols x 200k one-minute bars) in ``BarBatch``
   windows of 1,000 bars, from one day in (``start``; that first day is each symbol's warm start) to the end:
@@ -7,11 +7,14 @@
 - ``flow_replay_per_bar``: the same with ``batch=1`` (one ``Bar`` per item, the live path), the first
   ``PER_BAR_MINUTES`` after ``start`` (50 x 5,000 = 250k bars a round, not scaled) (target >= 50k bars/s).
 - bars/s = bars replayed / wall time of ``run_flow(build_flow(config))``, everything counted: Bytewax start
-  and stop, each partition reading its symbol's stored bars, the warm starts, both sinks. One worker; the same
-  with two worker threads once (``*_2workers``). A fresh store per round (hard links to the bars, no online
-  store yet: a warm start needs only the stored bars, no backfilled features). Numba's compile and Bytewax's
-  first run are paid by a small flow before anything is timed. Afterwards, the warm starts and the source reads
-  are timed alone (the library functions called directly, outside the flow) and noted.
+  and stop, each partition reading its symbol's stored bars, the warm starts, both sinks. One worker, the online
+  store in SQLite; the same with two worker threads once (``*_2workers``), and with one worker into Redis
+  (``*_redis``: the session's ``redis-server`` on loopback, an emptied database per round; one pipelined script
+  call per batch of items). A fresh store per round (hard links to the bars, no online store yet: a warm start
+  needs only the stored bars, no backfilled features). Numba's compile and Bytewax's first run are paid by a
+  small flow before anything is timed. Afterwards, the warm starts and the source reads are timed alone (the
+  library functions called directly, outside the flow) and noted. Target: into Redis at least half the SQLite
+  rate, batched.
 - ``flow_bar_to_online_latency``: a live feed, one bar at a time: a one-partition source (``_LiveSource``,
   passed as ``build_flow(source=...)``) emits the last ``LATENCY_BARS`` stored bars of one symbol, one every
   ``LATENCY_INTERVAL_S``, stamping ``perf_counter_ns`` as it hands each to Bytewax (the first
@@ -50,6 +53,8 @@ import pytest
 from bytewax.inputs import DynamicSource, StatelessSourcePartition
 
 from featurestore.builtin_views import RESEARCH
+from featurestore.config import StoreConfig, write_config
+from featurestore.online import connect
 from featurestore.online.sqlite import SqliteOnlineStore
 from featurestore.store import Store
 from streaming.clock import to_ms, wall_clock_ms
@@ -115,13 +120,18 @@ def warmed(research_data, start: datetime, tmp_path_factory) -> None:
 
 
 class Rounds:
-    """For ``benchmark.pedantic``: a fresh store per round; after the round, its results checked and it removed."""
+    """For ``benchmark.pedantic``: a fresh store per round (its online store at ``online``, emptied, when given);
+    after the round, its results checked and it removed."""
 
-    def __init__(self, data, base: Path, check: Callable[[Store], None]) -> None:
-        self.data, self.base, self.check, self.counter = data, base, check, itertools.count()
+    def __init__(self, data, base: Path, check: Callable[[Store], None], online: Callable[[], str] | None = None
+                 ) -> None:
+        self.data, self.base, self.check, self.online, self.counter = data, base, check, online, itertools.count()
 
     def setup(self) -> tuple[tuple[Store], dict[str, object]]:
-        return (self.data.fresh_store(self.base / f"round{next(self.counter)}"),), {}
+        store = self.data.fresh_store(self.base / f"round{next(self.counter)}")
+        if self.online is not None:
+            write_config(store.root, StoreConfig(online_store=self.online()))
+        return (store,), {}
 
     def teardown(self, store: Store) -> None:
         self.check(store)
@@ -143,7 +153,7 @@ def _checker(frames: list[pl.DataFrame], bars: int) -> Callable[[Store], None]:
         config = StreamConfig(store=str(store.root), view="research", symbols=[want[0]])
         total = read_metrics(config.metrics_path)["total"]
         assert total["received"] == total["applied"] == bars
-        with SqliteOnlineStore(store.online_path, readonly=True) as online:
+        with connect(store.online_url, readonly=True) as online:
             rows = {row.symbol: row for row in online.rows("research")}
         assert {symbol: row.ts for symbol, row in rows.items()} == closes
         assert (rows[want[0]].ts, rows[want[0]].features) == (want[1], dict(zip(NAMES, want[2:], strict=True)))
@@ -152,11 +162,12 @@ def _checker(frames: list[pl.DataFrame], bars: int) -> Callable[[Store], None]:
 
 
 def _replay(benchmark, research_data, base: Path, start: datetime, until: datetime | None, *, batch: int,
-            workers: int, rounds: int) -> int:
-    """Time ``rounds`` replays of every symbol from ``start`` to ``until`` (None: the end); return bars per round."""
+            workers: int, rounds: int, online: Callable[[], str] | None) -> int:
+    """Time ``rounds`` replays of every symbol from ``start`` to ``until`` (None: the end) into the online store
+    ``online()`` gives (None: SQLite in the store); return bars per round."""
     frames = [f if until is None else f.filter(pl.col("ts") < until) for f in research_data.per_symbol]
     bars = sum(f.filter(pl.col("ts") >= start).height for f in frames)
-    stores = Rounds(research_data, base, _checker(frames, bars))
+    stores = Rounds(research_data, base, _checker(frames, bars), online)
 
     def run(store: Store) -> None:
         run_flow(build_flow(_config(store, research_data.symbols, start, until, batch)), workers=workers)
@@ -186,40 +197,53 @@ def _startup_note(research_data, start: datetime, until: datetime | None, batch:
 
 # -- replay throughput -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("workers", [1, 2])
+RUNS = [(1, "sqlite"), (2, "sqlite"), (1, "redis")]  # (workers, online store)
+
+
+def _online(backend: str, request: pytest.FixtureRequest) -> Callable[[], str] | None:
+    """None (SQLite, the store's default), or a function emptying a Redis database and returning its URL."""
+    if backend == "sqlite":
+        return None
+    server = request.getfixturevalue("redis_server")
+    return lambda: server.fresh(8)
+
+
+def _suffix(workers: int, backend: str) -> str:
+    return ("" if workers == 1 else f"_{workers}workers") + ("" if backend == "sqlite" else f"_{backend}")
+
+
+@pytest.mark.parametrize(("workers", "backend"), RUNS)
 def test_flow_replay_batched(benchmark, bench_record, bench_note, research_data, warmed, start: datetime,
-                             tmp_path: Path, workers: int):
+                             tmp_path: Path, workers: int, backend: str, request: pytest.FixtureRequest):
     bars = _replay(benchmark, research_data, tmp_path, start, None, batch=BATCH, workers=workers,
-                   rounds=BATCHED_ROUNDS if workers == 1 else 1)
-    suffix = "" if workers == 1 else f"_{workers}workers"
-    bench_record(f"flow_replay_batched{suffix}", f"flow replay batch={BATCH}, {workers} worker(s), "
-                 f"{bars / 1e6:.2f}M bars", bars=bars)
+                   rounds=BATCHED_ROUNDS if workers == 1 else 1, online=_online(backend, request))
+    bench_record(f"flow_replay_batched{_suffix(workers, backend)}", f"flow replay batch={BATCH}, {workers} worker(s), "
+                 f"{backend}, {bars / 1e6:.2f}M bars", bars=bars)
     if benchmark.stats is None:
         return
     best = benchmark.stats.stats.min
-    bench_note(f"flow replay batched (batch={BATCH}, {workers} worker(s), online + metrics sinks): {bars:,} bars, "
-               f"fastest round {best:.2f} s = {bars / best / 1e6:.2f}M bars/s, median "
+    bench_note(f"flow replay batched (batch={BATCH}, {workers} worker(s), online ({backend}) + metrics sinks): "
+               f"{bars:,} bars, fastest round {best:.2f} s = {bars / best / 1e6:.2f}M bars/s, median "
                f"{bars / benchmark.stats.stats.median / 1e6:.2f}M bars/s")
-    if workers == 1:
+    if (workers, backend) == (1, "sqlite"):
         bench_note(_startup_note(research_data, start, None, BATCH, best))
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize(("workers", "backend"), RUNS)
 def test_flow_replay_per_bar(benchmark, bench_record, bench_note, research_data, warmed, start: datetime,
-                             tmp_path: Path, workers: int):
+                             tmp_path: Path, workers: int, backend: str, request: pytest.FixtureRequest):
     minutes = research_data.per_symbol[0].filter(pl.col("ts") >= start).height
     until = start + min(PER_BAR_MINUTES, minutes) * MINUTE
     bars = _replay(benchmark, research_data, tmp_path, start, until, batch=1, workers=workers,
-                   rounds=PER_BAR_ROUNDS if workers == 1 else 1)
-    suffix = "" if workers == 1 else f"_{workers}workers"
-    bench_record(f"flow_replay_per_bar{suffix}", f"flow replay batch=1, {workers} worker(s), {bars / 1e3:.0f}k bars",
-                 bars=bars)
+                   rounds=PER_BAR_ROUNDS if workers == 1 else 1, online=_online(backend, request))
+    bench_record(f"flow_replay_per_bar{_suffix(workers, backend)}", f"flow replay batch=1, {workers} worker(s), "
+                 f"{backend}, {bars / 1e3:.0f}k bars", bars=bars)
     if benchmark.stats is None:
         return
     best = benchmark.stats.stats.min
-    bench_note(f"flow replay one bar per item (batch=1, {workers} worker(s)): {bars:,} bars, fastest round "
+    bench_note(f"flow replay one bar per item (batch=1, {workers} worker(s), {backend}): {bars:,} bars, fastest round "
                f"{best:.2f} s = {bars / best / 1e3:.1f}k bars/s, median {bars / benchmark.stats.stats.median / 1e3:.1f}k bars/s")
-    if workers == 1:
+    if (workers, backend) == (1, "sqlite"):
         bench_note(_startup_note(research_data, start, until, 1, best))
 
 

@@ -249,7 +249,7 @@ def test_serving_baseline_sklearn_predict(benchmark, bench_record, bench_note, s
 
 async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes) -> int:
     """Send one HTTP/1.1 request on a keep-alive connection; read the whole response; return its status."""
-    writer.put_many(request)
+    writer.write(request)
     head = (await reader.readuntil(b"\r\n\r\n")).lower()
     start = head.index(b"content-length:") + len(b"content-length:")
     await reader.readexactly(int(head[start:head.index(b"\r\n", start)]))

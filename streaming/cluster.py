@@ -63,13 +63,16 @@ def _send(conn: socket.socket, message: Mapping[str, Any]) -> None:
 
 def _receive(conn: socket.socket, deadline: float, who: str) -> dict[str, Any]:
     conn.settimeout(max(0.01, deadline - time.monotonic()))
+    line = b""
     try:
         line = conn.makefile("rb").readline(1 << 20)
-        message = json.loads(line)
+        message = json.loads(line) if line else None
     except TimeoutError:
         raise FeatureStoreError(f"{who} sent nothing in time") from None
     except (OSError, ValueError):
         message = None
+    if not line:
+        raise FeatureStoreError(f"{who} closed the connection without an answer: see the error it printed")
     if not isinstance(message, dict):
         raise FeatureStoreError(f"{who} is not a featurestore process of this cluster (it sent something else); "
                                 f"start every process with the same featurestore command")

@@ -12,10 +12,12 @@ import os
 import random
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,10 +29,11 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from bytewax.testing import TestingSource
 
 from app.sdk import FeatureStore
+from featurestore.errors import FeatureStoreError
 from featurestore.ingest import ingest_synthetic
 from featurestore.online import connect
 from featurestore.store import Store
-from streaming.cluster import free_port
+from streaming.cluster import free_port, join
 from streaming.placement import Placement, route
 from streaming.runner import run_flow
 
@@ -213,3 +216,32 @@ def test_routing_keys_put_each_symbol_on_the_worker_bytewax_sends_it_to_evenly()
     assert sorted(recorder.seen) == sorted((route(key, 3), key) for key in keys.values())  # Bytewax agrees
     halves = [Placement(process_id=p, processes=2, workers=2).local(Placement(0, 2, 2).keys(SYMBOLS)) for p in (0, 1)]
     assert sorted(halves[0] + halves[1]) == sorted(SYMBOLS) and len(halves[0]) == len(halves[1]) == 10
+
+
+def test_join_names_what_is_wrong_instead_of_waiting():
+    addresses = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    with pytest.raises(FeatureStoreError, match=r"process 0 of the cluster did not answer at 127.0.0.1:\d+ within "
+                                                r"0.5 s; start it \(--process-id 0\)"):
+        join(1, addresses, {}, timeout_s=0.5)
+    with pytest.raises(FeatureStoreError, match=r"--process-id 2 is not an index of the 2 addresses \(0 to 1\)"):
+        join(2, addresses, {})
+    with pytest.raises(FeatureStoreError, match="needs both the process id and the addresses"):
+        join(0, None, {})
+    with pytest.raises(FeatureStoreError, match=r"cluster address 'host0' is not host:port"):
+        join(0, ["host0", "host1:2101"], {})
+    assert join(None, None, {"jsonl": None}, shared={"now": "t"}) == {"now": "t"}  # not a cluster: nothing to agree
+
+    def stray() -> None:  # something else talking to process 0's port
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", int(addresses[0].rsplit(":", 1)[1]))) as conn:
+                    conn.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                    return
+            except OSError:
+                time.sleep(0.02)
+
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(stray)
+        with pytest.raises(FeatureStoreError, match=r"is not a featurestore process of this cluster"):
+            join(0, addresses, {}, timeout_s=10)

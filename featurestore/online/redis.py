@@ -138,7 +138,7 @@ class RedisOnlineStore(OnlineStore):
             self._client = redis.Redis.from_url(base, socket_connect_timeout=5, socket_timeout=30)
         except ValueError as exc:
             raise FeatureStoreError(f"online store URL {self.url}: {exc}; use redis://host:port/db") from None
-        self._upsert, self._read_sha = self._call(lambda: (self._client.script_load(_UPSERT),
+        self._upsert_sha, self._read_sha = self._call(lambda: (self._client.script_load(_UPSERT),
                                                            self._client.script_load(_READ)))
 
     def close(self) -> None:
@@ -150,7 +150,7 @@ class RedisOnlineStore(OnlineStore):
             try:
                 return fn()
             except redis.exceptions.NoScriptError:  # the server restarted or flushed its scripts: every call is
-                self._upsert = self._client.script_load(_UPSERT)  # idempotent, so run it again
+                self._upsert_sha = self._client.script_load(_UPSERT)  # idempotent, so run it again
                 self._read_sha = self._client.script_load(_READ)
                 return fn()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
@@ -178,7 +178,7 @@ class RedisOnlineStore(OnlineStore):
             with self._client.pipeline(transaction=False) as pipe:
                 for start in range(0, len(keys), CHUNK):
                     chunk = keys[start:start + CHUNK]
-                    pipe.evalsha(self._upsert, len(chunk), *chunk,
+                    pipe.evalsha(self._upsert_sha, len(chunk), *chunk,
                                  *args[start * _ARGS_PER_ROW:(start + len(chunk)) * _ARGS_PER_ROW])
                 return sum(pipe.execute())
 

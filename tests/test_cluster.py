@@ -144,6 +144,18 @@ def test_two_processes_replay_20_symbols_into_redis_as_one_process_does(base_sto
     assert run.outputs() == reference.outputs()
 
 
+def committed_epoch(recovery: Path) -> int:
+    """The epoch every recovery partition has committed a snapshot of (a restart resumes after it; 0: none yet)."""
+    epochs = []
+    for partition in recovery.glob("part-*.sqlite3"):
+        try:
+            with sqlite3.connect(f"{partition.as_uri()}?mode=ro", uri=True, timeout=1) as db:
+                epochs.append(db.execute("SELECT coalesce(max(commit_epoch), 0) FROM commits").fetchone()[0])
+        except sqlite3.OperationalError:  # being written: not committed yet, as far as we know
+            epochs.append(0)
+    return min(epochs, default=0)
+
+
 def execution_log(recovery: Path) -> dict[int, int]:
     """Bytewax's record of the executions: execution number -> the epoch it resumed from."""
     resumed = {}
@@ -167,10 +179,11 @@ def test_a_process_killed_mid_run_stops_the_other_and_a_restart_ends_as_an_unint
                                 "--snapshot-interval", "1")
     processes = [start(command, tmp_path) for command in commands]
     deadline = time.monotonic() + 90
-    while not (run.jsonl.exists() and run.jsonl.stat().st_size) and all(p.poll() is None for p in processes):
-        assert time.monotonic() < deadline, "the cluster wrote no row within 90 s"
+    while not (run.jsonl.exists() and run.jsonl.stat().st_size and committed_epoch(recovery) >= 2):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in processes), (
+            "the cluster wrote no row and committed no snapshot within 90 s")
         time.sleep(0.02)
-    time.sleep(rng.uniform(0.2, 2.0))  # a random moment after rows were written
+    time.sleep(rng.uniform(0.0, 1.5))  # a random moment after rows were written and a snapshot committed
     victim = rng.choice([0, 1])
     context = f"seed {seed}, process {victim} killed"
     processes[victim].send_signal(signal.SIGKILL)

@@ -6,7 +6,8 @@
   processes (``--process-id 0/1 --addresses``) with one worker each. bars/s = bars / wall time from starting the
   processes until the last one exited: interpreter start, imports, the cluster's agreement and connection,
   numba's compile of the view (each process compiles it: it is not cached on disk), the warm starts, the sinks.
-  The flow alone (each process's own "done in" figure, the slowest process's) is noted beside it, and the CPU
+  The run after start-up (each process's own "done in" figure: building its flow, the agreement, the flow; the
+  slowest process's) is noted beside it, and the CPU
   time the processes used (user + system, all of them): on this shared machine other work takes cores, so the
   CPU time shows what the cluster costs, and how fast it could be on two idle cores (the busiest process's
   share, assuming the work splits evenly). Target: two processes at least 1.3x the rate of one, end to end.
@@ -123,12 +124,12 @@ def test_cluster_replay(benchmark, bench_record, bench_note, research_data, repl
         return
     best, flow = benchmark.stats.stats.min, min(FLOW_SECONDS[key])
     bench_note(f"stream replay of {len(symbols)} symbols ({bars:,} bars, batch 1000) into Redis, {processes} process(es) "
-               f"of 1 worker: fastest round {best:.2f} s end to end = {bars / best / 1e6:.2f}M bars/s; the flow alone "
+               f"of 1 worker: fastest round {best:.2f} s end to end = {bars / best / 1e6:.2f}M bars/s; after start-up "
                f"(slowest process's own figure, fastest round) {flow:.2f} s = {bars / flow / 1e6:.2f}M bars/s; "
                f"{_cpu_note(key, processes)}")
     if processes == 2 and "cluster_replay_1proc" in FLOW_SECONDS:
         one, two = min(CPU_SECONDS["cluster_replay_1proc"]), min(CPU_SECONDS[key])
-        bench_note(f"  2 processes vs 1: the flow alone {min(FLOW_SECONDS['cluster_replay_1proc']) / flow:.2f}x the "
+        bench_note(f"  2 processes vs 1: after start-up {min(FLOW_SECONDS['cluster_replay_1proc']) / flow:.2f}x the "
                    f"rate; CPU time {two / one:.2f}x (the cost of the second process: its start, its compile, the "
                    f"exchange); on two idle cores at best {one / (two / 2):.2f}x the rate (end to end: see the ratio "
                    f"table and the target below)")

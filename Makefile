@@ -24,7 +24,7 @@ system-packages:
 	tools/system-packages.sh $(SYSTEM_PACKAGES)
 
 test: $(STAMP) system-packages
-	$(BIN)/ruff check .
+	$(BIN)/ruff check --no-cache .
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 import lightgbm as lgb
 import polars as pl
 import pytest
-from conftest import FEATURESTORE
 
+from conftest import FEATURESTORE
 from featurestore.backfill import backfill
 from featurestore.builtin_views import INDICATORS, RESEARCH
 from featurestore.ingest import ingest_synthetic

@@ -3,8 +3,8 @@
 Two queries, each through ``featurestore.sql.run_sql`` (a new in-memory DuckDB connection with the catalog's
 views per call, result converted to polars), compared in the same session with:
 - DuckDB on a native table holding the same bars (the limit: no parquet decoding, no per-call setup);
-- DuckDB on a persistent connection with the very same ``bars`` view (``view_definitions``): the difference
-  to ``run_sql`` is ``run_sql``'s per-call cost;
+- DuckDB on a persistent connection with the very same views (``view_definitions``, hive partitioning as
+  ``featurestore sql`` reads them): the difference to ``run_sql`` is ``run_sql``'s per-call cost;
 - for the aggregation, polars ``scan_parquet(...).group_by(...)`` over the same files;
 - for the point query, DuckDB ``read_parquet`` of the symbol's partition files named explicitly (what the
   storage design recommends for look-ups).
@@ -20,7 +20,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from featurestore.catalog import view_definitions
+from featurestore.catalog import create_views, hive_safe, view_definitions
 from featurestore.sql import run_sql
 
 AGG_SQL = "SELECT symbol, count(*), avg(close), max(high), min(low), sum(volume) FROM bars GROUP BY symbol"
@@ -57,8 +57,8 @@ def _check_point(result: pl.DataFrame, data) -> None:
 def duckdb_parquet(sql_data) -> Iterator[duckdb.DuckDBPyConnection]:
     """A persistent in-memory connection with the catalog's own view definitions over the store's parquet."""
     con = duckdb.connect(":memory:")
-    for name, select in view_definitions(sql_data.store).items():
-        con.execute(f'CREATE VIEW "{name}" AS {select}')
+    root = sql_data.store.root
+    create_views(con, view_definitions(sql_data.store), f"{root}/", hive=hive_safe(root))
     yield con
     con.close()
 

@@ -18,7 +18,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from featurestore.catalog import connect
+from featurestore.catalog import create_views, hive_safe, view_definitions
 from featurestore.errors import SqlError
 from featurestore.store import Store
 
@@ -47,10 +47,17 @@ def _checked_statement(query: str) -> str:
     return query
 
 
+def _connect(store: Store) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with the store's views; the store's files are only read."""
+    con = duckdb.connect(":memory:")
+    create_views(con, view_definitions(store), f"{store.root}/", hive=hive_safe(store.root))
+    return con
+
+
 def run_sql_arrow(query: str, store: Store) -> pa.Table:
     """Run one read-only statement over the store's views and return an Arrow table."""
     checked = _checked_statement(query)
-    con = connect(store)
+    con = _connect(store)
     try:
         # No statement of the user's may change settings from here on (e.g. to re-enable writes).
         con.execute("SET lock_configuration = true")

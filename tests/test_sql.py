@@ -1,21 +1,22 @@
-"""``featurestore sql``: output formats, read-only refusal, clean errors, the Python API and catalog.duckdb."""
+"""``featurestore sql``: output formats, read-only refusal, clean errors, the Python API.
+
+The views and catalog.duckdb: ``test_sql_catalog.py``."""
 
 from __future__ import annotations
 
 import io
 import json
-from datetime import UTC, datetime
 
 import duckdb
 import polars as pl
 import pyarrow as pa
 import pytest
+from conftest import store_with_bars
 from polars.testing import assert_frame_equal
 
 from app.cli import main
 from featurestore.bars import TS_DTYPE
 from featurestore.errors import SqlError
-from featurestore.ingest import ingest_synthetic
 from featurestore.sql import run_sql, run_sql_arrow
 from featurestore.store import Store
 
@@ -26,10 +27,7 @@ EXPECTED_COUNTS = pl.DataFrame({"symbol": ["BTC/USDT", "ETH/USDT"], "n": [168, 1
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Store:
     """One week of 1h bars for two symbols (168 each); never modified by these tests."""
-    store = Store(tmp_path_factory.mktemp("sql") / "store")
-    ingest_synthetic(store, ["BTC/USDT", "ETH/USDT"], "1h", since=datetime(2024, 1, 1, tzinfo=UTC),
-                     until=datetime(2024, 1, 8, tzinfo=UTC), now=datetime(2030, 1, 1, tzinfo=UTC))
-    return store
+    return store_with_bars(tmp_path_factory.mktemp("sql") / "store", ["BTC/USDT", "ETH/USDT"])
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +176,7 @@ def test_unsupported_result_types_are_clean_errors(store, capsys, query, fmt):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Python API and catalog.duckdb
+# Python API
 
 
 def test_python_api_returns_polars_and_arrow(store, stored):
@@ -192,8 +190,3 @@ def test_python_api_returns_polars_and_arrow(store, stored):
     assert_frame_equal(utc_ms(frame), stored, check_exact=True)
     assert_frame_equal(run_sql(COUNTS, store), EXPECTED_COUNTS, check_dtypes=False)
 
-
-def test_catalog_duckdb_has_a_bars_view_with_the_stored_rows(store, stored):
-    with duckdb.connect(str(store.catalog_path), read_only=True) as con:
-        got = con.sql("SELECT * FROM bars ORDER BY symbol, ts").pl()
-    assert_frame_equal(utc_ms(got), stored, check_exact=True)

@@ -1,7 +1,8 @@
 """Read-only SQL over the offline store, through DuckDB, reading nothing but the store.
 
-A ``SqlSession`` is one DuckDB connection over one store, for one statement or many; ``run_sql`` opens one
-for a single statement. Each statement is checked first
+A ``SqlSession`` is one DuckDB connection over one store, kept open between statements so that DuckDB's
+caches of parquet footers and file blocks serve the next one (the SDK's ``FeatureStore.sql`` keeps one);
+``run_sql`` opens one for a single statement. Each statement is checked first
 (``featurestore.sql_statement``); before it runs, the views are brought up to date with the store
 (``featurestore.catalog``), so bars ingested or views backfilled meanwhile are seen.
 
@@ -58,6 +59,7 @@ def _sandboxed(root: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:", config=_SANDBOX)
     con.execute("SET allowed_directories = ?", [[f"{root}/"]])
     con.execute("SET enable_external_access = false")
+    con.execute("SET parquet_metadata_cache = true")  # footers read once per connection (checked for changes)
     return con
 
 

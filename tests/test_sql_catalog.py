@@ -1,16 +1,19 @@
 """The views behind SQL: a moved or copied store reads its own files (``catalog.duckdb`` and ``featurestore
 sql``), a query on one symbol opens only that symbol's files, a store below a ``key=value`` directory reads
-the same rows."""
+the same rows, and the SDK's long-lived connection sees what is ingested and backfilled meanwhile."""
 
 from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import duckdb
+import pytest
 from conftest import NOW, store_with_bars
 
+from app.sdk import FeatureStore
 from featurestore.backfill import backfill
 from featurestore.builtin_views import builtin_view
 from featurestore.ingest import ingest_synthetic
@@ -101,3 +104,28 @@ def test_a_store_below_a_key_value_directory_reads_the_same_rows(tmp_path):
     for store in (plain, below):  # the views have the files' columns, with hive partitioning or without
         backfill(store, builtin_view("research", "1h"), now=NOW)
     assert run_sql("DESCRIBE features_research_1h", below).equals(run_sql("DESCRIBE features_research_1h", plain))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The SDK's long-lived connection
+
+
+def test_the_sdk_connection_sees_bars_and_views_added_meanwhile(tmp_path):
+    store = store_with_bars(tmp_path / "store", ["BTC/USDT"])
+    with FeatureStore(store.root) as fs:
+        assert fs.sql(COUNTS).rows() == [("BTC/USDT", 168)]
+        store_with_bars(store.root, ["BTC/USDT", "ETH/USDT"], until=datetime(2024, 1, 15, tzinfo=UTC))  # the BTC/USDT file replaced, a new symbol
+        assert fs.sql(COUNTS).rows() == [("BTC/USDT", 336), ("ETH/USDT", 336)]
+        backfill(store, builtin_view("research", "1h"), now=NOW)
+        assert fs.sql("SELECT count(*) FROM features_research_1h").item() == 672
+        shutil.rmtree(store.root / "kind=features")
+        with pytest.raises(Exception, match="no view features_research_1h"):
+            fs.sql("SELECT count(*) FROM features_research_1h")
+    assert fs.sql("SELECT count(*) FROM bars").item() == 672  # closed, it reopens on use
+
+
+def test_the_sdk_connection_serves_threads(tmp_path):
+    store = store_with_bars(tmp_path / "store", ["BTC/USDT", "ETH/USDT"])
+    with FeatureStore(store.root) as fs, ThreadPoolExecutor(4) as pool:
+        counts = list(pool.map(lambda i: fs.sql(f"SELECT count(*) + {i} FROM bars").item(), range(40)))
+    assert counts == [336 + i for i in range(40)]

@@ -161,7 +161,7 @@ def test_explain_analyze_cannot_smuggle_a_copy(store, tmp_path, explain):
 def test_explain_after_a_comment_shows_the_plan(run_cli, store, query):
     result = sql(run_cli, store, query)
     assert result.returncode == 0, result.stderr
-    assert "physical_plan" in result.stdout or "analyzed_plan" in result.stdout
+    assert "Scan" in result.stdout or "PROJECTION" in result.stdout.upper()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -189,6 +189,20 @@ def one_line_error(result, *details: str) -> None:
     assert result.stderr.startswith("error: ")
     for detail in details:
         assert detail in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+@pytest.mark.parametrize("value", ["'infinity'::TIMESTAMP", "'-infinity'::TIMESTAMPTZ", "'infinity'::DATE",
+                                   "['infinity'::TIMESTAMP]"])
+def test_dates_polars_cannot_write_are_named(run_cli, store, fmt, value):
+    result = sql(run_cli, store, f"SELECT 1 AS n, {value} AS t", "--format", fmt)
+    one_line_error(result, "column 't'", f"as {fmt}", "outside the range", '"t"::VARCHAR')
+
+
+@pytest.mark.parametrize("value", ["'ab'::BLOB", "{'a': 'x'::BLOB}"])
+def test_a_blob_column_as_json_is_named(run_cli, store, value):
+    one_line_error(sql(run_cli, store, f"SELECT 1 AS n, {value} AS b", "--format", "json"),
+                   "column 'b'", "JSON has no binary type")
 
 
 def test_a_missing_store_says_how_to_ingest(run_cli, tmp_path):

@@ -1,5 +1,5 @@
 """``featurestore sql`` reads only the store: no other file, no ``/proc`` (so never the signing key), no
-network, no extension. Each through the CLI, as users run it."""
+network, no extension; and ``--output`` never writes inside the store. Each through the CLI, as users run it."""
 
 from __future__ import annotations
 
@@ -95,3 +95,29 @@ def test_no_extension_is_installed_or_loaded(run_cli, store, tmp_path, monkeypat
         assert result.returncode == 1, query
         assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1, result.stderr
     assert not (tmp_path / ".duckdb").exists()  # nothing downloaded, not even a directory made for it
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --output
+
+
+@pytest.mark.parametrize("target", [STORE_FILE, "results.csv", "kind=bars/x.parquet", "."])
+def test_output_inside_the_store_is_refused_and_nothing_changes(run_cli, store, hash_tree, target):
+    before = hash_tree(store.root)
+    result = run_cli("sql", "SELECT * FROM bars", "--format", "parquet", "--output", store.root / target,
+                     "--store", store.root)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: --output {store.root / target} is inside the store {store.root}")
+    assert len(result.stderr.splitlines()) == 1
+    assert hash_tree(store.root) == before
+    assert run_cli("validate", "--store", store.root).returncode == 0
+
+
+def test_output_through_a_link_into_the_store_is_refused(run_cli, store, hash_tree, tmp_path):
+    before = hash_tree(store.root)
+    (tmp_path / "link").symlink_to(store.root)
+    result = run_cli("sql", "SELECT * FROM bars", "--format", "parquet", "--output", tmp_path / "link" / STORE_FILE,
+                     "--store", store.root)
+    assert result.returncode == 1
+    assert "is inside the store" in result.stderr
+    assert hash_tree(store.root) == before

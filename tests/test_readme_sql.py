@@ -13,8 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from conftest import NOW, SINCE, store_with_bars
 
+from conftest import NOW, SINCE, store_with_bars
 from featurestore.backfill import backfill
 from featurestore.builtin_views import builtin_view
 from featurestore.ingest import ingest_synthetic

@@ -11,10 +11,10 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 import pytest
-from conftest import store_with_bars
 from polars.testing import assert_frame_equal
 
 from app.cli import main
+from conftest import store_with_bars
 from featurestore.bars import TS_DTYPE
 from featurestore.errors import SqlError
 from featurestore.sql import run_sql, run_sql_arrow

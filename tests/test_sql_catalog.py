@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 
 import duckdb
 import pytest
-from conftest import NOW, store_with_bars
 
 from app.sdk import FeatureStore
+from conftest import NOW, store_with_bars
 from featurestore.backfill import backfill
 from featurestore.builtin_views import builtin_view
 from featurestore.ingest import ingest_synthetic

@@ -7,8 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import store_with_bars
 
+from conftest import store_with_bars
 from featurestore.store import Store
 
 KEY = "sql-sandbox-test-signing-key-5f2c"

@@ -25,6 +25,7 @@ into these methods: the command line and a notebook take the same code path.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,7 @@ from featurestore.registry import (
     registered_views,
     resolve_view,
 )
+from featurestore.sql import SqlSession
 from featurestore.store import Store, default_store_root
 from featurestore.validate import StoreReport, validate_store
 from training.model import ModelKind, ModelParams
@@ -168,10 +170,25 @@ class FeatureStore:
         return validate_store(self.store, symbols=list(symbols) if symbols else None)
 
     def sql(self, query: str) -> pl.DataFrame:
-        """One read-only SQL statement over the store's views (``bars``, ``features_<view>``)."""
-        from featurestore.sql import run_sql
+        """One read-only SQL statement over the store's views (``bars``, ``features_<view>``), on a DuckDB
+        connection kept open between calls (``close`` ends it)."""
+        return self._sql_session.sql(query)
 
-        return run_sql(query, self.store)
+    @functools.cached_property
+    def _sql_session(self) -> SqlSession:
+        return SqlSession(self.store)
+
+    def close(self) -> None:
+        """Close what the store object holds open (the SQL connection); it reopens when used again."""
+        session = self.__dict__.pop("_sql_session", None)
+        if session is not None:
+            session.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     # -- definitions
 

@@ -1,13 +1,18 @@
-"""SQL over the offline store (~10.5M one-minute bars, 20 symbols x 365 days) through ``run_sql``, against baselines.
+"""SQL over the offline store (~10.5M one-minute bars, 20 symbols x 365 days) through ``run_sql`` and the SDK,
+against baselines.
 
-Two queries, each through ``featurestore.sql.run_sql`` (a new in-memory DuckDB connection with the catalog's
-views per call, result converted to polars), compared in the same session with:
+Two queries, each through ``featurestore.sql.run_sql`` (a new sandboxed in-memory DuckDB connection with the
+catalog's views per call, result converted to polars), compared in the same session with:
 - DuckDB on a native table holding the same bars (the limit: no parquet decoding, no per-call setup);
-- DuckDB on a persistent connection with the very same ``bars`` view (``view_definitions``): the difference
-  to ``run_sql`` is ``run_sql``'s per-call cost;
+- DuckDB on a persistent connection with the very same views (``view_definitions``, hive partitioning as
+  ``featurestore sql`` reads them): the difference to ``run_sql`` is ``run_sql``'s per-call cost;
 - for the aggregation, polars ``scan_parquet(...).group_by(...)`` over the same files;
-- for the point query, DuckDB ``read_parquet`` of the symbol's partition files named explicitly (what the
-  storage design recommends for look-ups).
+- for the point query (one symbol, one day), DuckDB ``read_parquet`` of the symbol's partition files named
+  explicitly (what the storage design recommends for look-ups), and the SDK's ``FeatureStore.sql``, which
+  keeps its sandboxed connection open between calls (the path a notebook or a service takes).
+
+Target (issue 15): the point query within 2x of ``read_parquet`` of the right files, in the same run; the
+verdict is noted below the ratio table (ratio = time / baseline time, below 2 is met).
 
 How to run and keep results: see ``benchmarks/conftest.py``.
 """
@@ -20,7 +25,8 @@ import duckdb
 import polars as pl
 import pytest
 
-from featurestore.catalog import view_definitions
+from app.sdk import FeatureStore
+from featurestore.catalog import create_views, hive_safe, view_definitions
 from featurestore.sql import run_sql
 
 AGG_SQL = "SELECT symbol, count(*), avg(close), max(high), min(low), sum(volume) FROM bars GROUP BY symbol"
@@ -57,10 +63,25 @@ def _check_point(result: pl.DataFrame, data) -> None:
 def duckdb_parquet(sql_data) -> Iterator[duckdb.DuckDBPyConnection]:
     """A persistent in-memory connection with the catalog's own view definitions over the store's parquet."""
     con = duckdb.connect(":memory:")
-    for name, select in view_definitions(sql_data.store).items():
-        con.execute(f'CREATE VIEW "{name}" AS {select}')
+    root = sql_data.store.root
+    create_views(con, view_definitions(sql_data.store), f"{root}/", hive=hive_safe(root))
     yield con
     con.close()
+
+
+@pytest.fixture(scope="module")
+def feature_store(sql_data) -> Iterator[FeatureStore]:
+    with FeatureStore(sql_data.store.root) as fs:
+        yield fs
+
+
+POINT_TIMES: dict[str, tuple[float, float]] = {}  # key -> (fastest, median) of the point-query benchmarks
+
+
+def _point_record(benchmark, bench_record, key: str, label: str) -> None:
+    bench_record(key, label)
+    if benchmark.stats is not None:
+        POINT_TIMES[key] = (benchmark.stats.stats.min, benchmark.stats.stats.median)
 
 
 # -- aggregation over every stored bar ------------------------------------------------------------------
@@ -103,21 +124,21 @@ def test_run_sql_point_query(benchmark, bench_record, sql_data):
     result = benchmark.pedantic(run_sql, args=(_point_sql(sql_data), sql_data.store), rounds=POINT_ROUNDS,
                                 warmup_rounds=2)
     _check_point(result, sql_data)
-    bench_record("run_sql_point", "run_sql symbol + 1-day ts range")
+    _point_record(benchmark, bench_record, "run_sql_point", "run_sql symbol + 1-day ts range")
 
 
 def test_baseline_duckdb_native_point_query(benchmark, bench_record, sql_data, duckdb_native):
     result = benchmark.pedantic(_duckdb, args=(duckdb_native, _point_sql(sql_data)), rounds=POINT_ROUNDS,
                                 warmup_rounds=2)
     _check_point(result, sql_data)
-    bench_record("duckdb_native_point", "DuckDB native table")
+    _point_record(benchmark, bench_record, "duckdb_native_point", "DuckDB native table")
 
 
 def test_baseline_duckdb_parquet_point_query(benchmark, bench_record, sql_data, duckdb_parquet):
     result = benchmark.pedantic(_duckdb, args=(duckdb_parquet, _point_sql(sql_data)), rounds=POINT_ROUNDS,
                                 warmup_rounds=2)
     _check_point(result, sql_data)
-    bench_record("duckdb_parquet_point", "DuckDB, same view, open connection")
+    _point_record(benchmark, bench_record, "duckdb_parquet_point", "DuckDB, same view, open connection")
 
 
 def test_baseline_duckdb_partition_point_query(benchmark, bench_record, sql_data, duckdb_parquet):
@@ -125,4 +146,18 @@ def test_baseline_duckdb_partition_point_query(benchmark, bench_record, sql_data
     query = f"SELECT * FROM read_parquet([{files}], hive_partitioning = false) WHERE {_point_where(sql_data)}"
     result = benchmark.pedantic(_duckdb, args=(duckdb_parquet, query), rounds=POINT_ROUNDS, warmup_rounds=2)
     _check_point(result, sql_data)
-    bench_record("duckdb_partition_point", "DuckDB read_parquet(partition files)")
+    _point_record(benchmark, bench_record, "duckdb_partition_point", "DuckDB read_parquet(partition files)")
+
+
+def test_sdk_point_query(benchmark, bench_record, bench_note, sql_data, feature_store):
+    """Last of the point queries: it notes the target's verdict against the baselines measured above."""
+    result = benchmark.pedantic(feature_store.sql, args=(_point_sql(sql_data),), rounds=POINT_ROUNDS, warmup_rounds=2)
+    _check_point(result, sql_data)
+    _point_record(benchmark, bench_record, "sdk_point", "FeatureStore.sql symbol + 1-day ts range (open connection)")
+    baseline = POINT_TIMES.get("duckdb_partition_point")
+    for key in ("sdk_point", "run_sql_point"):
+        if baseline and key in POINT_TIMES:
+            fastest, median = (POINT_TIMES[key][i] / baseline[i] for i in (0, 1))
+            verdict = "met   " if fastest <= 2 else "MISSED"
+            bench_note(f"  {verdict} {key} / read_parquet(partition files): {fastest:.2f}x ({median:.2f}x medians), "
+                       "target <= 2x")

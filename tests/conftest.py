@@ -67,9 +67,14 @@ def run_cli(tmp_path_factory) -> Callable[..., subprocess.CompletedProcess]:
     return run
 
 
+def store_with_bars(root: Path, symbols: list[str], *, until: datetime = UNTIL) -> Store:
+    """A store at ``root`` with 1h synthetic bars (seed 7) for ``symbols`` from ``SINCE`` to ``until``."""
+    store = Store(root)
+    ingest_synthetic(store, symbols, "1h", since=SINCE, until=until, now=NOW, seed=7)
+    return store
+
+
 @pytest.fixture
 def synthetic_store(tmp_path) -> Store:
     """A fresh store with one week of 1h synthetic bars (seed 7) for ``SYMBOLS``."""
-    store = Store(tmp_path / "store")
-    ingest_synthetic(store, SYMBOLS, "1h", since=SINCE, until=UNTIL, now=NOW, seed=7)
-    return store
+    return store_with_bars(tmp_path / "store", SYMBOLS)

@@ -1,10 +1,11 @@
-"""``featurestore sql``: output formats, read-only refusal, clean errors, the Python API and catalog.duckdb."""
+"""``featurestore sql``: output formats, read-only refusal, clean one-line errors, the Python API.
+
+The sandbox: ``test_sql_sandbox.py``; the views and catalog.duckdb: ``test_sql_catalog.py``."""
 
 from __future__ import annotations
 
 import io
 import json
-from datetime import UTC, datetime
 
 import duckdb
 import polars as pl
@@ -13,11 +14,11 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from app.cli import main
+from conftest import store_with_bars
 from featurestore.bars import TS_DTYPE
 from featurestore.errors import SqlError
-from featurestore.ingest import ingest_synthetic
 from featurestore.sql import run_sql, run_sql_arrow
-from featurestore.store import Store
+from featurestore.store import BarSeries, Store
 
 COUNTS = "SELECT symbol, count(*) AS n FROM bars GROUP BY symbol ORDER BY symbol"
 EXPECTED_COUNTS = pl.DataFrame({"symbol": ["BTC/USDT", "ETH/USDT"], "n": [168, 168]})
@@ -26,10 +27,7 @@ EXPECTED_COUNTS = pl.DataFrame({"symbol": ["BTC/USDT", "ETH/USDT"], "n": [168, 1
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Store:
     """One week of 1h bars for two symbols (168 each); never modified by these tests."""
-    store = Store(tmp_path_factory.mktemp("sql") / "store")
-    ingest_synthetic(store, ["BTC/USDT", "ETH/USDT"], "1h", since=datetime(2024, 1, 1, tzinfo=UTC),
-                     until=datetime(2024, 1, 8, tzinfo=UTC), now=datetime(2030, 1, 1, tzinfo=UTC))
-    return store
+    return store_with_bars(tmp_path_factory.mktemp("sql") / "store", ["BTC/USDT", "ETH/USDT"])
 
 
 @pytest.fixture(scope="module")
@@ -143,11 +141,27 @@ def test_read_statements_are_allowed(store, query):
     assert run_sql(query, store).height >= 1
 
 
-def test_explain_analyze_cannot_smuggle_a_copy(store, tmp_path):
+@pytest.mark.parametrize("explain", [
+    "EXPLAIN ANALYZE COPY (SELECT * FROM bars) TO '{target}'",
+    "/* c */ EXPLAIN ANALYZE COPY (SELECT * FROM bars) TO '{target}'",
+    "EXPLAIN /* c */ ANALYZE -- c\n COPY (SELECT * FROM bars) TO '{target}'",
+    "EXPLAIN ANALYZE /* /* */ SELECT 1 */ COPY (SELECT * FROM bars) TO '{target}'",
+    "EXPLAIN (FORMAT json) ANALYZE COPY (SELECT * FROM bars) TO '{target}'",
+    "EXPLAIN EXPLAIN ANALYZE COPY (SELECT * FROM bars) TO '{target}'",
+])
+def test_explain_analyze_cannot_smuggle_a_copy(store, tmp_path, explain):
     target = tmp_path / "smuggled.csv"
-    with pytest.raises(SqlError, match="refused"):
-        run_sql(f"EXPLAIN ANALYZE COPY (SELECT * FROM bars) TO '{target}'", store)
+    with pytest.raises(SqlError, match=r"refused|SQL error"):
+        run_sql(explain.format(target=target), store)
     assert not target.exists()
+
+
+@pytest.mark.parametrize("query", ["/* c */ EXPLAIN SELECT 1", "-- c\nexplain analyze SELECT max(close) FROM bars",
+                                   "EXPLAIN (FORMAT json) SELECT * FROM bars"])
+def test_explain_after_a_comment_shows_the_plan(run_cli, store, query):
+    result = sql(run_cli, store, query)
+    assert result.returncode == 0, result.stderr
+    assert "Scan" in result.stdout or "PROJECTION" in result.stdout.upper()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -156,7 +170,7 @@ def test_explain_analyze_cannot_smuggle_a_copy(store, tmp_path):
 
 @pytest.mark.parametrize(("query", "detail"), [
     ("SELEC * FROM bars", "Parser Error"),
-    ("SELECT * FROM no_such_table", "Table with name no_such_table does not exist"),
+    ("SELECT * FROM no_such_table", "no table or view no_such_table in the store"),
     ("SELECT no_such_column FROM bars", "no_such_column"),
 ])
 def test_sql_errors_are_reported_without_a_traceback(run_cli, store, query, detail):
@@ -165,7 +179,55 @@ def test_sql_errors_are_reported_without_a_traceback(run_cli, store, query, deta
     assert result.stdout == ""
     assert result.stderr.startswith("error: SQL error: ")
     assert detail in result.stderr
-    assert "Traceback" not in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+def one_line_error(result, *details: str) -> None:
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("error: ")
+    for detail in details:
+        assert detail in result.stderr
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+@pytest.mark.parametrize("value", ["'infinity'::TIMESTAMP", "'-infinity'::TIMESTAMPTZ", "'infinity'::DATE",
+                                   "['infinity'::TIMESTAMP]"])
+def test_dates_polars_cannot_write_are_named(run_cli, store, fmt, value):
+    result = sql(run_cli, store, f"SELECT 1 AS n, {value} AS t", "--format", fmt)
+    one_line_error(result, "column 't'", f"as {fmt}", "outside the range", '"t"::VARCHAR')
+
+
+@pytest.mark.parametrize("value", ["'ab'::BLOB", "{'a': 'x'::BLOB}"])
+def test_a_blob_column_as_json_is_named(run_cli, store, value):
+    one_line_error(sql(run_cli, store, f"SELECT 1 AS n, {value} AS b", "--format", "json"),
+                   "column 'b'", "JSON has no binary type")
+
+
+def test_a_missing_store_says_how_to_ingest(run_cli, tmp_path):
+    missing = tmp_path / "nowhere"
+    result = run_cli("sql", "SELECT * FROM bars", "--store", missing)
+    one_line_error(result, f"the store {missing} (the directory does not exist) has no bars",
+                   f"featurestore ingest --store {missing}")
+    assert "pg_" not in result.stderr
+    assert not missing.exists()
+
+
+def test_a_damaged_file_is_named_and_statements_without_its_view_still_run(run_cli, tmp_path):
+    store = store_with_bars(tmp_path / "store", ["BTC/USDT", "ETH/USDT"])
+    damaged = store.bar_files(BarSeries("synthetic", "1h", "ETH/USDT"))[0]
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    one_line_error(sql(run_cli, store, "SELECT count(*) FROM bars"), "view bars cannot be read", str(damaged))
+    result = sql(run_cli, store, "SELECT 42 AS answer", "--format", "csv")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "answer\n42\n"
+
+
+def test_a_store_without_the_view_asked_for_says_which_it_has(run_cli, store):
+    one_line_error(sql(run_cli, store, "SELECT * FROM features_research"),
+                   "no view features_research", "featurestore backfill --view research", "(views: bars)")
+    one_line_error(sql(run_cli, store, "SELECT * FROM bar"), "did you mean bars?")
 
 
 @pytest.mark.parametrize(("query", "fmt"), [
@@ -178,7 +240,7 @@ def test_unsupported_result_types_are_clean_errors(store, capsys, query, fmt):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Python API and catalog.duckdb
+# Python API
 
 
 def test_python_api_returns_polars_and_arrow(store, stored):
@@ -192,8 +254,3 @@ def test_python_api_returns_polars_and_arrow(store, stored):
     assert_frame_equal(utc_ms(frame), stored, check_exact=True)
     assert_frame_equal(run_sql(COUNTS, store), EXPECTED_COUNTS, check_dtypes=False)
 
-
-def test_catalog_duckdb_has_a_bars_view_with_the_stored_rows(store, stored):
-    with duckdb.connect(str(store.catalog_path), read_only=True) as con:
-        got = con.sql("SELECT * FROM bars ORDER BY symbol, ts").pl()
-    assert_frame_equal(utc_ms(got), stored, check_exact=True)

@@ -56,8 +56,9 @@ def cmd_validate(args: argparse.Namespace, fs: FeatureStore) -> int:
 
 
 def cmd_sql(args: argparse.Namespace, fs: FeatureStore) -> int:
-    from featurestore.sql_output import write_result
+    from featurestore.sql_output import check_output, write_result
 
+    check_output(args.output, args.format, fs.root)
     write_result(fs.sql(args.query), args.format, args.output)
     return 0
 
@@ -92,5 +93,5 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     sql = commands.add_parser("sql", parents=[common], help="read-only SQL over the offline store (DuckDB)")
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
-    sql.add_argument("--output", type=Path, help="write the result to this file instead of stdout")
+    sql.add_argument("--output", type=Path, help="write the result to this file instead of stdout (outside the store)")
     sql.set_defaults(run=cmd_sql)

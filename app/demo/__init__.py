@@ -98,6 +98,7 @@ def run_demo(store: Store, *, now: datetime, symbols: list[str], since: datetime
     from app.demo.serving_stage import run_serving_stage
 
     run_serving_stage(store, now=now, symbols=symbols)
-    print(f"\nquery it yourself: featurestore sql \"SELECT ...\" --store {store.root}"
-          f"  (or: duckdb {store.catalog_path})")
+    print(f"\nquery it yourself: featurestore sql \"SELECT ...\" --store {store.root}  (or DuckDB's own API, from "
+          f"the store directory: cd {store.root} && python -c \"import duckdb; "
+          f"print(duckdb.connect('catalog.duckdb', read_only=True).sql('FROM bars LIMIT 5'))\")")
     return 0

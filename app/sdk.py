@@ -48,6 +48,7 @@ from featurestore.registry import (
     registered_views,
     resolve_view,
 )
+from featurestore.sources.synthetic import Regime
 from featurestore.store import Store, default_store_root
 from featurestore.validate import StoreReport, validate_store
 from training.model import ModelKind, ModelParams
@@ -139,16 +140,19 @@ class FeatureStore:
     def ingest(self, source: str = "synthetic", *, symbols: Sequence[str] | None = None,
                timeframe: str | None = None, since: datetime | None = None, until: datetime | None = None,
                exchange: str | None = None, seed: int = 7, path: str | Path | None = None,
-               from_timeframe: str = "1m") -> dict[str, int]:
-        """Bring bars in from ``synthetic`` (default), ``ccxt``, ``csv`` (``path``, one symbol) or
-        ``resample`` (``from_timeframe`` bars already stored); return new bars per symbol."""
+               from_timeframe: str = "1m", regime: Regime | None = None) -> dict[str, int]:
+        """Bring bars in from ``synthetic`` (default; the market switches to ``regime`` at its time), ``ccxt``,
+        ``csv`` (``path``, one symbol) or ``resample`` (``from_timeframe`` bars already stored); return new bars
+        per symbol."""
         from featurestore import ingest
 
         now, timeframe = self.clock(), timeframe or self.config.timeframe
         since = since or _DEFAULT_SINCE
         if source == "synthetic":
             return ingest.ingest_synthetic(self.store, list(symbols or ["BTC/USDT"]), timeframe, since=since,
-                                           until=until, now=now, seed=seed)
+                                           until=until, now=now, seed=seed, regime=regime)
+        if regime is not None:
+            raise FeatureStoreError("a regime switches the synthetic market; other sources are what they are")
         if source == "resample":
             return ingest.ingest_resampled(self.store, exchange=exchange or self.config.exchange or "synthetic",
                                            from_timeframe=from_timeframe, timeframe=timeframe, now=now,

@@ -443,13 +443,14 @@ class FeatureStore:
     def stream(self, view: str, *, source: str = "replay", symbols: Sequence[str] | None = None,
                exchange: str | None = None, start: datetime | None = None, end: datetime | None = None,
                batch: int = 1000, speed: float = 0.0, poll_interval_s: float = 5.0, jsonl: str | Path | None = None,
-               offline_parts: bool = False, metrics: str | Path | None = None, model: str | None = None,
+               offline_parts: bool = True, metrics: str | Path | None = None, model: str | None = None,
                workers: int = 1, process_id: int | None = None, addresses: Sequence[str] | None = None,
                join_timeout_s: float = 120.0, recovery_dir: str | Path | None = None, snapshot_interval_s: float = 10.0,
                backup_interval_s: float = 0.0, **signals: Any) -> StreamConfig:
         """Run the Bytewax dataflow for ``view`` until its source ends (live: until interrupted): bars replayed from
         the store (``source="replay"``, ``start <= ts < end``, ``batch`` bars a window, paced by ``speed``) or
-        polled live from ccxt, into the online store and the optional sinks; with ``model`` every row becomes a
+        polled live from ccxt, into the online store, the row log (``offline_parts``: parquet parts under
+        ``kind=stream/``, what ``consistency`` checks) and the optional sinks; with ``model`` every row becomes a
         signed signal (``signals``: the keyword arguments of ``signal_service``). Returns the run's config.
 
         A cluster (``process_id`` and the ``addresses`` of every process, each process calling this with the same

@@ -55,9 +55,12 @@ from training.model import ModelKind, ModelParams
 from training.onnx_export import OnnxDtype
 
 if TYPE_CHECKING:
+    from app.monitoring import MonitorSource
+    from serving.monitoring import MonitorReport
     from serving.scorer import Scorer
     from serving.signal_service import SignalService
     from serving.signals import Thresholds
+    from streaming.consistency import ConsistencyReport
     from streaming.flow import StreamConfig
     from streaming.parity import ParityReport
     from training.registry import ModelVersion
@@ -507,3 +510,33 @@ class FeatureStore:
 
         return replay_parity(self.store, self.view(view), symbols=list(symbols) if symbols else None,
                              exchange=exchange or self.config.exchange, start=start, batch=batch)
+
+    # -- monitoring
+
+    def monitor(self, model: str | None = None, *, version: str | None = None, window: timedelta = timedelta(days=1),
+                end: datetime | None = None, source: MonitorSource = "auto", symbols: Sequence[str] | None = None,
+                audit: str | Path | None = None, models_dir: str | Path | None = None,
+                thresholds: Mapping[str, float] | None = None) -> MonitorReport:
+        """Check a model over ``end - window < ts <= end`` (``end`` default now): drift of its inputs and scores
+        against its training set, freshness of its online rows, live performance of its matured signals beside
+        the backtest (``app.monitoring``); thresholds from ``[monitor]`` in ``featurestore.toml``, then
+        ``thresholds``. The report is written to ``<store>/monitor/model-<name>.json`` and returned."""
+        from app.monitoring import monitor_model
+
+        return monitor_model(self, self.model_dir(model, version=version, models_dir=models_dir), window=window,
+                             end=end or self.clock(), source=source, symbols=list(symbols) if symbols else None,
+                             audit=Path(audit) if audit else self.store.audit_path, thresholds=dict(thresholds or {}))
+
+    def consistency(self, view: str, *, start: datetime | None = None, end: datetime | None = None,
+                    symbols: Sequence[str] | None = None, exchange: str | None = None) -> ConsistencyReport:
+        """The rows the dataflow logged for ``view`` (``start <= ts < end``, default all) against the same rows
+        recomputed from the offline store now, bit for bit (``streaming.consistency``); the report is written to
+        ``<store>/monitor/consistency-<view>.json`` and returned."""
+        from featurestore.atomic import write_bytes_atomic
+        from streaming.consistency import consistency
+
+        resolved = self.view(view)
+        report = consistency(self.store, resolved, now=self.clock(), exchange=exchange or self.config.exchange,
+                             symbols=list(symbols) if symbols else None, start=start, end=end)
+        write_bytes_atomic(report.to_json().encode(), self.store.consistency_report_path(resolved.name))
+        return report

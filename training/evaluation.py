@@ -231,7 +231,7 @@ def signal_figures(frame: pl.DataFrame, *, cost_bps: float = 5.0) -> SignalFigur
         held = (position == sign) & np.isfinite(gross)
         sides[side] = SideFigures(int(held.sum()), float(net[held].mean()) if held.any() else None,
                                   float((gross[held] > 0).mean()) if held.any() else None)
-    return SignalFigures(int(known.sum()), ic if math.isfinite(ic) else None, hit if math.isfinite(hit) else None,
+    return SignalFigures(int(known.sum()), cost_bps, ic if math.isfinite(ic) else None, hit if math.isfinite(hit) else None,
                          sides)
 
 

@@ -141,9 +141,11 @@ class SideFigures:
 @dataclass(frozen=True)
 class SignalFigures:
     """Scores against what happened: Spearman IC of score and label return, hit rate (sign of score equals
-    sign of label return, both non-zero) and the figures of each side held (``LONG``, ``SHORT``)."""
+    sign of label return, both non-zero) and the figures of each side held (``LONG``, ``SHORT``) at
+    ``cost_bps`` per side."""
 
     rows: int
+    cost_bps: float
     ic: float | None
     hit_rate: float | None
     sides: dict[str, SideFigures]

@@ -97,11 +97,16 @@ class Layout:
     def stream_metrics_path(self, view_name: str) -> Path:
         return self.root / "stream" / f"metrics-{view_name}.json"
 
+    @property
+    def monitor_dir(self) -> Path:
+        """The latest monitoring reports."""
+        return self.root / "monitor"
+
     def monitor_report_path(self, model_name: str) -> Path:
-        return self.root / "monitor" / f"model-{model_name}.json"
+        return self.monitor_dir / f"model-{model_name}.json"
 
     def consistency_report_path(self, view_name: str) -> Path:
-        return self.root / "monitor" / f"consistency-{view_name}.json"
+        return self.monitor_dir / f"consistency-{view_name}.json"
 
     # -- bars
 

@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from fixtures.monitored import build_monitored
 
+from featurestore import FeatureStore
 from featurestore.ingest import ingest_synthetic
 from featurestore.store import Store
 
@@ -73,3 +75,9 @@ def synthetic_store(tmp_path) -> Store:
     store = Store(tmp_path / "store")
     ingest_synthetic(store, SYMBOLS, "1h", since=SINCE, until=UNTIL, now=NOW, seed=7)
     return store
+
+
+@pytest.fixture(scope="session")
+def monitored(tmp_path_factory) -> FeatureStore:
+    """The monitored store (``fixtures.monitored``): a model trained before a regime switch, streamed after it."""
+    return build_monitored(tmp_path_factory.mktemp("monitored") / "store")

@@ -4,40 +4,18 @@ switches after the model was trained: the drift it caused raised, the rows the f
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
+from fixtures.monitored import END, NOW, START, SWITCH, SYMBOLS
 
 from featurestore import FeatureStore
 from featurestore.ingest import ingest_bars
-from featurestore.sources.synthetic import Regime, synthetic_bars
+from featurestore.sources.synthetic import synthetic_bars
 from serving.monitoring import MonitorReport
 from streaming.consistency import ConsistencyReport
 from training.artifact import ModelMeta
-from training.model import ModelParams
-
-SYMBOLS = ["BTC/USDT", "ETH/USDT"]
-START, SWITCH, END = (datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 2, 20, tzinfo=UTC),
-                      datetime(2024, 3, 1, tzinfo=UTC))
-NOW = datetime(2030, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def monitored(tmp_path_factory) -> FeatureStore:
-    """Hourly bars, a regime switch (volatility x4) on Feb 20; a model trained before it; the flow streamed
-    since with the model: every row a signal."""
-    os.environ.setdefault("FEATURESTORE_SIGNING_KEY", "monitor-test-key")
-    fs = FeatureStore.init(tmp_path_factory.mktemp("monitor") / "store", timeframe="1h", clock=lambda: NOW)
-    fs.ingest(symbols=SYMBOLS, since=START, until=END, regime=Regime(SWITCH, volatility=4.0, drift=-0.05))
-    fs.apply(builtin="research")
-    fs.backfill("research_1h")
-    fs.train(features=["research_1h"], label="future_ret:h=1", name="hourly", end=SWITCH, promote=True,
-             params=ModelParams(num_boost_round=30, min_data_in_leaf=20), folds=2)
-    fs.stream("research_1h", start=SWITCH, batch=24, model="hourly")
-    return fs
 
 
 def test_monitor_raises_the_drift_the_regime_switch_caused_and_exits_3(monitored, run_cli, tmp_path):

@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-SYSTEM_PACKAGES := redis-server
+SYSTEM_PACKAGES := redis-server chromium chromium-driver
 
 .PHONY: demo test bench clean system-packages
 
@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/featurestore demo --store $(or $(STORE),store)
 
-# Debian packages the tests and benchmarks run for real (a redis-server per session), installed when missing.
+# Debian packages the tests and benchmarks run for real (a redis-server per session, a headless Chromium for
+# the dashboard), installed when missing.
 system-packages:
 	tools/system-packages.sh $(SYSTEM_PACKAGES)
 

@@ -49,6 +49,7 @@ from featurestore.registry import (
     registered_views,
     resolve_view,
 )
+from featurestore.sources.synthetic import Regime
 from featurestore.sql import SqlSession
 from featurestore.store import Store, default_store_root
 from featurestore.validate import StoreReport, validate_store
@@ -56,9 +57,12 @@ from training.model import ModelKind, ModelParams
 from training.onnx_export import OnnxDtype
 
 if TYPE_CHECKING:
+    from app.monitoring import MonitorSource
+    from serving.monitoring import MonitorReport
     from serving.scorer import Scorer
     from serving.signal_service import SignalService
     from serving.signals import Thresholds
+    from streaming.consistency import ConsistencyReport
     from streaming.flow import StreamConfig
     from streaming.parity import ParityReport
     from training.registry import ModelVersion
@@ -141,16 +145,19 @@ class FeatureStore:
     def ingest(self, source: str = "synthetic", *, symbols: Sequence[str] | None = None,
                timeframe: str | None = None, since: datetime | None = None, until: datetime | None = None,
                exchange: str | None = None, seed: int = 7, path: str | Path | None = None,
-               from_timeframe: str = "1m") -> dict[str, int]:
-        """Bring bars in from ``synthetic`` (default), ``ccxt``, ``csv`` (``path``, one symbol) or
-        ``resample`` (``from_timeframe`` bars already stored); return new bars per symbol."""
+               from_timeframe: str = "1m", regime: Regime | None = None) -> dict[str, int]:
+        """Bring bars in from ``synthetic`` (default; the market switches to ``regime`` at its time), ``ccxt``,
+        ``csv`` (``path``, one symbol) or ``resample`` (``from_timeframe`` bars already stored); return new bars
+        per symbol."""
         from featurestore import ingest
 
         now, timeframe = self.clock(), timeframe or self.config.timeframe
         since = since or _DEFAULT_SINCE
         if source == "synthetic":
             return ingest.ingest_synthetic(self.store, list(symbols or ["BTC/USDT"]), timeframe, since=since,
-                                           until=until, now=now, seed=seed)
+                                           until=until, now=now, seed=seed, regime=regime)
+        if regime is not None:
+            raise FeatureStoreError("a regime switches the synthetic market; other sources are what they are")
         if source == "resample":
             return ingest.ingest_resampled(self.store, exchange=exchange or self.config.exchange or "synthetic",
                                            from_timeframe=from_timeframe, timeframe=timeframe, now=now,
@@ -456,13 +463,14 @@ class FeatureStore:
     def stream(self, view: str, *, source: str = "replay", symbols: Sequence[str] | None = None,
                exchange: str | None = None, start: datetime | None = None, end: datetime | None = None,
                batch: int = 1000, speed: float = 0.0, poll_interval_s: float = 5.0, jsonl: str | Path | None = None,
-               offline_parts: bool = False, metrics: str | Path | None = None, model: str | None = None,
+               offline_parts: bool = True, metrics: str | Path | None = None, model: str | None = None,
                workers: int = 1, process_id: int | None = None, addresses: Sequence[str] | None = None,
                join_timeout_s: float = 120.0, recovery_dir: str | Path | None = None, snapshot_interval_s: float = 10.0,
                backup_interval_s: float = 0.0, **signals: Any) -> StreamConfig:
         """Run the Bytewax dataflow for ``view`` until its source ends (live: until interrupted): bars replayed from
         the store (``source="replay"``, ``start <= ts < end``, ``batch`` bars a window, paced by ``speed``) or
-        polled live from ccxt, into the online store and the optional sinks; with ``model`` every row becomes a
+        polled live from ccxt, into the online store, the row log (``offline_parts``: parquet parts under
+        ``kind=stream/``, what ``consistency`` checks) and the optional sinks; with ``model`` every row becomes a
         signed signal (``signals``: the keyword arguments of ``signal_service``). Returns the run's config.
 
         A cluster (``process_id`` and the ``addresses`` of every process, each process calling this with the same
@@ -519,3 +527,33 @@ class FeatureStore:
 
         return replay_parity(self.store, self.view(view), symbols=list(symbols) if symbols else None,
                              exchange=exchange or self.config.exchange, start=start, batch=batch)
+
+    # -- monitoring
+
+    def monitor(self, model: str | None = None, *, version: str | None = None, window: timedelta = timedelta(days=1),
+                end: datetime | None = None, source: MonitorSource = "auto", symbols: Sequence[str] | None = None,
+                audit: str | Path | None = None, models_dir: str | Path | None = None,
+                thresholds: Mapping[str, float] | None = None) -> MonitorReport:
+        """Check a model over ``end - window < ts <= end`` (``end`` default now): drift of its inputs and scores
+        against its training set, freshness of its online rows, live performance of its matured signals beside
+        the backtest (``app.monitoring``); thresholds from ``[monitor]`` in ``featurestore.toml``, then
+        ``thresholds``. The report is written to ``<store>/monitor/model-<name>.json`` and returned."""
+        from app.monitoring import monitor_model
+
+        return monitor_model(self, self.model_dir(model, version=version, models_dir=models_dir), window=window,
+                             end=end or self.clock(), source=source, symbols=list(symbols) if symbols else None,
+                             audit=Path(audit) if audit else self.store.audit_path, thresholds=dict(thresholds or {}))
+
+    def consistency(self, view: str, *, start: datetime | None = None, end: datetime | None = None,
+                    symbols: Sequence[str] | None = None, exchange: str | None = None) -> ConsistencyReport:
+        """The rows the dataflow logged for ``view`` (``start <= ts < end``, default all) against the same rows
+        recomputed from the offline store now, bit for bit (``streaming.consistency``); the report is written to
+        ``<store>/monitor/consistency-<view>.json`` and returned."""
+        from featurestore.atomic import write_bytes_atomic
+        from streaming.consistency import consistency
+
+        resolved = self.view(view)
+        report = consistency(self.store, resolved, now=self.clock(), exchange=exchange or self.config.exchange,
+                             symbols=list(symbols) if symbols else None, start=start, end=end)
+        write_bytes_atomic(report.to_json().encode(), self.store.consistency_report_path(resolved.name))
+        return report

@@ -6,6 +6,8 @@
   9.93M bars a round (target >= 1M bars/s).
 - ``flow_replay_per_bar``: the same with ``batch=1`` (one ``Bar`` per item, the live path), the first
   ``PER_BAR_MINUTES`` after ``start`` (50 x 5,000 = 250k bars a round, not scaled) (target >= 50k bars/s).
+  Both with the row log (parquet parts, on by default); ``flow_replay_per_bar_no_log`` is the per-bar replay
+  without it, the baseline of its overhead (target: the row log costs under 10%).
 - bars/s = bars replayed / wall time of ``run_flow(build_flow(config))``, everything counted: Bytewax start
   and stop, each partition reading its symbol's stored bars, the warm starts, both sinks. One worker, the online
   store in SQLite; the same with two worker threads once (``*_2workers``), and with one worker into Redis
@@ -138,9 +140,10 @@ class Rounds:
         shutil.rmtree(store.root, ignore_errors=True)
 
 
-def _config(store: Store, symbols: list[str], start: datetime, until: datetime | None, batch: int) -> StreamConfig:
+def _config(store: Store, symbols: list[str], start: datetime, until: datetime | None, batch: int,
+            row_log: bool = True) -> StreamConfig:
     return StreamConfig(store=str(store.root), view="research", symbols=symbols, start=start.isoformat(),
-                        until=until.isoformat() if until else None, batch=batch)
+                        until=until.isoformat() if until else None, batch=batch, offline_parts=row_log)
 
 
 def _checker(frames: list[pl.DataFrame], bars: int) -> Callable[[Store], None]:
@@ -162,7 +165,7 @@ def _checker(frames: list[pl.DataFrame], bars: int) -> Callable[[Store], None]:
 
 
 def _replay(benchmark, research_data, base: Path, start: datetime, until: datetime | None, *, batch: int,
-            workers: int, rounds: int, online: Callable[[], str] | None) -> int:
+            workers: int, rounds: int, online: Callable[[], str] | None, row_log: bool = True) -> int:
     """Time ``rounds`` replays of every symbol from ``start`` to ``until`` (None: the end) into the online store
     ``online()`` gives (None: SQLite in the store); return bars per round."""
     frames = [f if until is None else f.filter(pl.col("ts") < until) for f in research_data.per_symbol]
@@ -170,7 +173,7 @@ def _replay(benchmark, research_data, base: Path, start: datetime, until: dateti
     stores = Rounds(research_data, base, _checker(frames, bars), online)
 
     def run(store: Store) -> None:
-        run_flow(build_flow(_config(store, research_data.symbols, start, until, batch)), workers=workers)
+        run_flow(build_flow(_config(store, research_data.symbols, start, until, batch, row_log)), workers=workers)
 
     benchmark.pedantic(run, setup=stores.setup, teardown=stores.teardown, rounds=rounds)
     return bars
@@ -222,7 +225,7 @@ def test_flow_replay_batched(benchmark, bench_record, bench_note, research_data,
     if benchmark.stats is None:
         return
     best = benchmark.stats.stats.min
-    bench_note(f"flow replay batched (batch={BATCH}, {workers} worker(s), online ({backend}) + metrics sinks): "
+    bench_note(f"flow replay batched (batch={BATCH}, {workers} worker(s), online ({backend}) + metrics + row log): "
                f"{bars:,} bars, fastest round {best:.2f} s = {bars / best / 1e6:.2f}M bars/s, median "
                f"{bars / benchmark.stats.stats.median / 1e6:.2f}M bars/s")
     if (workers, backend) == (1, "sqlite"):
@@ -245,6 +248,20 @@ def test_flow_replay_per_bar(benchmark, bench_record, bench_note, research_data,
                f"{best:.2f} s = {bars / best / 1e3:.1f}k bars/s, median {bars / benchmark.stats.stats.median / 1e3:.1f}k bars/s")
     if (workers, backend) == (1, "sqlite"):
         bench_note(_startup_note(research_data, start, until, 1, best))
+
+
+def test_flow_replay_per_bar_without_the_row_log(benchmark, bench_record, bench_note, research_data, warmed,
+                                                start: datetime, tmp_path: Path):
+    """The baseline of the row log's overhead: ``flow_replay_per_bar`` with ``offline_parts=False``."""
+    minutes = research_data.per_symbol[0].filter(pl.col("ts") >= start).height
+    until = start + min(PER_BAR_MINUTES, minutes) * MINUTE
+    bars = _replay(benchmark, research_data, tmp_path, start, until, batch=1, workers=1, rounds=PER_BAR_ROUNDS,
+                   online=None, row_log=False)
+    bench_record("flow_replay_per_bar_no_log", f"flow replay batch=1, 1 worker, no row log, {bars / 1e3:.0f}k bars",
+                 bars=bars)
+    if benchmark.stats is not None:
+        bench_note(f"flow replay one bar per item without the row log (--no-offline-parts): fastest round "
+                   f"{benchmark.stats.stats.min:.2f} s = {bars / benchmark.stats.stats.min / 1e3:.1f}k bars/s")
 
 
 # -- one live bar to the online store --------------------------------------------------------------------

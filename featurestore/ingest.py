@@ -22,7 +22,7 @@ from featurestore.catalog import refresh_catalog
 from featurestore.errors import ExchangeError, FeatureStoreError
 from featurestore.sources.csv_file import read_csv_bars
 from featurestore.sources.resample import resample_bars
-from featurestore.sources.synthetic import synthetic_bars
+from featurestore.sources.synthetic import Regime, synthetic_bars
 from featurestore.store import BarSeries, Store
 from featurestore.timeframes import timeframe_ms
 
@@ -46,11 +46,13 @@ def ingest_bars(store: Store, bars: pl.DataFrame, *, exchange: str, timeframe: s
 
 
 def ingest_synthetic(store: Store, symbols: list[str], timeframe: str, *, since: datetime,
-                     until: datetime | None = None, now: datetime, seed: int = 7) -> dict[str, int]:
+                     until: datetime | None = None, now: datetime, seed: int = 7,
+                     regime: Regime | None = None) -> dict[str, int]:
     """Generate the synthetic market (see ``featurestore.sources.synthetic``) into exchange ``synthetic``."""
     until = min(until or now, now)
-    bars = closed_bars(synthetic_bars(symbols, timeframe, since=since, until=until, seed=seed), timeframe, now)
-    return ingest_bars(store, bars, exchange="synthetic", timeframe=timeframe, source=f"synthetic seed {seed}")
+    bars = synthetic_bars(symbols, timeframe, since=since, until=until, seed=seed, regime=regime)
+    return ingest_bars(store, closed_bars(bars, timeframe, now), exchange="synthetic", timeframe=timeframe,
+                       source=f"synthetic seed {seed}" + (f", {regime}" if regime else ""))
 
 
 def ingest_csv(store: Store, path: str | Path, *, symbol: str, timeframe: str, now: datetime,

@@ -14,6 +14,8 @@ This module is the one place that spells out the store's paths; every other modu
       signals/signals.jsonl          the signed signal audit log
       models/<name>/<version>/       published models, and models/<name>/production
       stream/metrics-<view>.json     the dataflow's counters
+      monitor/model-<name>.json      the latest `featurestore monitor` report of a model
+      monitor/consistency-<view>.json  the latest `featurestore consistency` report of a view
       .write.lock                    writers of the parquet files take turns on it
 
 Partition values are URL-quoted (``BTC/USDT`` is ``BTC%2FUSDT``).
@@ -94,6 +96,17 @@ class Layout:
 
     def stream_metrics_path(self, view_name: str) -> Path:
         return self.root / "stream" / f"metrics-{view_name}.json"
+
+    @property
+    def monitor_dir(self) -> Path:
+        """The latest monitoring reports."""
+        return self.root / "monitor"
+
+    def monitor_report_path(self, model_name: str) -> Path:
+        return self.monitor_dir / f"model-{model_name}.json"
+
+    def consistency_report_path(self, view_name: str) -> Path:
+        return self.monitor_dir / f"consistency-{view_name}.json"
 
     # -- bars
 

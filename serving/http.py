@@ -11,7 +11,10 @@ Endpoints (``serving.openapi`` describes them at ``/openapi.json``):
   ``stale_features`` or ``future_features`` (a row newer than the server's clock), 422 (bad body or too
   many symbols), 413 (body over ``max_body_bytes``), 415 (not ``application/json``), 400 (not JSON).
 - ``GET /health``: the model loaded, and every online row's age and version against the model's.
-- ``GET /metrics``: Prometheus text format (``serving.metrics``).
+- ``GET /metrics``: Prometheus text format (``serving.metrics``), with the monitoring gauges when the app
+  is given a function that samples them (``gauges``).
+- Extra routes the caller adds (``routes``: the dashboard under ``/ui``, ``app.dashboard``), matched after
+  these.
 
 Every error is JSON ``{"error": code, "message": text}``. With a token configured every endpoint but
 ``/openapi.json`` needs ``Authorization: Bearer <token>`` (compared in constant time).
@@ -31,7 +34,7 @@ import json
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -40,7 +43,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from featurestore.errors import (
@@ -50,7 +53,7 @@ from featurestore.errors import (
     StaleFeaturesError,
     VersionSkewError,
 )
-from serving.metrics import HttpMetrics
+from serving.metrics import GaugeSample, HttpMetrics
 from serving.openapi import MAX_SYMBOL_LENGTH, openapi_schema
 from serving.signal_service import SignalService
 from serving.signals import json_number
@@ -152,9 +155,13 @@ class _Edge:
 
 
 def create_app(service: SignalService, *, clock: Callable[[], datetime], token: str | None = None,
-               max_batch: int = 256, max_body_bytes: int = 1 << 20, sync_interval_s: float = 1.0) -> ASGIApp:
-    """The ASGI app serving ``service``; ``clock()`` is the time scoring and freshness are measured at."""
+               max_batch: int = 256, max_body_bytes: int = 1 << 20, sync_interval_s: float = 1.0,
+               routes: Sequence[BaseRoute] = (), gauges: Callable[[], Iterable[GaugeSample]] | None = None) -> ASGIApp:
+    """The ASGI app serving ``service``; ``clock()`` is the time scoring and freshness are measured at.
+    ``routes`` are served after the API's; ``gauges()`` samples the monitoring gauges of ``/metrics``."""
     metrics = HttpMetrics()
+    if gauges is not None:
+        metrics.add_monitor(gauges)
     scorer = service.scorer
     schema = openapi_schema(max_batch=max_batch, auth=token is not None)
 
@@ -245,6 +252,7 @@ def create_app(service: SignalService, *, clock: Callable[[], datetime], token: 
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_text, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        *routes,
     ], exception_handlers={_Refusal: api_error, HTTPException: http_error, Exception: internal}, lifespan=lifespan)
     app.router.redirect_slashes = False
     return _Edge(app, metrics, token)

@@ -6,7 +6,7 @@
       -> key by symbol (streaming.placement: spread evenly over the workers, on the process that reads it)
       -> features (streaming.keyed_state: warm start, duplicates/late counted)
       -> online store  (always)       -> metrics JSON (always)
-      -> JSONL file    (``jsonl``)    -> parquet parts (``offline_parts``)
+      -> the row log: parquet parts (``offline_parts``, on by default) -> JSONL file (``jsonl``)
       -> signed signals in the audit log (``model``: every row scored, see ``streaming.sinks.signals``)
 
 A ``StreamConfig`` describes a run in plain JSON-able fields, so every process of a cluster can
@@ -71,7 +71,8 @@ class StreamConfig:
     by ``speed``, 0 = as fast as possible) or ``ccxt`` (live closed bars from ``exchange``, polled every
     ``poll_interval_s`` at most; ``start`` overrides where it begins, ``until`` ends it).
     ``exchange`` for replay is the stored series' exchange (default: the only one stored).
-    ``metrics`` defaults to ``<store>/stream/metrics-<view>.json``.
+    ``metrics`` defaults to ``<store>/stream/metrics-<view>.json``. ``offline_parts``: log every row computed
+    as parquet parts under ``kind=stream/`` (the row log ``featurestore consistency`` checks; on by default).
     ``model``: a published model directory (resolve a registry name first, so every process scores with the
     same version); each row becomes a signal in ``audit`` (default ``<store>/signals/signals.jsonl``), sides
     by ``thresholds`` ([long_above, short_below], default the model's), ``max_age_s`` per view as ``Scorer``'s.
@@ -89,7 +90,7 @@ class StreamConfig:
     speed: float = 0.0
     poll_interval_s: float = 5.0
     jsonl: str | None = None
-    offline_parts: bool = False
+    offline_parts: bool = True
     metrics: str | None = None
     model: str | None = None
     audit: str | None = None
@@ -159,7 +160,7 @@ def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
     if config.jsonl:
         op.output("jsonl", rows, JsonlSink(Path(config.jsonl), view, names))
     if config.offline_parts:
-        op.output("offline_parts", rows, OfflinePartsSink(store, view, names, exchange, clock=clock))
+        op.output("offline_parts", rows, OfflinePartsSink(store, view, names, exchange, keys, clock=clock, local=local))
     if config.model:
         op.output("signals", rows, SignalSink(
             store.root, view, names, config.model, config.audit or store.audit_path,

@@ -82,6 +82,20 @@ class RowValues(Sequence[tuple[float | None, ...]]):
         return tuple(v if ok else None for v, ok in zip(self._values[index].tolist(), self._valid[index].tolist(),
                                                         strict=True))
 
+    def window(self, start: int, stop: int) -> RowValues:
+        """Rows ``start:stop`` as ``RowValues`` (no tuples made)."""
+        return RowValues(self._values[start:stop], self._valid[start:stop])
+
+    def frame(self, names: Sequence[str]) -> pl.DataFrame:
+        """The rows as a Float64 frame with columns ``names``, null where a value is not valid.
+
+        >>> RowValues(np.array([[1.0, 2.0]]), np.array([[True, False]])).frame(["a", "b"]).rows()
+        [(1.0, None)]
+        """
+        columns = [pl.Series(name, self._values[:, j]) for j, name in enumerate(names)]
+        return pl.DataFrame([c if valid.all() else c.scatter(np.flatnonzero(~valid), None)
+                             for c, valid in zip(columns, self._valid.T, strict=True)])
+
     def __iter__(self) -> Iterator[tuple[float | None, ...]]:
         if self._valid.all():
             return map(tuple, self._values.tolist())

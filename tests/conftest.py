@@ -16,7 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from fixtures.monitored import build_monitored
 
+from featurestore import FeatureStore
 from featurestore.ingest import ingest_synthetic
 from featurestore.store import Store
 
@@ -78,3 +80,9 @@ def store_with_bars(root: Path, symbols: list[str], *, until: datetime = UNTIL) 
 def synthetic_store(tmp_path) -> Store:
     """A fresh store with one week of 1h synthetic bars (seed 7) for ``SYMBOLS``."""
     return store_with_bars(tmp_path / "store", SYMBOLS)
+
+
+@pytest.fixture(scope="session")
+def monitored(tmp_path_factory) -> FeatureStore:
+    """The monitored store (``fixtures.monitored``): a model trained before a regime switch, streamed after it."""
+    return build_monitored(tmp_path_factory.mktemp("monitored") / "store")

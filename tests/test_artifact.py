@@ -23,10 +23,12 @@ from training.artifact import (
     LabelInfo,
     ModelMeta,
     OnnxInfo,
+    ReferenceFile,
     TrainingInfo,
     ViewInfo,
 )
 from training.onnx_export import ParityReport, export_onnx
+from training.reference import Distribution, ModelReference
 
 T = datetime(2024, 5, 1, 12, tzinfo=UTC)
 PARITY = ParityReport("float64", 1200, 0.0, 0.0, 0, 1e-5, True)
@@ -57,7 +59,7 @@ def test_round_trip_through_json_and_a_directory(tmp_path):
     meta.write(tmp_path)
     assert ModelMeta.read(tmp_path) == meta
     written = json.loads((tmp_path / "meta.json").read_text())
-    assert next(iter(written)) == "format" and written["format"] == 2
+    assert next(iter(written)) == "format" and written["format"] == 3
     assert written["trained_at"] == "2024-05-01T12:00:00+00:00" and written["onnx"]["input_dtype"] == "float64"
     assert json.loads((tmp_path / "features.json").read_text()) == {
         "features": [{"name": "hourly__ret_1", "view": "hourly", "feature": "ret_1", "view_version": "h1",
@@ -217,7 +219,7 @@ def current(**changes) -> dict:
     ({"threshold": ..., "libraries": ...}, "field 'threshold' is missing (and libraries)"),
     ({"onnx__input_dtype": "float16"}, "field 'onnx.input_dtype' must be one of 'float64', 'float32', got 'float16'"),
     ({"kind": "ranker"}, "field 'kind' must be one of 'regressor', 'classifier', got 'ranker'"),
-    ({"onnx__input_dtpye": "float64"}, "field 'onnx.input_dtpye' is not part of format 2; did you mean 'onnx.input_dtype'?"),
+    ({"onnx__input_dtpye": "float64"}, "field 'onnx.input_dtpye' is not part of format 3; did you mean 'onnx.input_dtype'?"),
     ({"training__rows": "2160"}, "field 'training.rows' must be an integer, got '2160'"),
     ({"training__trees": True}, "field 'training.trees' must be an integer, got True"),
     ({"features__1__ttl_seconds": None}, "field 'features[1].ttl_seconds' is null, expected a number"),
@@ -232,7 +234,7 @@ def current(**changes) -> dict:
     ({"classes": None}, "field 'classes' is None: a classifier needs its classes"),
     ({"onnx__outputs": ["variable"]}, "field 'onnx.outputs' is ['variable'], a classifier graph outputs ['label', "
                                       "'probabilities']"),
-    ({"format": 3}, "field 'format' is 3: this version of featurestore reads format 2 and the legacy layout"),
+    ({"format": 4}, "field 'format' is 4: this version of featurestore reads formats 2 and 3 and the legacy layout"),
 ])
 def test_a_malformed_meta_names_the_file_and_the_field(tmp_path, changes, message):
     write_json(tmp_path, current(**changes))
@@ -270,3 +272,25 @@ def test_unreadable_files_and_directories(tmp_path):
     write_json(tmp_path, current(onnx__input_dtype="float16"))
     with pytest.raises(ModelRegistryError, match=r"meta\.json: field 'onnx\.input_dtype' must be one of"):
         load_model(tmp_path)
+
+
+# --- reference distributions ----------------------------------------------------------------------
+
+def test_a_format_2_meta_published_before_reference_distributions_loads_without_one(tmp_path):
+    old = json.loads(classifier_meta().to_json())
+    del old["reference"]
+    old["format"] = 2
+    meta = ModelMeta.read(write_json(tmp_path, old))
+    assert meta == classifier_meta() and meta.reference is None and meta.read_reference(tmp_path) is None
+
+
+def test_the_reference_file_is_read_through_meta_and_refused_when_changed(tmp_path):
+    rng = np.random.default_rng(1)
+    reference = ModelReference(500, {"hourly__ret_1": Distribution.of(rng.normal(size=500))},
+                               Distribution.of(rng.normal(size=500)), None)
+    meta = replace(classifier_meta(), reference=ReferenceFile("reference.json", reference.write(tmp_path)))
+    meta.write(tmp_path)
+    assert ModelMeta.read(tmp_path).read_reference(tmp_path) == reference
+    (tmp_path / "reference.json").write_text((tmp_path / "reference.json").read_text().replace('"rows":500', '"rows":5'))
+    with pytest.raises(ModelRegistryError, match=r"is not the reference meta\.json recorded"):
+        meta.read_reference(tmp_path)

@@ -8,12 +8,14 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from featurestore.bars import validate_bars
 from featurestore.errors import BarValidationError, FeatureStoreError
 from featurestore.ingest import ingest_csv
-from featurestore.sources.synthetic import synthetic_bars
+from featurestore.sources.synthetic import Regime, synthetic_bars
 from featurestore.store import Store
 from featurestore.timeframes import timeframe_ms
 
@@ -221,3 +223,32 @@ def test_synthetic_stylised_facts_hold_on_a_year_of_hourly_bars():
             assert clustering > 0.05, f"{symbol}: no volatility clustering at lag {lag} ({clustering:.3f})"
         volume_link = np.corrcoef(np.abs(ret), series["volume"].to_numpy())[0, 1]
         assert volume_link > 0.2, f"{symbol}: volume does not follow |return| ({volume_link:.3f})"
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 3 * 1440), st.floats(0.2, 5.0), st.floats(-0.2, 0.2), st.sampled_from(["1m", "5m", "1h"]))
+def test_a_regime_switch_leaves_every_bar_before_it_as_it_was(minute, volatility, drift, timeframe):
+    since, until = datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 4, tzinfo=UTC)
+    at = since + timedelta(minutes=minute)
+    plain = synthetic_bars(["BTC/USDT", "ETH/USDT"], timeframe, since=since, until=until)
+    switched = synthetic_bars(["BTC/USDT", "ETH/USDT"], timeframe, since=since, until=until,
+                              regime=Regime(at, volatility=volatility, drift=drift))
+    before = pl.col("ts") < at
+    assert_frame_equal(switched.filter(before), plain.filter(before))
+    after = switched.filter(~before)
+    if after.height and (volatility != 1.0 or drift != 0.0):
+        assert not after.equals(plain.filter(~before))
+    validate_bars(switched, timeframe)
+
+
+def test_a_regime_switch_through_the_cli_raises_volatility_after_it(run_cli, tmp_path):
+    store = tmp_path / "store"
+    done = run_cli("ingest", "--store", store, "--timeframe", "1h", "--start", "2024-01-01", "--end", "2024-03-01",
+                   "--regime-at", "2024-02-01", "--regime-volatility", "4", "--regime-drift", "-0.05")
+    assert done.returncode == 0, done.stderr
+    bars = Store(store).scan_bars("synthetic", "1h").collect()
+    vol = bars.with_columns(r=pl.col("close").log().diff()).group_by(pl.col("ts") >= datetime(2024, 2, 1, tzinfo=UTC)
+                                                                      ).agg(pl.col("r").std()).sort("ts")["r"]
+    assert vol[1] > 2.5 * vol[0]
+    refused = run_cli("ingest", "--store", store, "--regime-at", "2024-02-01", "--regime-volatility", "0")
+    assert refused.returncode == 1 and "a regime needs volatility > 0" in refused.stderr

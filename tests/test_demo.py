@@ -22,11 +22,11 @@ def table_rows(output: str, symbol: str) -> list[list[str]]:
 
 
 def data_files(hashes: dict[str, str]) -> dict[str, str]:
-    """Stored data: bars, features, registry, models. Not the online store and the stream's run metrics,
-    which a re-run legitimately rewrites (same rows, new ``updated_at`` and counters), nor the signal
-    audit log, which every scoring appends to."""
+    """Stored data: bars, features, the row log, registry, models. Not the online store and the stream's run
+    metrics, which a re-run legitimately rewrites (same rows, new ``updated_at`` and counters), nor the signal
+    audit log, which every scoring appends to, nor the monitoring reports (stamped when generated)."""
     return {path: digest for path, digest in hashes.items()
-            if not path.startswith(("online.sqlite", "stream/metrics-", "catalog.duckdb", "signals/"))}
+            if not path.startswith(("online.sqlite", "stream/metrics-", "catalog.duckdb", "signals/", "monitor/"))}
 
 
 def check_demo_twice(run_cli, hash_tree, store, until: str, bars_per_symbol: int, last_bar: str) -> None:
@@ -45,6 +45,12 @@ def check_demo_twice(run_cli, hash_tree, store, until: str, bars_per_symbol: int
         assert [symbol, str(bars_per_symbol), "2024-01-01 00:00:00 UTC", last_bar] in [
             row[:4] for row in table_rows(first.stdout, symbol)]
     assert "featurestore sql \"SELECT ...\"" in first.stdout
+    # the regime switch two days before the end: the flow served those days, and monitor raised the drift
+    assert "regime switch at 2024-01-13 00:00 (volatility x3" in first.stdout
+    assert "row log (featurestore consistency --view research): CONSISTENT" in first.stdout
+    assert re.search(r"model demo_research_reg \w+: ALERT; window 2024-01-14T00:00:00\+00:00 .. "
+                     r"2024-01-15T00:00:00\+00:00, 2,880 rows from signals", first.stdout)
+    assert re.search(r"ALERT +feature_drift +research__rv_24 +psi", first.stdout)
     assert Store(store).scan_bars("synthetic", "1m").collect().height == 2 * bars_per_symbol
     before = hash_tree(store)
 

@@ -33,6 +33,7 @@ from streaming.flow import CONFIG_ENV, StreamConfig, build_flow
 from streaming.items import Bar, BarBatch
 from streaming.runner import run_flow
 from streaming.sinks import parts_dir, read_jsonl, read_metrics, scan_parts
+from streaming.sinks.offline_parts import CELL_BARS
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 SINCE, START, UNTIL = (datetime(2024, 5, d, tzinfo=UTC) for d in (1, 2, 3))
@@ -92,7 +93,7 @@ def assert_online_holds_newest(store: Store, expected: pl.DataFrame) -> None:
 
 @pytest.mark.parametrize("batch", [1000, 7, 1])
 def test_replay_rows_equal_the_backfill_batched_and_bar_by_bar(store, tmp_path, batch):
-    config = stream_config(store, tmp_path, start=START.isoformat(), batch=batch, offline_parts=batch > 1)
+    config = stream_config(store, tmp_path, start=START.isoformat(), batch=batch)  # the row log is on by default
     run_main(build_flow(config, clock=fixed_clock(NOW)))
     expected = backfilled(store, after=START)
     got = read_jsonl(tmp_path / "rows.jsonl", NAMES).sort("symbol", "ts")
@@ -102,14 +103,12 @@ def test_replay_rows_equal_the_backfill_batched_and_bar_by_bar(store, tmp_path, 
     assert_online_holds_newest(store, expected)
     metrics = read_metrics(config.metrics_path)
     assert metrics["total"] == {"received": 2880, "applied": 2880, "duplicates": 0, "late": 0, "conflicts": 0}
-    if batch == 1:
-        return  # a part per bar: not worth writing
     parts = scan_parts(store, RESEARCH).collect().sort("symbol", "ts")
     assert_bit_identical(parts.select("symbol", "ts", *NAMES), expected)
     assert parts["created_at"].unique().to_list() == [NOW] and parts["view_version"].unique().to_list() == [
         RESEARCH.version]
-    grid = {ts // (batch * 60_000) for ts in range(to_ms(START), to_ms(UNTIL), 60_000)}  # windows on the grid
-    assert len(list(parts_dir(store, RESEARCH).rglob("part-*.parquet"))) == 2 * len(grid)
+    cells = {ts // (CELL_BARS * 60_000) for ts in range(to_ms(START) + 60_000, to_ms(UNTIL) + 60_000, 60_000)}
+    assert len(list(parts_dir(store, RESEARCH).rglob("part-*.parquet"))) == 2 * len(cells)  # a part per day of rows
 
 
 def test_a_cold_replay_from_the_first_bar_equals_the_backfill_warm_up_nulls_included(store, tmp_path):
@@ -128,6 +127,11 @@ def test_a_stopped_replay_continues_from_where_it_ended(store, tmp_path):
     run_main(build_flow(second, clock=fixed_clock(NOW)))
     got = pl.concat([read_jsonl(tmp_path / name, NAMES) for name in ("rows.jsonl", "second.jsonl")])
     assert_bit_identical(got.sort("symbol", "ts"), backfilled(store, after=START))
+    # the row log: the second run added its rows to the part the first one left mid-day, each row once
+    logged = scan_parts(store, RESEARCH).collect().sort("symbol", "ts")
+    assert_bit_identical(logged.select("symbol", "ts", *NAMES), backfilled(store, after=START))
+    run_main(build_flow(replace(first, jsonl=None), clock=fixed_clock(NOW + timedelta(days=1))))  # repeated
+    assert scan_parts(store, RESEARCH).collect().sort("symbol", "ts").equals(logged)  # first values kept
     assert_online_holds_newest(store, backfilled(store))
 
 

@@ -168,7 +168,7 @@ def test_training_twice_gives_identical_model_bytes_and_onnx_outputs(store, tmp_
             for i in range(2)]
     first, second = (r.path for r in runs)
     assert runs[0].version == runs[1].version
-    for name in ("model.onnx", "model.txt", "features.json"):
+    for name in ("model.onnx", "model.txt", "features.json", "reference.json"):
         assert sha(first / name) == sha(second / name), name
     X = np.random.default_rng(0).normal(scale=0.01, size=(200, 4))
     outputs = [run_onnx((p / "model.onnx").read_bytes(), X, "float64") for p in (first, second)]
@@ -182,7 +182,13 @@ def test_training_twice_gives_identical_model_bytes_and_onnx_outputs(store, tmp_
     assert len(meta.training.data_fingerprint) == 64
     assert {"lightgbm", "onnxruntime", "onnxmltools", "polars"} <= set(meta.libraries)
     assert sorted(p.name for p in first.iterdir()) == ["equity.png", "features.json", "importance.png", "meta.json",
-                                                       "model.onnx", "model.txt", "report.json"]
+                                                       "model.onnx", "model.txt", "reference.json", "report.json"]
+    reference = meta.read_reference(first)  # the training set's distributions, and the out-of-sample figures
+    assert reference.rows == meta.training.rows and list(reference.features) == list(meta.feature_names)
+    assert all(d.rows == reference.rows and len(d.shares) == len(d.edges) + 1 for d in reference.features.values())
+    assert reference.prediction.rows == reference.rows and reference.backtest.rows == runs[0].report["out_of_sample_rows"]
+    if kind == "regressor":  # the same Spearman IC the walk-forward metrics report
+        assert reference.backtest.ic == pytest.approx(meta.metrics["ic_spearman"], abs=1e-12)
 
 
 def test_version_follows_the_data_and_the_registry_pointer(store, tmp_path):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install the Debian packages named as arguments that are not installed yet (the tests need redis-server):
+# Install the Debian packages named as arguments that are not installed yet (the tests need redis-server, and chromium with chromium-driver for the dashboard):
 # quietly, and with `apt-get update` only when the package lists do not have them (a fresh CI machine).
 set -euo pipefail
 missing=()

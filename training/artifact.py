@@ -4,11 +4,14 @@
 (``model.onnx``, ``model.txt``, ``meta.json``, ``features.json``); ``serving.scorer`` reads it back with
 ``ModelMeta.read``. Nothing else parses ``meta.json``.
 
-``meta.json`` holds ``"format": 2`` and every field below; a field typed ``X | None`` is written as
-``null`` when it was not recorded (``label``, ``training`` and ``backtest`` for a model not trained by
-``training.train``; ``classes`` for a regressor). ``from_json`` refuses a missing, unknown or ill-typed
-field with a ``ModelRegistryError`` naming the file and the field. A file without ``format`` is the
-layout written before this module, read by ``_upgrade_legacy`` (the only place that guesses).
+``meta.json`` holds ``"format": 3`` and every field below; a field typed ``X | None`` is written as
+``null`` when it was not recorded (``label``, ``training``, ``backtest`` and ``reference`` for a model not
+trained by ``training.train``; ``classes`` for a regressor). ``from_json`` refuses a missing, unknown or
+ill-typed field with a ``ModelRegistryError`` naming the file and the field (``training.codec``). Format 2
+is format 3 without ``reference`` (models published before reference distributions: read as none); a
+file without ``format`` is the layout written before this module, read by ``_upgrade_legacy`` (the only
+place that guesses). ``reference`` points to ``reference.json``, the training set's distributions
+(``training.reference``), by name and sha256.
 
 >>> meta = ModelMeta(name="toy", version="t0", kind="regressor", views=(ViewInfo("toy", "v1", "1h"),),
 ...                  features=(FeatureColumn("toy__a", "toy", "a", "v1", "1h", 3600.0),),
@@ -24,29 +27,27 @@ featurestore.errors.ModelRegistryError: meta.json: field 'onnx.input_dtype' must
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
-import types
-from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from functools import cache, cached_property
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
-
-import numpy as np
+from typing import Any, get_args
 
 from featurestore.atomic import write_bytes_atomic
 from featurestore.errors import ModelRegistryError
+from training.codec import decode, encode
 from training.model import ModelKind
 from training.onnx_export import OnnxDtype, OnnxExport, ParityReport
+from training.reference import ModelReference, read_reference
 
-__all__ = ["META_FORMAT", "BacktestSummary", "FeatureColumn", "LabelInfo", "ModelMeta", "OnnxInfo", "TrainingInfo",
-           "ViewInfo", "write_model"]
+__all__ = ["META_FORMAT", "BacktestSummary", "FeatureColumn", "LabelInfo", "ModelMeta", "OnnxInfo", "ReferenceFile",
+           "TrainingInfo", "ViewInfo", "write_model"]
 
-#: The ``format`` written in ``meta.json``; a file without one is the legacy layout (``_upgrade_legacy``).
-META_FORMAT = 2
+#: The ``format`` written in ``meta.json``; 2 is read too (no ``reference``), a file without one is the legacy
+#: layout (``_upgrade_legacy``).
+META_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,15 @@ class OnnxInfo:
                    exported.parity, exported.float32_parity)
 
 
+@dataclass(frozen=True)
+class ReferenceFile:
+    """Where the model's reference distributions are (``training.reference``): a file in the model directory,
+    and its sha256."""
+
+    path: str
+    sha256: str
+
+
 def _expected_outputs(kind: str) -> tuple[str, ...]:
     return ("label", "probabilities") if kind == "classifier" else ("variable",)
 
@@ -149,6 +159,7 @@ class ModelMeta:
     onnx: OnnxInfo
     threshold: float | None = None  # |score| above which a signal is LONG / SHORT (the backtest's); None: 0
     libraries: dict[str, str] = dataclasses.field(default_factory=dict)  # package -> version at training
+    reference: ReferenceFile | None = None  # the training set's distributions; None: published before them
 
     def __post_init__(self) -> None:
         _check(self)
@@ -179,11 +190,11 @@ class ModelMeta:
 
     def to_json(self) -> str:
         """``meta.json``'s text: ``format`` first, then every field; NaN and infinities become null."""
-        return json.dumps({"format": META_FORMAT, **_encode(self)}, indent=1, allow_nan=False)
+        return json.dumps({"format": META_FORMAT, **encode(self)}, indent=1, allow_nan=False)
 
     def features_json(self) -> str:
         """``features.json``'s text: the input columns and their order (the same rows as ``meta.json``)."""
-        return json.dumps({"features": _encode(self.features), "order": list(self.feature_names)}, indent=1)
+        return json.dumps({"features": encode(self.features), "order": list(self.feature_names)}, indent=1)
 
     @classmethod
     def from_json(cls, text: str, *, path: Path | None = None) -> ModelMeta:
@@ -199,10 +210,13 @@ class ModelMeta:
                 raise ModelRegistryError(f"must hold a JSON object, got {type(data).__name__}")
             if "format" not in data:
                 data = _upgrade_legacy(data, None if path is None else Path(path).parent)
+            elif data["format"] == 2:  # published before reference distributions
+                data = {**data, "reference": None}
             elif data["format"] != META_FORMAT:
                 raise ModelRegistryError(f"field 'format' is {data['format']!r}: this version of featurestore reads "
-                                         f"format {META_FORMAT} and the legacy layout; upgrade it to read this model")
-            return _decode(cls, {k: v for k, v in data.items() if k != "format"}, "")
+                                         f"formats 2 and {META_FORMAT} and the legacy layout; upgrade it to read this model")
+            return decode(cls, {k: v for k, v in data.items() if k != "format"}, "", error=ModelRegistryError,
+                          schema=f"format {META_FORMAT}")
         except ModelRegistryError as exc:
             raise ModelRegistryError(f"{where}: {exc}") from None
 
@@ -213,6 +227,15 @@ class ModelMeta:
         if not path.is_file():
             raise ModelRegistryError(f"{path} does not exist: {directory} is not a model directory")
         return cls.from_json(path.read_text(), path=path)
+
+    def read_reference(self, directory: str | Path) -> ModelReference | None:
+        """The reference distributions in ``directory`` (None for a model published without them)."""
+        if self.reference is None:
+            return None
+        if self.reference.path != Path(self.reference.path).name:
+            raise ModelRegistryError(f"field 'reference.path' is {self.reference.path!r}: a file name in the model "
+                                     f"directory")
+        return read_reference(Path(directory) / self.reference.path, self.reference.sha256)
 
     def write(self, directory: str | Path) -> None:
         """``<directory>/meta.json`` and ``<directory>/features.json``, each replaced atomically."""
@@ -332,92 +355,5 @@ def _upgrade_legacy(old: dict[str, Any], directory: Path | None) -> dict[str, An
                  "parity": onnx.get("parity"), "float32_parity": onnx.get("float32_parity")},
         "threshold": threshold,
         "libraries": old.get("libraries") or {},
+        "reference": None,
     }
-
-
-# --- the codec: dataclass fields <-> JSON, by their type hints ------------------------------------
-
-def _encode(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _encode(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_encode(v) for v in value]
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-@cache
-def _hints(cls: type) -> dict[str, Any]:
-    return get_type_hints(cls)
-
-
-_KINDS = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
-
-
-def _decode(tp: Any, value: Any, field: str) -> Any:
-    """``value`` (parsed JSON) as type ``tp``, or a ``ModelRegistryError`` naming ``field``."""
-    origin, args = get_origin(tp), get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _decode(inner, value, field)
-    if value is None:
-        raise ModelRegistryError(f"field {field!r} is null, expected {_describe(tp)}")
-    if origin is Literal:
-        if value not in args:
-            raise ModelRegistryError(f"field {field!r} must be one of {', '.join(map(repr, args))}, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise ModelRegistryError(f"field {field!r} must be a list, got {value!r}")
-        return tuple(_decode(args[0], item, f"{field}[{i}]") for i, item in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ModelRegistryError(f"field {field!r} must be an object, got {value!r}")
-        return {key: _decode(args[1], item, f"{field}.{key}") for key, item in value.items()}
-    if dataclasses.is_dataclass(tp):
-        return _decode_object(tp, value, field)
-    if tp is datetime:
-        try:
-            moment = datetime.fromisoformat(value) if isinstance(value, str) else None
-        except ValueError:
-            moment = None
-        if moment is None or moment.tzinfo is None:
-            raise ModelRegistryError(f"field {field!r} must be an ISO-8601 time with a UTC offset, got {value!r}")
-        return moment
-    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, tp) and not (tp is int and isinstance(value, bool)):
-        return value
-    raise ModelRegistryError(f"field {field!r} must be {_describe(tp)}, got {value!r}")
-
-
-def _describe(tp: Any) -> str:
-    return _KINDS.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-def _decode_object(cls: type, value: Any, field: str) -> Any:
-    prefix = f"{field}." if field else ""
-    if not isinstance(value, dict):
-        raise ModelRegistryError(f"field {field!r} must be an object ({cls.__name__}), got {value!r}")
-    hints, names = _hints(cls), [f.name for f in dataclasses.fields(cls)]
-    unknown = [key for key in value if key not in names]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], names, n=1)
-        raise ModelRegistryError(f"field '{prefix}{unknown[0]}' is not part of format {META_FORMAT}"
-                                 + (f"; did you mean '{prefix}{close[0]}'?" if close else f" (known: {', '.join(names)})"))
-    missing = [name for name in names if name not in value]
-    if missing:
-        raise ModelRegistryError(f"field '{prefix}{missing[0]}' is missing" + (
-            f" (and {', '.join(prefix + m for m in missing[1:])})" if missing[1:] else ""))
-    return cls(**{name: _decode(hints[name], value[name], prefix + name) for name in names})

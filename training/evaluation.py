@@ -33,6 +33,7 @@ import numpy as np
 import polars as pl
 
 from featurestore.atomic import atomic_path, write_bytes_atomic
+from training.reference import SideFigures, SignalFigures
 
 __all__ = [
     "Backtest",
@@ -42,7 +43,9 @@ __all__ = [
     "performance",
     "plot_equity",
     "plot_importance",
+    "positions_for",
     "regression_metrics",
+    "signal_figures",
     "write_report",
 ]
 
@@ -146,7 +149,8 @@ class Backtest:
     settings: dict[str, Any]
 
 
-def _positions(signal: np.ndarray, threshold: float) -> np.ndarray:
+def positions_for(signal: np.ndarray, threshold: float) -> np.ndarray:
+    """The backtest's position of each score: 1 above ``threshold``, -1 below minus it, else 0."""
     return np.where(signal > threshold, 1.0, np.where(signal < -threshold, -1.0, 0.0))
 
 
@@ -159,7 +163,7 @@ def backtest(frame: pl.DataFrame, *, periods_per_year: float, cost_bps: float = 
     cost = cost_bps / 1e4
     rows = frame.select("symbol", "event_ts", pl.col(signal).alias("signal"), pl.col(bar_return).alias("r")).filter(
         pl.col("r").is_not_null() & pl.col("signal").is_not_null()).sort("symbol", "event_ts")
-    position = _positions(rows["signal"].to_numpy(), threshold)
+    position = positions_for(rows["signal"].to_numpy(), threshold)
     simple = np.expm1(rows["r"].to_numpy())
     first = (rows["symbol"] != rows["symbol"].shift(1)).fill_null(True).to_numpy()
     previous = np.where(first, 0.0, np.roll(position, 1))
@@ -192,6 +196,43 @@ def backtest(frame: pl.DataFrame, *, periods_per_year: float, cost_bps: float = 
                 "execution": "T+1: the row at t (bars closed by t) holds its position over the bar opening at t",
                 "portfolio": "equal weight across symbols, rebalanced every bar"}
     return Backtest(strategy, hold, curve, settings)
+
+
+def signal_figures(frame: pl.DataFrame, *, cost_bps: float = 5.0) -> SignalFigures:
+    """IC, hit rate and the figures of each side held, for scored rows against what happened: ``frame`` holds
+    ``symbol``, ``ts``, ``score``, ``position`` (1 LONG, -1 SHORT, 0 FLAT), ``label_ret`` (the label's log
+    return) and ``bar_ret`` (log return of the bar the position is held over, as ``backtest``'s); null where
+    not known yet. The backtest's costs: ``cost_bps`` per side on each change of position, charged to the
+    bar held after it, from FLAT before each symbol's first row. The backtest's out-of-sample figures and a
+    live model's (``serving.monitoring``) both come from here.
+
+    >>> rows = pl.DataFrame({"symbol": ["A"] * 4, "ts": [1, 2, 3, 4], "score": [0.2, 0.1, -0.3, 0.4],
+    ...                      "position": [1, 1, -1, 0], "label_ret": [0.01, -0.02, -0.01, 0.03],
+    ...                      "bar_ret": [0.01, -0.02, -0.01, 0.03]})
+    >>> figures = signal_figures(rows, cost_bps=0.0)
+    >>> figures.rows, figures.hit_rate, figures.sides["LONG"].bars, figures.sides["SHORT"].hit_rate
+    (4, 0.75, 2, 1.0)
+    """
+    from scipy.stats import spearmanr
+
+    rows = frame.sort("symbol", "ts")
+    score, label = rows["score"].cast(pl.Float64).to_numpy(), rows["label_ret"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    known = np.isfinite(score) & np.isfinite(label)
+    moving = known & (score != 0) & (label != 0)
+    ic = float(spearmanr(score[known], label[known]).statistic) if known.sum() > 2 else float("nan")
+    hit = float((np.sign(score[moving]) == np.sign(label[moving])).mean()) if moving.any() else float("nan")
+    position = rows["position"].cast(pl.Float64).to_numpy()
+    first = (rows["symbol"] != rows["symbol"].shift(1)).fill_null(True).to_numpy()
+    previous = np.where(first, 0.0, np.roll(position, 1))
+    gross = position * np.expm1(rows["bar_ret"].cast(pl.Float64).fill_null(np.nan).to_numpy())
+    net = gross - cost_bps / 1e4 * np.abs(position - previous)
+    sides = {}
+    for side, sign in (("LONG", 1.0), ("SHORT", -1.0)):
+        held = (position == sign) & np.isfinite(gross)
+        sides[side] = SideFigures(int(held.sum()), float(net[held].mean()) if held.any() else None,
+                                  float((gross[held] > 0).mean()) if held.any() else None)
+    return SignalFigures(int(known.sum()), cost_bps, ic if math.isfinite(ic) else None, hit if math.isfinite(hit) else None,
+                         sides)
 
 
 def plot_equity(curve: pl.DataFrame, path: Path, *, title: str) -> None:

@@ -9,7 +9,8 @@
 4. ONNX conversion, checked on every out-of-sample row (``training.onnx_export``); a refusal publishes
    nothing.
 5. ``<models>/<name>/<version>/`` with the artifacts (``meta.json`` and ``features.json`` from one
-   ``training.artifact.ModelMeta``); ``version = model_version(data fingerprint, settings)``, so the same
+   ``training.artifact.ModelMeta``; ``reference.json``, the training set's distributions of every input and
+   of the published model's scores, and the out-of-sample signal figures, ``training.reference``); ``version = model_version(data fingerprint, settings)``, so the same
    data and settings give the same version and the same bytes.
 
 A regressor learns the label's log return (``future_ret``, or the return of a ``bucket`` /
@@ -18,6 +19,7 @@ A regressor learns the label's log return (``future_ret``, or the return of a ``
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import platform
@@ -42,14 +44,23 @@ from training.artifact import (
     LabelInfo,
     ModelMeta,
     OnnxInfo,
+    ReferenceFile,
     TrainingInfo,
     ViewInfo,
     write_model,
 )
-from training.evaluation import backtest, classification_metrics, regression_metrics, write_report
+from training.evaluation import (
+    backtest,
+    classification_metrics,
+    positions_for,
+    regression_metrics,
+    signal_figures,
+    write_report,
+)
 from training.labels import LabelSpec, parse_label
 from training.model import CLASSES, ModelKind, ModelParams, fit_model, predict, signal
 from training.onnx_export import OnnxDtype, export_onnx
+from training.reference import REFERENCE_FILE, Distribution, ModelReference
 from training.registry import model_version, publish
 from training.splits import walk_forward
 
@@ -160,6 +171,12 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
 
     final = fit_model(X, y, feature_names=features, params=params, weight=weight, event_ts=event_ts, label_end=label_end)
     exported = export_onnx(final, X[oos], kind=kind, dtype=onnx_dtype)
+    reference = ModelReference(
+        frame.height, {name: Distribution.of(X[:, j]) for j, name in enumerate(features)},
+        Distribution.of(signal(predict(final, X, kind), kind)),
+        signal_figures(trades.select("symbol", pl.col("event_ts").alias("ts"), pl.col("signal").alias("score"),
+                                     pl.Series("position", positions_for(trades["signal"].to_numpy(), threshold)),
+                                     pl.Series("label_ret", returns), "bar_ret"), cost_bps=cost_bps))
     ttl_used = options.view_ttls(views)
     fingerprint = frame_fingerprint(frame.select("symbol", "event_ts", *features, target, label.end_column,
                                                  label.weight_column))
@@ -187,6 +204,7 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
         onnx=OnnxInfo.from_export(exported), threshold=threshold, libraries=settings["libraries"])
     created = False
     with publish(models_root, name, version) as staging:
+        meta = dataclasses.replace(meta, reference=ReferenceFile(REFERENCE_FILE, reference.write(staging)))
         write_model(staging, meta, onnx_model=exported.model, model_text=final.model_to_string())
         importance = dict(zip(features, final.feature_importance("gain").tolist(), strict=True))
         write_report(staging, report, curve=result.curve, importance=importance, title=f"{name} {version}")

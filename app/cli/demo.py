@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import argparse
+from datetime import timedelta
 
-from app.cli.options import add_time_range, symbols, utc
+from app.cli.options import add_regime, add_time_range, regime_from_args, symbols, utc
 from app.sdk import FeatureStore
 
 __all__ = ["add_commands"]
 
 
 def cmd_demo(args: argparse.Namespace, fs: FeatureStore) -> int:
-    store, now = fs.store, fs.clock()
-    from app.demo import run_demo
+    from app.demo import REGIME_DAYS, run_demo
 
-    return run_demo(store, now=now, symbols=args.symbols, since=args.start, until=args.end, seed=args.seed)
+    if args.regime_at is None:
+        args.regime_at = args.end - timedelta(days=REGIME_DAYS)
+    return run_demo(fs.store, now=fs.clock(), symbols=args.symbols, since=args.start, until=args.end, seed=args.seed,
+                    regime=regime_from_args(args))
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -25,4 +28,6 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                    start_default=utc("2024-01-01"))
     demo.set_defaults(end=utc("2025-01-01"))
     demo.add_argument("--seed", type=int, default=7)
+    add_regime(demo, at_help="the market's regime switch, the model trained before it, streamed and monitored "
+               "after it (default: 2 days before --end)", volatility=3.0, drift=-0.02)
     demo.set_defaults(run=cmd_demo)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from app.cli import demo, features, serving, store, streaming, training
+from app.cli import demo, features, monitoring, serving, store, streaming, training
 from app.cli.options import HelpFormatter, check_ranges, common_options
 from app.sdk import FeatureStore
 from featurestore.errors import FeatureStoreError
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="store directory (default: $FEATURESTORE_HOME, else ./store)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = common_options()
-    for group in (store, features, demo, training, streaming, serving):
+    for group in (store, features, demo, training, streaming, serving, monitoring):
         group.add_commands(commands, common)
     for command in commands.choices.values():
         command.formatter_class = HelpFormatter

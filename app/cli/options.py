@@ -25,10 +25,12 @@ from typing import TypeVar
 
 from featurestore.durations import parse_duration, parse_utc, parse_view_durations
 from featurestore.errors import FeatureStoreError
+from featurestore.sources.synthetic import Regime
 from featurestore.timeframes import canonical_timeframe
 
-__all__ = ["HelpFormatter", "add_cluster_options", "add_definitions", "add_symbols", "add_time_range", "add_views", "check_ranges",
-           "comma_list", "common_options", "duration", "symbols", "timeframe", "utc", "view_durations"]
+__all__ = ["HelpFormatter", "add_cluster_options", "add_definitions", "add_regime", "add_symbols", "add_time_range", "add_views", "check_ranges",
+           "comma_list", "common_options", "duration", "regime_from_args", "symbols", "timeframe", "utc",
+           "view_durations"]
 
 T = TypeVar("T")
 _SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9._-]*/[A-Z0-9][A-Z0-9._-]*(:[A-Z0-9._-]+)?$")
@@ -156,3 +158,20 @@ def add_cluster_options(parser: argparse.ArgumentParser) -> None:
                         help='cluster: "host:port;host:port;..." of every process, the same on every process')
     parser.add_argument("--join-timeout", type=float, default=120.0,
                         help="cluster: seconds to wait for every process to start")
+
+
+def add_regime(parser: argparse.ArgumentParser, *, at_help: str = "synthetic market: switch regime at this time",
+               volatility: float = 1.0, drift: float = 0.0) -> None:
+    """``--regime-at``, ``--regime-volatility`` and ``--regime-drift``: the synthetic market's regime switch."""
+    parser.add_argument("--regime-at", type=utc, help=at_help)
+    parser.add_argument("--regime-volatility", type=float, default=volatility,
+                        help="volatility multiplier from --regime-at on")
+    parser.add_argument("--regime-drift", type=float, default=drift,
+                        help="log return per day added from --regime-at on (e.g. -0.02)")
+
+
+def regime_from_args(args: argparse.Namespace) -> Regime | None:
+    """The ``Regime`` the regime options give (None without ``--regime-at``)."""
+    if args.regime_at is None:
+        return None
+    return Regime(args.regime_at, volatility=args.regime_volatility, drift=args.regime_drift)

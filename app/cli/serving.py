@@ -4,6 +4,7 @@ Signing and verifying need the key in ``$FEATURESTORE_SIGNING_KEY`` (never print
 
     featurestore score --model btc_reg --symbols BTC/USDT,ETH/USDT     signed signals as JSON lines (+ audit log)
     featurestore serve [--host 127.0.0.1] [--port 8000] [--model NAME] [--token-env FEATURESTORE_API_TOKEN]
+                                                                       (the dashboard: http://HOST:PORT/ui)
     featurestore verify-signal signals.jsonl                           exit 0 when every line verifies, else 1
     featurestore materialize --view daily_trend [--symbols ..]         newest offline rows -> online store
     featurestore online get --view research [--symbols BTC/USDT]
@@ -53,13 +54,21 @@ def cmd_score(args: argparse.Namespace, fs: FeatureStore) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, fs: FeatureStore) -> int:
+    from app.dashboard import dashboard_routes, gauge_samples
     from serving.http import create_app, serve
 
     token = os.environ.get(args.token_env) or None
+
+    def clock() -> datetime:
+        return datetime.now(UTC)
+
     with fs.signal_service(args.model, fsync=False, **signal_options(args)) as service:
         model = service.scorer.model
-        app = create_app(service, clock=lambda: datetime.now(UTC), token=token, max_batch=args.max_batch)
-        print(f"serving model {model.name} {model.version} on http://{args.host}:{args.port} (OpenAPI: /openapi.json); "
+        live = FeatureStore(fs.root, clock=clock)  # the dashboard's pages are as of each request
+        app = create_app(service, clock=clock, token=token, max_batch=args.max_batch, routes=dashboard_routes(live),
+                         gauges=gauge_samples(live, service.scorer, clock))
+        print(f"serving model {model.name} {model.version} on http://{args.host}:{args.port} (OpenAPI: /openapi.json, "
+              f"dashboard: /ui); "
               f"auth: {'bearer token from $' + args.token_env if token else 'off (set $' + args.token_env + ')'}; "
               f"audit log {service.audit.path}", flush=True)
         serve(app, host=args.host, port=args.port)

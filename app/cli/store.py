@@ -14,7 +14,15 @@ from pathlib import Path
 
 import polars as pl
 
-from app.cli.options import add_symbols, add_time_range, comma_list, timeframe, utc
+from app.cli.options import (
+    add_regime,
+    add_symbols,
+    add_time_range,
+    comma_list,
+    regime_from_args,
+    timeframe,
+    utc,
+)
 from app.sdk import FeatureStore
 from featurestore.errors import FeatureStoreError
 
@@ -34,7 +42,8 @@ def cmd_ingest(args: argparse.Namespace, fs: FeatureStore) -> int:
     if args.source == "csv" and (not args.path or not args.symbols or len(args.symbols) != 1):
         raise FeatureStoreError("--source csv needs --path FILE.csv and one --symbol SYMBOL")
     new_rows = fs.ingest(args.source, symbols=args.symbols, timeframe=args.timeframe, since=args.start, until=args.end,
-                         exchange=args.exchange, seed=args.seed, path=args.path, from_timeframe=args.from_timeframe)
+                         exchange=args.exchange, seed=args.seed, path=args.path, from_timeframe=args.from_timeframe,
+                         regime=regime_from_args(args))
     for symbol, count in new_rows.items():
         print(f"{symbol}: {count} new bars")
     print(f"stored {sum(new_rows.values())} new bars in {fs.root}")
@@ -84,6 +93,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     add_time_range(ingest, "first bar open time (UTC)", "stop before this open time (default: now)",
                    start_default=utc("2024-01-01"))
     ingest.add_argument("--seed", type=int, default=7, help="synthetic market seed")
+    add_regime(ingest)
     ingest.set_defaults(run=cmd_ingest)
 
     validate = commands.add_parser("validate", parents=[common], help="re-check stored bars and list gaps")

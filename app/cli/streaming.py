@@ -1,7 +1,7 @@
 """The ``stream`` and ``parity`` commands: the Bytewax dataflow, and its parity with the backfill.
 
     featurestore stream --source replay --view research [--symbols ..] [--start 2024-05-01] [--speed 0]
-                        [--batch 1000] [--recovery-dir DIR] [--workers N] [--jsonl FILE] [--offline-parts]
+                        [--batch 1000] [--recovery-dir DIR] [--workers N] [--jsonl FILE] [--no-offline-parts]
     featurestore stream --source ccxt --exchange binance --view research --symbols BTC/USDT
     featurestore stream ... --process-id 0 --addresses "host0:2101;host1:2101"     (one per machine)
     featurestore stream --view research --model NAME [--audit FILE]     every row scored: signed signals
@@ -75,8 +75,9 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     stream.add_argument("--batch", type=int, default=1000, help="replay window in bars (1 = bar by bar)")
     stream.add_argument("--poll-interval", type=float, default=5.0, help="ccxt: seconds between polls at most")
     stream.add_argument("--jsonl", type=Path, help="also write every row to this JSON-lines file")
-    stream.add_argument("--offline-parts", action="store_true",
-                        help="also write rows as parquet parts under <store>/kind=stream/")
+    stream.add_argument("--offline-parts", action=argparse.BooleanOptionalAction, default=True,
+                        help="log every row as parquet parts under <store>/kind=stream/ (the row log `featurestore "
+                        "consistency` checks; default on)")
     stream.add_argument("--metrics", type=Path, help="counters JSON (default <store>/stream/metrics-<view>.json)")
     stream.add_argument("--recovery-dir", type=Path, help="enable Bytewax recovery with this directory")
     stream.add_argument("--snapshot-interval", type=float, default=10.0, help="seconds between recovery snapshots")

@@ -1,11 +1,11 @@
 """The serving stage of ``featurestore demo``: score every symbol once with the production demo model.
 
-The streaming stage leaves the newest ``research`` rows in the online store; the demo model also reads
-``daily_trend``, which no flow runs, so a view the online store lacks for a symbol is first copied from
-the offline store's newest row (``featurestore.materialize``). The demo replays history: its rows are older
-than their TTL against the wall clock, so they are scored as of the replay's own clock (the newest
-``research`` row), which the stage prints. Signals are signed, printed and appended to the audit log;
-re-running over the same rows re-prints the logged signals and appends nothing.
+The streaming stage leaves the newest ``research`` rows in the online store; a view of the model the online
+store lacks for a symbol (one no flow runs) would first be copied from the offline store's newest row
+(``featurestore.materialize``). The demo replays history: its rows are older than their TTL against the
+wall clock, so they are scored as of the replay's own clock (the newest ``research`` row), which the stage
+prints. The flow has scored these rows already: the service returns the logged signals and appends nothing,
+as a re-run does.
 
 Signing needs a key: when ``$FEATURESTORE_SIGNING_KEY`` is unset the stage uses ``DEMO_SIGNING_KEY``, a
 fixed key for the demo only (public, so it proves nothing; never printed).
@@ -13,8 +13,10 @@ fixed key for the demo only (public, so it proves nothing; never printed).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from datetime import datetime
 
 import polars as pl
@@ -28,10 +30,24 @@ from serving.scorer import Scorer, load_model, resolve_model_dir
 from serving.signal_service import SignalService
 from serving.signals import SIGNING_KEY_ENV, signing_key, verify_signal
 
-__all__ = ["DEMO_SIGNING_KEY", "run_serving_stage"]
+__all__ = ["DEMO_SIGNING_KEY", "demo_signing_key", "run_serving_stage"]
 
 #: The demo's own signing key when none is configured: fixed and public, for the demo only.
 DEMO_SIGNING_KEY = "featurestore-demo-signing-key-not-a-secret"
+
+
+@contextlib.contextmanager
+def demo_signing_key() -> Iterator[None]:
+    """``$FEATURESTORE_SIGNING_KEY`` as it is, or ``DEMO_SIGNING_KEY`` while inside (the dataflow's signal sink reads
+    the key from the environment)."""
+    if os.environ.get(SIGNING_KEY_ENV):
+        yield
+        return
+    os.environ[SIGNING_KEY_ENV] = DEMO_SIGNING_KEY
+    try:
+        yield
+    finally:
+        del os.environ[SIGNING_KEY_ENV]
 
 
 def run_serving_stage(store: Store, *, now: datetime, symbols: list[str]) -> None:
@@ -48,8 +64,8 @@ def run_serving_stage(store: Store, *, now: datetime, symbols: list[str]) -> Non
                       f"offline row(s) (featurestore materialize --view {view})")
         primary = next(iter(model.view_versions))
         as_of = max(row.ts for row in online.get_many(primary, symbols).values())
-    configured = bool(os.environ.get(SIGNING_KEY_ENV))
-    key = signing_key() if configured else DEMO_SIGNING_KEY.encode()
+    key = signing_key() if os.environ.get(SIGNING_KEY_ENV) else DEMO_SIGNING_KEY.encode()
+    configured = key != DEMO_SIGNING_KEY.encode()
     print(f"scoring as of {as_of.isoformat()} (the newest {primary} row: the replay's clock) with {model.name} "
           f"{model.version}; signing with {'$' + SIGNING_KEY_ENV if configured else 'the demo key (not a secret)'}")
     scorer = Scorer(model, connect(store.online_url, readonly=True))

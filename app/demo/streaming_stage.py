@@ -1,14 +1,18 @@
-"""The demo's streaming stage: replay the last days of stored bars through the real dataflow.
+"""The demo's streaming stage: replay the stored bars from the regime switch on through the real dataflow,
+the demo model scoring every row into a signed signal.
 
-The feature state of each symbol is warmed on every stored bar before the replay window, the rows go
-to the online store and a JSONL file (``<store>/stream/demo-<view>.jsonl``), and the streamed rows are
-then compared with the backfill's rows of the same times: the stage raises on any mismatch.
+The feature state of each symbol is warmed on every stored bar before the replay window, the rows go to the
+online store, the row log (parquet parts under ``kind=stream/``) and a JSONL file
+(``<store>/stream/demo-<view>.jsonl``); the streamed rows are then compared with the backfill's rows of the
+same times, and the row log with the same rows recomputed from the offline store (``featurestore
+consistency``): the stage raises on any mismatch.
 """
 
 from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import polars as pl
 from bytewax.testing import run_main
@@ -18,9 +22,10 @@ from featurestore.definitions import FeatureView
 from featurestore.errors import FeatureStoreError
 from featurestore.offline import read_features
 from featurestore.online import connect
-from featurestore.store import BarSeries, Store
+from featurestore.store import Store
 from featurestore.timeframes import timeframe_ms
 from streaming.clock import fixed_clock
+from streaming.consistency import consistency
 from streaming.flow import StreamConfig, build_flow
 from streaming.parity import compare_rows
 from streaming.sinks import read_jsonl, read_metrics, summary_line
@@ -28,20 +33,17 @@ from streaming.sinks import read_jsonl, read_metrics, summary_line
 __all__ = ["run_streaming_stage"]
 
 
-def run_streaming_stage(store: Store, *, now: datetime, symbols: list[str], view: FeatureView = RESEARCH,
-                        days: float = 2.0, exchange: str | None = None) -> None:
-    """Stream the last ``days`` of ``view``'s bars for ``symbols`` and check parity with the backfill."""
+def run_streaming_stage(store: Store, *, now: datetime, symbols: list[str], start: datetime, model: Path,
+                        view: FeatureView = RESEARCH, exchange: str | None = None) -> None:
+    """Stream ``view``'s bars from ``start`` on for ``symbols``, each row scored by ``model``; check parity and
+    consistency with the backfill."""
     exchange = store.resolve_exchange(view.timeframe, exchange)
-    stored = [store.last_bar_ts(BarSeries(exchange, view.timeframe, s)) for s in symbols]
-    if None in stored:
-        raise FeatureStoreError(f"no {view.timeframe} bars of {symbols[stored.index(None)]} on {exchange} to stream")
-    newest = max(stored)
-    start = newest + timedelta(milliseconds=timeframe_ms(view.timeframe)) - timedelta(days=days)
     jsonl = store.root / "stream" / f"demo-{view.name}.jsonl"
     config = StreamConfig(store=str(store.root), view=view.name, symbols=symbols, exchange=exchange,
-                          start=start.isoformat(), jsonl=str(jsonl))
-    print(f"\n== stream: replay {days:g} days of {view.timeframe} bars ({start:%Y-%m-%d %H:%M} ..) of "
-          f"{len(symbols)} symbols through the Bytewax dataflow, view {view.name} v{view.version}", flush=True)
+                          start=start.isoformat(), jsonl=str(jsonl), model=str(model))
+    print(f"\n== stream: replay the {view.timeframe} bars from {start:%Y-%m-%d %H:%M} (the regime switch) of "
+          f"{len(symbols)} symbols through the Bytewax dataflow, view {view.name} v{view.version}, every row scored "
+          f"by {model.parent.name} {model.name} into a signed signal", flush=True)
     started = time.perf_counter()
     run_main(build_flow(config, clock=fixed_clock(now)))
     elapsed = time.perf_counter() - started
@@ -69,3 +71,8 @@ def run_streaming_stage(store: Store, *, now: datetime, symbols: list[str], view
         with pl.Config(tbl_rows=100, tbl_width_chars=160):
             print(report.table)
         raise FeatureStoreError("streaming output differs from the backfill (see the table above)")
+    first_row = start + timedelta(milliseconds=timeframe_ms(view.timeframe))  # of the first bar streamed
+    logged = consistency(store, view, now=now, exchange=exchange, symbols=symbols, start=first_row)
+    print(f"row log (featurestore consistency --view {view.name}): {logged.summary()}")
+    if not logged.ok:
+        raise FeatureStoreError("the rows the flow logged differ from the offline store's")

@@ -12,6 +12,11 @@ half-normal multiple of ``sigma_t``. The series is a function of ``(seed, symbol
 only: numbers are drawn in fixed blocks, so a later ``until`` extends the series without changing
 its past (a re-run with a later ``until`` appends; nothing stored conflicts).
 
+A ``Regime`` switches the market at a moment: from the bar opening at ``at`` on, ``sigma_t`` is multiplied
+by ``volatility`` and ``drift`` (log return per day) is added to ``mu_t``. The same numbers are drawn, so
+every bar before ``at`` is the bar without the regime, bit for bit; the bars from ``at`` on differ (store
+them with the same regime every time: a different one conflicts with what is stored).
+
 >>> from datetime import datetime, timezone
 >>> day = datetime(2024, 1, 1, tzinfo=timezone.utc)
 >>> bars = synthetic_bars(["BTC/USDT"], "1h", since=day, until=datetime(2024, 1, 2, tzinfo=timezone.utc))
@@ -19,6 +24,10 @@ its past (a re-run with a later ``until`` appends; nothing stored conflicts).
 (24, True)
 >>> bars.equals(synthetic_bars(["BTC/USDT"], "1h", since=day, until=datetime(2024, 1, 2, tzinfo=timezone.utc)))
 True
+>>> calm = Regime(datetime(2024, 1, 1, 12, tzinfo=timezone.utc), volatility=3.0, drift=-0.05)
+>>> stormy = synthetic_bars(["BTC/USDT"], "1h", since=day, until=datetime(2024, 1, 2, tzinfo=timezone.utc), regime=calm)
+>>> stormy.head(12).equals(bars.head(12)), stormy.tail(12)["close"].equals(bars.tail(12)["close"])
+(True, False)
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -33,14 +43,31 @@ import polars as pl
 from scipy.signal import lfilter
 
 from featurestore.bars import TS_DTYPE
+from featurestore.errors import FeatureStoreError
 from featurestore.timeframes import floor_ms, timeframe_ms
 
-__all__ = ["synthetic_bars"]
+__all__ = ["Regime", "synthetic_bars"]
 
 _BLOCK = 1 << 16
 _DAY_MS = 86_400_000
 _T_DOF = 4.0
 _KNOWN_PRICES = {"BTC": 42_000.0, "ETH": 2_300.0, "SOL": 100.0, "BNB": 310.0, "XRP": 0.6, "DOGE": 0.09}
+
+
+@dataclass(frozen=True)
+class Regime:
+    """From the bar opening at ``at`` on: volatility times ``volatility``, plus ``drift`` log return per day."""
+
+    at: datetime
+    volatility: float = 1.0
+    drift: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.at.tzinfo is None:
+            raise FeatureStoreError(f"regime at {self.at.isoformat()} has no timezone; pass an aware UTC time")
+        if not (math.isfinite(self.volatility) and self.volatility > 0 and math.isfinite(self.drift)):
+            raise FeatureStoreError(f"a regime needs volatility > 0 and a finite drift, got volatility "
+                                    f"{self.volatility} and drift {self.drift}")
 
 
 def _symbol_key(symbol: str) -> int:
@@ -58,7 +85,8 @@ def _ar1(coefficient: float, shocks: np.ndarray, state: float) -> tuple[np.ndarr
     return out, float(out[-1]) if out.size else state
 
 
-def _blocks(seed: int, symbol: str, timeframe: str, n: int, step_ms: int, start_ms: int) -> Iterator[dict]:
+def _blocks(seed: int, symbol: str, timeframe: str, n: int, step_ms: int, start_ms: int,
+            regime: Regime | None) -> Iterator[dict]:
     key = _symbol_key(symbol)
     step_days = step_ms / _DAY_MS
     daily_vol = 0.025 + 0.02 * (key % 1000) / 1000  # 2.5% to 4.5% a day, per symbol
@@ -85,6 +113,10 @@ def _blocks(seed: int, symbol: str, timeframe: str, n: int, step_ms: int, start_
         ts_ms = start_ms + (first + np.arange(size, dtype=np.int64)) * step_ms
         season = 1.0 + 0.35 * np.cos(2 * np.pi * ((ts_ms % _DAY_MS) / _DAY_MS - 15 / 24)) if intraday else 1.0
         sigma = bar_vol * np.exp(log_vol - 0.45**2 / 2) * season
+        if regime is not None:
+            switched = ts_ms >= int(regime.at.timestamp() * 1000)
+            sigma = np.where(switched, sigma * regime.volatility, sigma)
+            drift = drift + np.where(switched, regime.drift * step_days, 0.0)
         ret, state["ret"] = _ar1(0.04, drift + sigma * eps, state["ret"])
         log_close = state["log_close"] + np.cumsum(ret)
         log_open = np.concatenate([[state["log_close"]], log_close[:-1]])
@@ -105,8 +137,9 @@ def _blocks(seed: int, symbol: str, timeframe: str, n: int, step_ms: int, start_
 
 
 def synthetic_bars(symbols: list[str], timeframe: str, *, since: datetime, until: datetime,
-                   seed: int = 7) -> pl.DataFrame:
-    """Closed bars with open time in ``[since, until)`` for each symbol, sorted by ``(symbol, ts)``.
+                   seed: int = 7, regime: Regime | None = None) -> pl.DataFrame:
+    """Closed bars with open time in ``[since, until)`` for each symbol, sorted by ``(symbol, ts)``; the
+    market switches to ``regime`` at its time.
 
     ``until`` must be no later than "now" for the caller: bars are generated as closed bars.
     """
@@ -115,7 +148,7 @@ def synthetic_bars(symbols: list[str], timeframe: str, *, since: datetime, until
     n = max(0, (int(until.timestamp() * 1000) - start_ms + step_ms - 1) // step_ms)
     frames = []
     for symbol in symbols:
-        for block in _blocks(seed, symbol, timeframe, n, step_ms, start_ms):
+        for block in _blocks(seed, symbol, timeframe, n, step_ms, start_ms, regime):
             frames.append(pl.DataFrame(block).with_columns(
                 pl.lit(symbol).alias("symbol"), pl.from_epoch("ts", time_unit="ms").cast(TS_DTYPE)))
     if not frames:

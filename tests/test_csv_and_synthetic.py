@@ -11,7 +11,7 @@ import pytest
 from polars.testing import assert_frame_equal
 
 from featurestore.bars import validate_bars
-from featurestore.errors import BarValidationError, FeatureStoreError
+from featurestore.errors import BarValidationError
 from featurestore.ingest import ingest_csv
 from featurestore.sources.synthetic import synthetic_bars
 from featurestore.store import Store
@@ -138,15 +138,57 @@ def test_csv_rule_violation_names_the_line(tmp_path):
         ingest_csv(Store(tmp_path / "store"), path, symbol="BTC/USDT", timeframe="1d", now=utc(2030, 1, 1))
 
 
-def test_csv_with_only_a_header_is_not_a_crash(tmp_path):
+def test_csv_with_only_a_header_is_an_error_naming_the_file(run_cli, tmp_path):
     path = tmp_path / "empty.csv"
     path.write_text("time,open,high,low,close,volume\n")
-    try:
-        new = ingest_csv(Store(tmp_path / "store"), path, symbol="BTC/USDT", timeframe="1d", now=utc(2030, 1, 1))
-    except FeatureStoreError as exc:
-        assert str(path) in str(exc)
-    else:
-        assert sum(new.values()) == 0
+
+    result = ingest_cli(run_cli, path, tmp_path / "store")
+
+    assert result.returncode == 1
+    assert f"source {path}" in result.stderr
+    assert "the file has no rows after its header" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "store" / "kind=bars").exists()
+
+
+EPOCHS = [str(int(d.timestamp())) for d in DAYS]
+
+
+def stored_csv_bars(store: Path) -> list[tuple]:
+    return Store(store).scan_bars("csv", "1d").select("ts", "open", "high", "low", "close", "volume").collect().rows()
+
+
+EXPECTED_ROWS = [(d, *v) for d, v in zip(DAYS, VALUES, strict=True)]
+
+
+@pytest.mark.parametrize(("encoding", "newline"), [("utf-8-sig", "\r\n"), ("utf-8-sig", "\n"), ("utf-8", "\r\n")])
+def test_csv_with_a_byte_order_mark_or_crlf_line_ends_reads_the_same_bars(tmp_path, encoding, newline):
+    lines = ["Time,Open,High,Low,Close,Volume", *(f"{d:%Y-%m-%dT%H:%M:%SZ}," + ",".join(map(repr, v))
+                                                for d, v in zip(DAYS, VALUES, strict=True))]
+    path = tmp_path / "btc.csv"
+    path.write_bytes(newline.join(lines).encode(encoding) + newline.encode())
+    assert ingest_csv(Store(tmp_path / "store"), path, symbol="BTC/USDT", timeframe="1d",
+                      now=utc(2030, 1, 1)) == {"BTC/USDT": 5}
+    assert stored_csv_bars(tmp_path / "store") == EXPECTED_ROWS
+
+
+@pytest.mark.parametrize(("order", "line"), [
+    ([0, 1, 3, 2, 4], 5),  # unsorted: the row of Jan 3 (line 5) comes after Jan 4's
+    ([0, 1, 2, 2, 3, 4], 5),  # an exact duplicate of line 4 on line 5
+])
+def test_csv_unsorted_or_duplicate_rows_are_refused_naming_the_line(run_cli, tmp_path, order, line):
+    """The bar contract: ``ts`` strictly increasing per symbol; a file is never reordered or deduplicated."""
+    path = write_csv(tmp_path / "btc.csv", "time,open,high,low,close,volume", [EPOCHS[i] for i in order],
+                     [VALUES[i] for i in order])
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))  # CRLF: the line numbers stay right
+
+    result = ingest_cli(run_cli, path, tmp_path / "store")
+
+    assert result.returncode == 1
+    assert f"source {path}" in result.stderr and f"(line {line})" in result.stderr
+    assert "rule 'ts strictly increasing per symbol' broken" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "store" / "kind=bars").exists()
 
 
 def test_validate_lists_the_gap_of_a_gapped_csv(run_cli, tmp_path):

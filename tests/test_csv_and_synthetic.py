@@ -172,6 +172,28 @@ def test_csv_with_a_byte_order_mark_or_crlf_line_ends_reads_the_same_bars(tmp_pa
     assert stored_csv_bars(tmp_path / "store") == EXPECTED_ROWS
 
 
+@pytest.mark.parametrize("scale", [1, 1000])  # epoch seconds and milliseconds, written as floats (pandas: 1.7e9 -> "1704067200.0")
+def test_csv_whole_float_epochs_are_the_same_instants(tmp_path, scale):
+    times = [f"{int(d.timestamp()) * scale}.0" for d in DAYS]
+    path = write_csv(tmp_path / "btc.csv", "time,open,high,low,close,volume", times)
+    store = Store(tmp_path / "store")
+    assert ingest_csv(store, path, symbol="BTC/USDT", timeframe="1d", now=utc(2030, 1, 1)) == {"BTC/USDT": 5}
+    assert stored_csv_bars(tmp_path / "store") == EXPECTED_ROWS
+
+
+def test_csv_fractional_epoch_is_refused_naming_the_line(run_cli, tmp_path):
+    times = [f"{int(d.timestamp())}.0" for d in DAYS]
+    times[3] = f"{int(DAYS[3].timestamp())}.25"  # line 5: a quarter second past the day's open
+    path = write_csv(tmp_path / "btc.csv", "time,open,high,low,close,volume", times)
+
+    result = ingest_cli(run_cli, path, tmp_path / "store")
+
+    assert result.returncode == 1
+    assert f"source {path} line 5" in result.stderr
+    assert f"time={times[3]}" in result.stderr and "whole number" in result.stderr
+    assert not (tmp_path / "store" / "kind=bars").exists()
+
+
 @pytest.mark.parametrize(("order", "line"), [
     ([0, 1, 3, 2, 4], 5),  # unsorted: the row of Jan 3 (line 5) comes after Jan 4's
     ([0, 1, 2, 2, 3, 4], 5),  # an exact duplicate of line 4 on line 5

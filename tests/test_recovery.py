@@ -5,6 +5,7 @@ of an uninterrupted run."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -191,3 +192,41 @@ def test_sigkilled_flow_restarts_to_exactly_the_rows_of_an_uninterrupted_run(bas
     names, frame = parts(config)
     reference_names, reference_frame = parts(reference)
     assert names == reference_names and frame.equals(reference_frame, null_equal=True)
+
+
+MOMENTUM = """
+import polars as pl
+from featurestore.definitions import FeatureView
+MOM = FeatureView("mom", "1m", {"ret": (pl.col("close") / pl.col("close").shift(SHIFT)).log()})
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("new_bars", [True, False])
+def test_recovery_state_of_another_view_version_is_refused_and_nothing_is_written(base_store, tmp_path, run_cli,
+                                                                                   hash_tree, new_bars):
+    store = Store(shutil.copytree(base_store.root, tmp_path / "store"))
+    definitions, recovery, jsonl = tmp_path / "views.py", tmp_path / "recovery", tmp_path / "rows.jsonl"
+
+    def stream(until: str) -> subprocess.CompletedProcess:
+        return run_cli("stream", "--store", store.root, "--view", "mom", "--definitions", definitions, "--from",
+                       "2024-05-02T12:00", "--until", until, "--jsonl", jsonl, "--recovery-dir", recovery)
+
+    definitions.write_text(MOMENTUM.replace("SHIFT", "3"))
+    first = stream("2024-05-02T18:00")
+    assert first.returncode == 0, first.stderr
+    old = re.search(r"streaming view mom v(\w+)", first.stdout)[1]
+    definitions.write_text(MOMENTUM.replace("SHIFT", "4"))  # the same view, edited: a new version
+    before = {k: v for k, v in hash_tree(store.root).items() if not k.startswith("registry")}
+    jsonl_before = jsonl.read_bytes()
+
+    second = stream("2024-05-02T20:00" if new_bars else "2024-05-02T18:00")
+
+    assert second.returncode == 1
+    new = re.search(r"streaming view mom v(\w+)", second.stdout)[1]
+    assert new != old
+    assert (f"error: the recovery state was built by view 'mom' version {old}, this run computes version {new}: "
+            f"delete the recovery directory (or give another) to start over, or stream --view mom@{old}"
+            ) in second.stderr
+    assert {k: v for k, v in hash_tree(store.root).items() if not k.startswith("registry")} == before
+    assert jsonl.read_bytes() == jsonl_before

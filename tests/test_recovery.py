@@ -4,6 +4,7 @@ of an uninterrupted run."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -33,7 +34,7 @@ from featurestore.store import Store
 from streaming.clock import fixed_clock
 from streaming.flow import CONFIG_ENV, StreamConfig, build_flow
 from streaming.items import Counts, FeatureRows
-from streaming.sinks import JsonlSink, read_jsonl, scan_parts
+from streaming.sinks import JsonlSink, read_jsonl, read_metrics, scan_parts
 
 NAMES = RESEARCH.feature_names
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -230,3 +231,11 @@ def test_recovery_state_of_another_view_version_is_refused_and_nothing_is_writte
             ) in second.stderr
     assert {k: v for k, v in hash_tree(store.root).items() if not k.startswith("registry")} == before
     assert jsonl.read_bytes() == jsonl_before
+
+    # The way out the error names: stream the version the state was built by (from the registry, no file).
+    resumed = run_cli("stream", "--store", store.root, "--view", f"mom@{old}", "--from", "2024-05-02T12:00",
+                      "--until", "2024-05-02T20:00", "--jsonl", jsonl, "--recovery-dir", recovery)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert len(rows) == 2 * 8 * 60 and {row["view_version"] for row in rows} == {old}
+    assert read_metrics(store.stream_metrics_path("mom"))["view_version"] == old

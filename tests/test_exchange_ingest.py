@@ -8,7 +8,6 @@ any other path as unexpected (checked after each test), so no request can leave 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import threading
@@ -138,6 +137,9 @@ class LocalBinance:
         """(status, JSON body, whether to stall until ``released`` before answering)."""
         with self._lock:
             self.requests.append((path, query))
+            if path in ("/fapi/v1/exchangeInfo", "/dapi/v1/exchangeInfo"):  # no futures markets (ccxt asks)
+                return 200, {"timezone": "UTC", "serverTime": self.now_ms, "rateLimits": [], "exchangeFilters": [],
+                             "symbols": []}, False
             if path == "/api/v3/exchangeInfo":
                 return 200, {"timezone": "UTC", "serverTime": self.now_ms, "rateLimits": [
                     {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
@@ -194,14 +196,8 @@ def server():
 
 
 def local_client(server: LocalBinance, timeout_ms: int = 5_000):
-    """A real ccxt binance client (built by ``make_client``) whose every API URL points at ``server``."""
-    client = make_client("binance", timeout=timeout_ms, options={
-        "fetchMarkets": {"types": ["spot"]},  # only GET /api/v3/exchangeInfo (not fapi/dapi exchangeInfo)
-        "fetchCurrencies": False,  # no sapi capital/config/getall
-        "fetchMargins": False,  # no sapi margin/allPairs
-    })
-    client.urls["api"] = {name: re.sub(r"^https://[^/]+", server.base, url)
-                          for name, url in client.urls["api"].items()}
+    """The real ccxt binance client the CLI builds (``make_client``), every API URL pointing at ``server``."""
+    client = make_client("binance", timeout=timeout_ms, api_url=server.base)
     assert all(url.startswith(server.base + "/") for url in client.urls["api"].values())
     client.session.trust_env = False  # ignore any proxy settings in the environment
     return client

@@ -334,3 +334,33 @@ def test_live_source_refuses_to_start_without_history_and_stops_on_an_unknown_sy
         assert server.klines_starts() == []  # ccxt knew from exchangeInfo that DOGE/USDT does not exist
     finally:
         server.close()
+
+
+@pytest.mark.slow
+def test_two_cli_processes_given_process_id_and_addresses_give_the_rows_of_one(base_store, tmp_path):
+    """``featurestore stream --process-id i --addresses "a;b"`` twice on this machine, sharing the store (its
+    SQLite online store) and naming the same JSONL file, which one of them writes."""
+    until = START + timedelta(hours=6)
+    single, cluster = (Store(shutil.copytree(base_store.root, tmp_path / name / "store")) for name in ("one", "two"))
+    run_main(build_flow(stream_config(single, tmp_path / "one", start=START.isoformat(), until=until.isoformat(),
+                                      batch=60, offline_parts=True), clock=fixed_clock(NOW)))
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    command = [FEATURESTORE, "stream", "--store", str(cluster.root), "--view", "research", "--from", START.isoformat(),
+               "--until", until.isoformat(), "--batch", "60", "--offline-parts", "--jsonl", str(tmp_path / "two" / "rows.jsonl"),
+               "--addresses", addresses]
+    processes = [subprocess.Popen([*command, "--process-id", str(i)], cwd=tmp_path, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    try:  # a process whose peer never connects waits for it: the timeout makes that fail, not hang
+        results = [(proc.communicate(timeout=120), proc.returncode) for proc in processes]
+    finally:
+        for proc in processes:
+            proc.kill()
+    for (_, err), code in results:
+        assert code == 0, err
+    assert read_metrics(cluster.stream_metrics_path("research"))["total"]["applied"] == 720
+
+    lines = [sorted(Path(tmp_path / name / "rows.jsonl").read_text().splitlines()) for name in ("one", "two")]
+    assert len(lines[0]) == 2 * 6 * 60 and lines[1] == lines[0]
+    assert online_rows(cluster) == online_rows(single)
+    parts = [scan_parts(store, RESEARCH).drop("created_at").collect().sort("symbol", "ts") for store in (single, cluster)]
+    assert parts[1].equals(parts[0])

@@ -39,6 +39,15 @@ def ingest_cli(run_cli, path: Path, store: Path, timeframe: str = "1d"):
                    "--store", store)
 
 
+def assert_refused(result, store: Path, *messages: str) -> None:
+    """The CLI exited 1 with each of ``messages`` in its error, no traceback, and stored nothing."""
+    assert result.returncode == 1, result.stdout
+    for message in messages:
+        assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (store / "kind=bars").exists()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # CSV through the CLI
 
@@ -84,11 +93,7 @@ def test_csv_non_numeric_price_names_file_line_and_field(run_cli, tmp_path, hash
 
     result = ingest_cli(run_cli, path, tmp_path / "store")
 
-    assert result.returncode == 1
-    assert f"source {path} line 4" in result.stderr
-    assert "close='n/a' is not a number" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "store" / "kind=bars").exists()
+    assert_refused(result, tmp_path / "store", f"source {path} line 4", "close='n/a' is not a number")
 
 
 def test_csv_iso_time_without_offset_is_refused_naming_the_line(run_cli, tmp_path):
@@ -98,11 +103,8 @@ def test_csv_iso_time_without_offset_is_refused_naming_the_line(run_cli, tmp_pat
 
     result = ingest_cli(run_cli, path, tmp_path / "store")
 
-    assert result.returncode == 1
-    assert f"source {path} line 4" in result.stderr
-    assert "rule 'time is epoch seconds/ms or ISO-8601 with a UTC offset' broken" in result.stderr
-    assert "time='2024-01-03T00:00:00'" in result.stderr
-    assert not (tmp_path / "store" / "kind=bars").exists()
+    assert_refused(result, tmp_path / "store", f"source {path} line 4", "time='2024-01-03T00:00:00'",
+                   "rule 'time is epoch seconds/ms or ISO-8601 with a UTC offset' broken")
 
 
 def test_csv_missing_column_is_named(run_cli, tmp_path):
@@ -111,10 +113,7 @@ def test_csv_missing_column_is_named(run_cli, tmp_path):
 
     result = ingest_cli(run_cli, path, tmp_path / "store")
 
-    assert result.returncode == 1
-    assert f"source {path}" in result.stderr
-    assert "missing column(s) ['volume']" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert_refused(result, tmp_path / "store", f"source {path}", "missing column(s) ['volume']")
 
 
 def test_csv_in_progress_last_candle_is_dropped(tmp_path):
@@ -144,11 +143,7 @@ def test_csv_with_only_a_header_is_an_error_naming_the_file(run_cli, tmp_path):
 
     result = ingest_cli(run_cli, path, tmp_path / "store")
 
-    assert result.returncode == 1
-    assert f"source {path}" in result.stderr
-    assert "the file has no rows after its header" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "store" / "kind=bars").exists()
+    assert_refused(result, tmp_path / "store", f"source {path}", "the file has no rows after its header")
 
 
 EPOCHS = [str(int(d.timestamp())) for d in DAYS]
@@ -188,10 +183,7 @@ def test_csv_fractional_epoch_is_refused_naming_the_line(run_cli, tmp_path):
 
     result = ingest_cli(run_cli, path, tmp_path / "store")
 
-    assert result.returncode == 1
-    assert f"source {path} line 5" in result.stderr
-    assert f"time={times[3]}" in result.stderr and "whole number" in result.stderr
-    assert not (tmp_path / "store" / "kind=bars").exists()
+    assert_refused(result, tmp_path / "store", f"source {path} line 5", f"time={times[3]} is not a whole number")
 
 
 @pytest.mark.parametrize(("order", "line"), [
@@ -206,11 +198,8 @@ def test_csv_unsorted_or_duplicate_rows_are_refused_naming_the_line(run_cli, tmp
 
     result = ingest_cli(run_cli, path, tmp_path / "store")
 
-    assert result.returncode == 1
-    assert f"source {path}" in result.stderr and f"(line {line})" in result.stderr
-    assert "rule 'ts strictly increasing per symbol' broken" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "store" / "kind=bars").exists()
+    assert_refused(result, tmp_path / "store", f"source {path}", f"(line {line})",
+                   "rule 'ts strictly increasing per symbol' broken")
 
 
 def test_validate_lists_the_gap_of_a_gapped_csv(run_cli, tmp_path):

@@ -23,7 +23,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest benchmarks -q --benchmark-enable --benchmark-only -s
+	$(BIN)/python -m pytest benchmarks -q --benchmark-enable --benchmark-only -s --bench-results benchmarks/results.md
 
 clean:
 	rm -rf $(VENV) store

@@ -175,7 +175,7 @@ def render(results: dict) -> str:
         "the same data. ratio = the figure's time (per bar, per call) / the baseline's: below 1 is faster than the "
         "baseline, lower is better. A target is met only when both the fastest and the median round meet it; the "
         "verdict says which decided.", "",
-        "## Figures with targets (the README's table)", "", *_table(results["headline"]), "",
+        "## Headline figures and targets (the README's table)", "", *_table(results["headline"]), "",
         "## Every comparison", "", *_table(results["comparisons"]), "",
     ]
     if results["notes"]:

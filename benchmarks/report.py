@@ -112,7 +112,7 @@ def _verdict(fastest_ok: bool, median_ok: bool, kind: Kind) -> str:
 
 def _target_text(target: Target, figure: Measured) -> str:
     if target.of == "ratio":
-        text = f"ratio <= {target.limit:g}"
+        text = f"ratio <= {target.limit:.3g}"
     else:
         sign = ">=" if figure.kind == "throughput" else "<="
         text = f"{sign} {figure.text(target.limit)}"

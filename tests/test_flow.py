@@ -1,6 +1,7 @@
-"""The streaming dataflow, run by Bytewax's own runners: rows equal the backfill bit for bit (batched,
-bar by bar, warm or cold), bad bars are counted and not applied, the live ccxt source survives
-failures and closes gaps, and several workers or processes give the rows of one."""
+"""The streaming dataflow, run by Bytewax's own runners and by the CLI: rows equal the backfill bit for bit
+(batched, bar by bar, warm or cold), bad bars are counted and not applied, the live ccxt source survives
+failures and closes gaps (and runs from the CLI against a local exchange), and several workers or processes
+(Bytewax's runner, or ``featurestore stream --process-id/--addresses``) give the rows of one."""
 
 from __future__ import annotations
 

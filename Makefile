@@ -30,7 +30,7 @@ test: $(STAMP) system-packages
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP) system-packages
-	$(BIN)/python -m pytest benchmarks -q --benchmark-enable --benchmark-only -s
+	$(BIN)/python -m pytest benchmarks -q --benchmark-enable --benchmark-only -s --bench-results benchmarks/results.md
 
 clean:
 	rm -rf $(VENV) store

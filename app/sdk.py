@@ -488,8 +488,8 @@ class FeatureStore:
                                         "polls only the symbols it is given)")
             stored = self.store.resolve_exchange(resolved.timeframe, exchange or self.config.exchange)
             symbols = [s.symbol for s in self.store.series(exchange=stored, timeframe=resolved.timeframe)]
-        config = StreamConfig(
-            store=str(self.root), view=resolved.name, symbols=list(symbols), source=source,
+        config = StreamConfig(  # the view as asked: name@version streams that version, not the current one
+            store=str(self.root), view=view, symbols=list(symbols), source=source,
             exchange=exchange or self.config.exchange, start=start.isoformat() if start else None,
             until=end.isoformat() if end else None, batch=batch, speed=speed, poll_interval_s=poll_interval_s,
             jsonl=str(jsonl) if jsonl else None, offline_parts=offline_parts, metrics=str(metrics) if metrics else None,

@@ -1,4 +1,4 @@
-"""Benchmark data built once per session, and the ratio table printed at the end of the run.
+"""Benchmark data built once per session, and the report printed (``make bench``: and written) at the end of the run.
 
 Run (2 cores, shared and noisy: read the ratios, not the absolute numbers)::
 
@@ -6,9 +6,9 @@ Run (2 cores, shared and noisy: read the ratios, not the absolute numbers)::
     .venv/bin/python -m pytest benchmarks -q --benchmark-only -s          # the same, uncaptured
     BENCH_SCALE=0.1 .venv/bin/python -m pytest benchmarks -q --benchmark-only   # quick smoke run
 
-To keep a run, add ``--benchmark-json benchmarks/results/<yyyy-mm-dd>-<what>.json`` (the directory must
-exist: ``mkdir -p benchmarks/results``). The JSON holds pytest-benchmark's raw stats per benchmark, the
-bars and bars/s in each ``extra_info``, and the ratio table below under ``featurestore_ratios``.
+To keep pytest-benchmark's raw stats too, add ``--benchmark-json FILE.json``: it holds every benchmark's rounds,
+the bars and bars/s (or the per-round percentiles) in each ``extra_info``, and the report's document under
+``featurestore_report``.
 
 Data (``BENCH_SCALE`` scales the number of bars, default 1.0):
 - ``ingest_frame``: 10 symbols x 100,000 one-minute bars (1.0M bars) of the synthetic market, in memory.
@@ -22,20 +22,25 @@ Data (``BENCH_SCALE`` scales the number of bars, default 1.0):
   of every series: two ``ingest_synthetic`` calls) backfilled with the ``research`` and ``indicators`` views
   (10M feature rows; ~20-30 s), and each view's stored rows in memory. Read-only.
 
-Every benchmark registers its timings through the ``bench_record`` fixture; ``COMPARISONS`` pairs each
-library measurement with a baseline measured in the same session, and the table at the end of the terminal
-output shows ``ratio = time / baseline time`` (above 1 means slower than the baseline) of the fastest rounds,
-and in parentheses the same ratio of the medians. On this shared 2-core machine noise comes in bursts that
-roughly double every time for a few rounds (another process takes a core), and it only ever adds time: the
-fastest rounds gave the same ratios run after run (e.g. run_sql / native DuckDB 1.90-1.97x over five runs)
-while the medians' ratio swung between 1.3x and 3.4x. When the two columns disagree, the run was noisy.
-When both sides are throughputs over different numbers of bars, the ratio is of the time per bar.
-``TARGETS`` are checked below the table (reported, never asserted), followed by the lines benchmarks added
-through ``bench_note`` (time breakdowns, latency percentiles, compile times).
+Every benchmark registers its figures: ``bench_record`` (a time, or a throughput with ``bars``), ``bench_latency``
+(per-round latency samples -> ``key:p50`` and ``key:p99``), ``bench_count`` (errors). At the end of the run the
+report (``benchmarks/report.py``) is printed: ``HEADLINE``, the README's table (each figure with its baseline from
+the same run, its target and the verdict), then every other comparison in ``COMPARISONS``, then the lines
+benchmarks added through ``bench_note`` (time breakdowns, latency details, compile times). ``make bench`` also
+writes it to ``benchmarks/results.md`` and the document it is rendered from to ``benchmarks/results.json``
+(``--bench-results``), so the README's table is pasted from one run.
+
+Figures are the fastest round and, in parentheses, the median round; ratio = time / baseline time (per bar or
+per call when the two count different things), below 1 faster, on every line. On this shared 2-core machine
+noise comes in bursts that roughly double every time for a few rounds (another process takes a core), and it
+only ever adds time: the fastest rounds gave the same ratios run after run (e.g. run_sql / native DuckDB
+1.90-1.97x over five runs) while the medians' ratio swung between 1.3x and 3.4x. That is why a target is met
+only when the fastest and the median round both meet it, and the verdict says which one decided.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -44,8 +49,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import polars as pl
 import pytest
+from report import Line, Measured, Target, render, results
 
 from featurestore.backfill import backfill
 from featurestore.builtin_views import INDICATORS, RESEARCH
@@ -212,88 +219,83 @@ def duckdb_native(sql_data: SqlData) -> Iterator[duckdb.DuckDBPyConnection]:
     con.close()
 
 
-# -- results and the ratio table -----------------------------------------------------------------------
+# -- figures, the report and the tables ------------------------------------------------------------------
 
-@dataclass
-class Result:
-    label: str
-    median_s: float
-    min_s: float
-    rounds: int
-    bars: int | None  # set for throughput benchmarks: the value is shown in bars/s
+MEASURED: dict[str, Measured] = {}  # key -> the benchmark's fastest and median round
+NOTES: list[str] = []  # lines benchmarks add below the tables (``bench_note``): breakdowns, percentiles, compiles
+STARTED, LOAD_BEFORE = datetime.now(UTC), [round(x, 2) for x in os.getloadavg()]
 
+# The README's table: the headline figures in its order, each with its baseline and target. Targets on a
+# throughput are minimum bars/s, on a latency maximum microseconds, on a ratio the maximum time ratio.
+HEADLINE: tuple[Line, ...] = (
+    Line("ingest_bars", "write_parquet"),
+    Line("run_sql_agg", "duckdb_native_agg"),
+    Line("run_sql_agg", "polars_agg"),
+    Line("backfill_research", "pandas_research", Target(1 / 3, of="ratio", why="3x pandas' bars/s")),
+    Line("backfill_research", "polars_select_over", Target(1.25, of="ratio", why="0.8x bare polars' bars/s")),
+    Line("engine_update_batch", target=Target(1e6)),
+    Line("engine_update", target=Target(50e3)),
+    Line("engine_update_latency:p50"),
+    Line("engine_update_latency:p99"),
+    Line("flow_replay_batched", target=Target(1e6)),
+    Line("flow_replay_per_bar", target=Target(50e3)),
+    Line("flow_bar_to_online:p99", target=Target(1000)),
+    Line("export_parquet", "polars_join_asof", Target(2.0, of="ratio")),
+    Line("serving_score:p50", target=Target(50)),
+    Line("serving_score:p99", target=Target(150)),
+    Line("serving_score:p50", "serving_sklearn_predict:p50", Target(0.05, of="ratio", why="20x faster")),
+    Line("http_fresh:p50"),
+    Line("http_fresh:p99", target=Target(2000)),
+    Line("http_fresh:errors", target=Target(0)),
+    Line("http_cached:p50"),
+    Line("http_cached:p99"),
+    Line("online_read_redis:p99", target=Target(1000)),
+    Line("serving_score_redis:p99", target=Target(1000)),
+    Line("flow_replay_batched_redis", "flow_replay_batched", Target(2.0, of="ratio", why="0.5x SQLite's bars/s")),
+    Line("cluster_replay_2proc", "cluster_replay_1proc", Target(1 / 1.3, of="ratio", why="1.3x one process's bars/s")),
+    Line("flow_replay_per_bar", "flow_replay_per_bar_no_log", Target(1.1, of="ratio", why="the row log costs < 10%")),
+    Line("monitor_signals", target=Target(72_000 / 5.0, why="a day of 50 symbols' 1m rows in under 5 s")),
+)
 
-RESULTS: dict[str, Result] = {}
-
-# (target key, baseline key): library measurement vs a baseline from the same session.
+# Every other comparison: (figure key, baseline key), both measured in the same session.
 COMPARISONS: tuple[tuple[str, str], ...] = (
-    ("ingest_bars", "write_parquet"),
     ("ingest_bars", "synthetic_bars"),
     ("store_write_bars", "write_parquet"),
     ("validate_bars", "write_parquet"),
     ("ingest_append", "ingest_small_empty"),
-    ("run_sql_agg", "duckdb_native_agg"),
-    ("run_sql_agg", "polars_agg"),
     ("run_sql_agg", "duckdb_parquet_agg"),
     ("run_sql_point", "duckdb_native_point"),
     ("run_sql_point", "duckdb_partition_point"),
     ("run_sql_point", "duckdb_parquet_point"),
-    ("sdk_point", "duckdb_native_point"),
-    ("sdk_point", "duckdb_partition_point"),
-    ("sdk_point", "duckdb_parquet_point"),
-    ("backfill_research", "pandas_research"),
-    ("backfill_research", "polars_select_over"),
     ("backfill_research", "polars_select_per_symbol"),
     ("polars_select_over", "polars_select_per_symbol"),
     ("engine_update_batch", "engine_compute_symbol"),
     ("engine_update", "engine_compute_symbol"),
-    ("flow_replay_batched", "backfill_research"),
-    ("flow_replay_batched", "engine_update_batch"),
+    ("flow_replay_batched", "engine_update_batch"),  # the flow adds Bytewax, the warm starts and the sinks
     ("flow_replay_per_bar", "engine_update"),
     ("flow_replay_batched_2workers", "flow_replay_batched"),
     ("flow_replay_per_bar_2workers", "flow_replay_per_bar"),
-    ("flow_replay_batched_redis", "flow_replay_batched"),
-    ("flow_replay_per_bar_redis", "flow_replay_per_bar"),
-    ("cluster_replay_2proc", "cluster_replay_1proc"),
-    ("cluster_backfill_workers2", "cluster_backfill_1proc"),
-    ("cluster_backfill_2proc", "cluster_backfill_1proc"),
-    ("flow_replay_per_bar", "flow_replay_per_bar_no_log"),
-    ("export_parquet", "polars_join_asof"),
     ("export_parquet", "pandas_merge_asof"),
     ("pandas_merge_asof", "polars_join_asof"),
-    ("serving_score", "serving_booster_predict"),
-    ("serving_score", "serving_sklearn_predict"),
-    ("serving_score", "serving_onnx_run"),
-    ("online_read_redis", "online_read"),
-    ("serving_score_redis", "serving_score"),
-    ("monitor_signals", "monitor_bare"),
+    ("serving_score:p50", "serving_booster_predict:p50"),
+    ("serving_score:p50", "serving_onnx_run:p50"),
+    ("http_cached:p50", "http_fresh:p50"),
+    ("sdk_point", "duckdb_native_point"),
+    ("sdk_point", "duckdb_partition_point"),
+    ("sdk_point", "duckdb_parquet_point"),
+    ("flow_replay_per_bar_redis", "flow_replay_per_bar"),
+    ("cluster_backfill_workers2", "cluster_backfill_1proc"),
+    ("cluster_backfill_2proc", "cluster_backfill_1proc"),
+    ("online_read_redis:p50", "online_read:p50"),
+    ("serving_score_redis:p50", "serving_score:p50"),
     ("monitor_offline", "monitor_bare"),
+    ("monitor_signals", "monitor_bare"),
 )
-
-# Checked below the table, reported and never asserted: (key, baseline key, minimum bars/s ratio to the
-# baseline's bars/s), or (key, None, minimum bars/s).
-TARGETS: tuple[tuple[str, str | None, float], ...] = (
-    ("backfill_research", "pandas_research", 3.0),
-    ("backfill_research", "polars_select_over", 0.8),
-    ("engine_update_batch", None, 1e6),
-    ("engine_update", None, 50e3),
-    ("flow_replay_batched", None, 1e6),
-    ("flow_replay_per_bar", None, 50e3),
-    ("flow_replay_batched_redis", "flow_replay_batched", 0.5),  # the online store in Redis, not SQLite
-    ("cluster_replay_2proc", "cluster_replay_1proc", 1.3),  # two processes on this 2-core machine, end to end
-    ("export_parquet", "polars_join_asof", 0.5),  # "bars" = entity rows: within 2x of the bare join's time
-    ("serving_score", "serving_sklearn_predict", 20.0),  # one scored vector per call
-    ("flow_replay_per_bar", "flow_replay_per_bar_no_log", 1 / 1.1),  # the row log costs under 10%
-    ("monitor_signals", None, 72_000 / 5.0),  # "bars" = rows served: a day of 50 symbols' 1m rows in under 5 s
-)
-
-# Lines benchmarks add to the end of the summary (``bench_note``): breakdowns, percentiles, compile times.
-NOTES: list[str] = []
 
 
 @pytest.fixture
 def bench_note() -> Callable[[str], None]:
-    """``bench_note(line)``: print ``line`` now and again at the end of the session, below the ratio table."""
+    """``bench_note(line)``: print ``line`` now and again at the end of the session, below the tables."""
 
     def note(line: str) -> None:
         print(line)
@@ -304,100 +306,81 @@ def bench_note() -> Callable[[str], None]:
 
 @pytest.fixture
 def bench_record(benchmark) -> Callable[..., None]:
-    """``bench_record(key, label, bars=None)`` after the benchmark ran: keep its median for the table."""
+    """``bench_record(key, label, bars=None, unit="bars")`` after the benchmark ran: its fastest and median round,
+    as a time, or with ``bars`` (per round) as a throughput in ``unit``/s."""
 
-    def record(key: str, label: str, *, bars: int | None = None) -> None:
+    def record(key: str, label: str, *, bars: int | None = None, unit: str = "bars") -> None:
         benchmark.extra_info["bench_scale"] = BENCH_SCALE
         if bars is not None:
             benchmark.extra_info["bars"] = bars
         if benchmark.stats is None:  # benchmarks disabled (plain `pytest benchmarks`): ran once, untimed
             return
         stats = benchmark.stats.stats
-        if bars is not None:
-            benchmark.extra_info["bars_per_s_best"] = round(bars / stats.min)
-            benchmark.extra_info["bars_per_s_median"] = round(bars / stats.median)
-        RESULTS[key] = Result(label, stats.median, stats.min, stats.rounds, bars)
+        if bars is None:
+            MEASURED[key] = Measured(label, "time", stats.min, stats.median, stats.rounds)
+        else:
+            MEASURED[key] = Measured(label, "throughput", bars / stats.min, bars / stats.median, stats.rounds, unit)
+            benchmark.extra_info.update(bars_per_s_best=round(bars / stats.min),
+                                        bars_per_s_median=round(bars / stats.median))
 
     return record
 
 
-def _value(result: Result, seconds: float) -> str:
-    if result.bars is not None:
-        return f"{result.bars / seconds / 1e6:.2f}M bars/s"
-    if seconds < 1:
-        return f"{seconds * 1e3:.1f} ms"
-    return f"{seconds:.2f} s"
+@pytest.fixture
+def bench_latency(benchmark) -> Callable[..., None]:
+    """``bench_latency(key, label, rounds)``: latency samples in ns, one array per round -> the figures
+    ``key:p50`` and ``key:p99`` in us (each the fastest round's percentile and the median round's)."""
+
+    def record(key: str, label: str, rounds: list[np.ndarray]) -> None:
+        if benchmark.disabled:
+            return
+        for q in (50, 99):
+            values = [float(np.percentile(ns, q)) / 1e3 for ns in rounds]
+            MEASURED[f"{key}:p{q}"] = Measured.of_rounds(f"{label}, p{q}", "latency", values)
+            benchmark.extra_info[f"p{q}_us_per_round"] = values
+
+    return record
 
 
-def _ratio_rows() -> list[dict[str, object]]:
-    rows = []
-    for target_key, baseline_key in COMPARISONS:
-        target, baseline = RESULTS.get(target_key), RESULTS.get(baseline_key)
-        if target is None or baseline is None:
-            continue
-        per_bar = target.bars is not None and baseline.bars is not None and target.bars != baseline.bars
-        scale = baseline.bars / target.bars if per_bar else 1.0  # compare the time per bar
-        rows.append({
-            "metric": target.label, "value": _value(target, target.min_s), "min_s": target.min_s,
-            "baseline": baseline.label, "baseline_value": _value(baseline, baseline.min_s),
-            "baseline_min_s": baseline.min_s, "ratio": target.min_s / baseline.min_s * scale,
-            "median_s": target.median_s, "baseline_median_s": baseline.median_s,
-            "ratio_of_medians": target.median_s / baseline.median_s * scale,
-        })
-    return rows
+@pytest.fixture
+def bench_count(benchmark) -> Callable[..., None]:
+    """``bench_count(key, label, counts)``: a count per round (errors...) -> the figure ``key``, their total."""
+
+    def record(key: str, label: str, counts: list[int]) -> None:
+        if not benchmark.disabled:
+            MEASURED[key] = Measured(label, "count", sum(counts), sum(counts), len(counts))
+
+    return record
 
 
-def _table(rows: list[dict[str, object]]) -> list[str]:
-    header = ("metric", "value", "baseline", "baseline value", "ratio", "(medians)")
-    cells = [(str(r["metric"]), str(r["value"]), str(r["baseline"]), str(r["baseline_value"]),
-              f"{r['ratio']:.2f}x", f"({r['ratio_of_medians']:.2f}x)") for r in rows]
-    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
-    lines = [
-        f"featurestore benchmarks (BENCH_SCALE={BENCH_SCALE:g}): values from each benchmark's fastest round; "
-        "ratio = time / baseline time, above 1 = slower; (medians) = the same ratio of median times",
-        "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip(),
-        "  ".join("-" * w for w in widths),
-    ]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    return lines
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--bench-results", type=Path, metavar="FILE.md",
+                     help="write the report there (Markdown) and beside it the same stem .json (make bench does)")
 
 
-def _target_lines() -> list[str]:
-    """One line per target whose measurements ran (fastest rounds; medians in parentheses)."""
-    lines = []
-    for key, baseline_key, minimum in TARGETS:
-        target, baseline = RESULTS.get(key), RESULTS.get(baseline_key) if baseline_key else None
-        if target is None or target.bars is None or (baseline_key and (baseline is None or baseline.bars is None)):
-            continue
-        if baseline is None:
-            best, median = target.bars / target.min_s, target.bars / target.median_s
-            got, want = f"{best / 1e6:.2f}M bars/s ({median / 1e6:.2f}M)", f">= {minimum / 1e6:g}M bars/s"
-            label = target.label
-        else:
-            best = (target.bars / target.min_s) / (baseline.bars / baseline.min_s)
-            median = (target.bars / target.median_s) / (baseline.bars / baseline.median_s)
-            got, want = f"{best:.2f}x ({median:.2f}x)", f">= {minimum:g}x"
-            label = f"{target.label} / {baseline.label}, bars/s"
-        lines.append(f"  {'met    ' if best >= minimum else 'MISSED '} {label}: {got}, target {want}")
-    return ["targets (fastest rounds; medians in parentheses):", *lines] if lines else []
+def _results() -> dict:
+    return results(measured=MEASURED, headline=HEADLINE, comparisons=COMPARISONS, notes=NOTES,
+                   bench_scale=BENCH_SCALE, load_before=LOAD_BEFORE, started=STARTED)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    """Print the ratio table last in the summary (after pytest-benchmark's table and pytest's short summary)."""
+    """Print the report last (after pytest-benchmark's table); write it to ``--bench-results`` if given."""
     try:
         return (yield)
     finally:
-        rows = _ratio_rows()
-        lines = (_table(rows) if rows else []) + _target_lines() + NOTES
-        if lines:
+        if MEASURED:
+            document = _results()
             terminalreporter.write_line("")
-            for line in lines:
+            for line in render(document).splitlines():
                 terminalreporter.write_line(line)
+            path = config.getoption("--bench-results")
+            if path is not None:
+                path.with_suffix(".json").write_text(json.dumps(document, indent=1) + "\n")
+                path.write_text(render(document))
+                terminalreporter.write_line(f"report written to {path} and {path.with_suffix('.json')}")
 
 
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    """Put the ratio table into the ``--benchmark-json`` output too."""
-    output_json["featurestore_ratios"] = {"bench_scale": BENCH_SCALE, "rows": _ratio_rows(),
-                                          "targets": _target_lines(), "notes": NOTES}
-
+    """Put the report's document into the ``--benchmark-json`` output too."""
+    output_json["featurestore_report"] = _results()

@@ -152,7 +152,7 @@ def test_engine_update(benchmark, bench_record, engine: ViewEngine, compiled: Co
     bench_record("engine_update", f"engine update, one bar a call ({len(feed) / 1e3:.0f}k bars)", bars=len(feed))
 
 
-def test_engine_update_latency(benchmark, bench_record, bench_note, engine: ViewEngine, compiled: Compiled):
+def test_engine_update_latency(benchmark, bench_latency, bench_note, engine: ViewEngine, compiled: Compiled):
     symbols = len(compiled.rows)
     states = [engine.new_state() for _ in range(symbols)]
     rows = _interleaved(compiled.rows, 0, max(map(len, compiled.rows)))
@@ -173,7 +173,8 @@ def test_engine_update_latency(benchmark, bench_record, bench_note, engine: View
         samples.append(latencies)
 
     benchmark.pedantic(timed, setup=setup, rounds=LATENCY_ROUNDS, warmup_rounds=1)
-    measured = np.concatenate(samples[1:] if len(samples) > 1 else samples)
+    rounds = samples[1:] or samples  # without the warm-up round
+    measured = np.concatenate(rounds)
     p50, p99, p999 = np.percentile(measured, [50, 99, 99.9])
     overhead = _timer_overhead_ns()
     benchmark.extra_info.update(latency_ns_p50=float(p50), latency_ns_p99=float(p99),
@@ -182,7 +183,7 @@ def test_engine_update_latency(benchmark, bench_record, bench_note, engine: View
     bench_note(f"engine update latency, one bar ({measured.size:,} timed calls on distinct rows, "
                f"{symbols} symbols interleaved): p50 {p50 / 1e3:.2f} us, p99 {p99 / 1e3:.2f} us, p99.9 {p999 / 1e3:.2f} us, "
                f"max {measured.max() / 1e3:.0f} us (perf_counter_ns overhead ~{overhead} ns included)")
-    bench_record("engine_update_latency", "engine update, timed one call at a time", bars=calls)
+    bench_latency("engine_update_latency", f"engine update, one bar a call, {calls:,} calls a round", rounds)
 
 
 def _timer_overhead_ns(samples: int = 10_000) -> int:

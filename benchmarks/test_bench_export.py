@@ -147,7 +147,7 @@ def test_baseline_polars_join_asof(benchmark, bench_record, export_data, entitie
                              warmup_rounds=1)
     assert out.equals(reference.select(out.columns))
     bench_record("polars_join_asof", f"bare polars join_asof x2 (in memory, {entities.height / 1e6:.1f}M rows)",
-                 bars=entities.height)
+                 bars=entities.height, unit="entity rows")
 
 
 def test_baseline_pandas_merge_asof(benchmark, bench_record, entities: pl.DataFrame, reference: pl.DataFrame,
@@ -160,7 +160,7 @@ def test_baseline_pandas_merge_asof(benchmark, bench_record, entities: pl.DataFr
     for name in got.columns:  # pandas: NaN for null, its own datetime units
         assert got[name].cast(want[name].dtype).equals(want[name], check_names=False), name
     bench_record("pandas_merge_asof", f"pandas merge_asof x2 (in memory, {entities.height / 1e6:.1f}M rows)",
-                 bars=entities.height)
+                 bars=entities.height, unit="entity rows")
 
 
 # -- the library: export ---------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_export_parquet(benchmark, bench_record, bench_note, export_data, entiti
     written = pl.read_parquet(path)
     assert written.equals(reference)
     bench_record("export_parquet", f"write_training_set 2 views + label ({entities.height / 1e6:.1f}M entity rows, "
-                 f"{export_data.feature_rows / 1e6:.0f}M feature rows)", bars=entities.height)
+                 f"{export_data.feature_rows / 1e6:.0f}M feature rows)", bars=entities.height, unit="entity rows")
     if benchmark.stats is None:
         return
     best = benchmark.stats.stats.min
@@ -313,7 +313,7 @@ def test_lightgbm_fit_research(benchmark, bench_record, bench_note, reference: p
     assert boosters[0].num_trees() == FIT_PARAMS.num_boost_round
     assert len({b.model_to_string() for b in boosters}) == 1  # deterministic: same rows, same model
     bench_record("lightgbm_fit_research", f"LightGBM fit_model research ({X.shape[0] / 1e6:.2f}M rows)",
-                 bars=X.shape[0])
+                 bars=X.shape[0], unit="rows")
     if benchmark.stats is not None:
         best, median = benchmark.stats.stats.min, benchmark.stats.stats.median
         bench_note(f"LightGBM fit_model on the exported research features ({X.shape[0]:,} rows x {X.shape[1]} "

@@ -71,7 +71,8 @@ class StreamConfig:
     by ``speed``, 0 = as fast as possible) or ``ccxt`` (live closed bars from ``exchange``, polled every
     ``poll_interval_s`` at most; ``start`` overrides where it begins, ``until`` ends it).
     ``exchange`` for replay is the stored series' exchange (default: the only one stored).
-    ``metrics`` defaults to ``<store>/stream/metrics-<view>.json``. ``offline_parts``: log every row computed
+    ``view`` is a name, or ``name@version`` for a registered older version (``featurestore.registry``).
+    ``metrics`` defaults to ``<store>/stream/metrics-<view name>.json``. ``offline_parts``: log every row computed
     as parquet parts under ``kind=stream/`` (the row log ``featurestore consistency`` checks; on by default).
     ``model``: a published model directory (resolve a registry name first, so every process scores with the
     same version); each row becomes a signal in ``audit`` (default ``<store>/signals/signals.jsonl``), sides
@@ -118,7 +119,7 @@ class StreamConfig:
 
     @property
     def metrics_path(self) -> Path:
-        return Path(self.metrics) if self.metrics else Store(self.store).stream_metrics_path(self.view)
+        return Path(self.metrics) if self.metrics else Store(self.store).stream_metrics_path(self.view.partition("@")[0])
 
 
 def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
 from featurestore.bars import validate_bars
-from featurestore.errors import BarValidationError, FeatureStoreError
+from featurestore.errors import BarValidationError
 from featurestore.ingest import ingest_csv
 from featurestore.sources.synthetic import Regime, synthetic_bars
 from featurestore.store import Store
@@ -39,6 +39,15 @@ def write_csv(path: Path, header: str, times: list[str], values=VALUES) -> Path:
 def ingest_cli(run_cli, path: Path, store: Path, timeframe: str = "1d"):
     return run_cli("ingest", "--source", "csv", "--path", path, "--symbol", "BTC/USDT", "--timeframe", timeframe,
                    "--store", store)
+
+
+def assert_refused(result, store: Path, *messages: str) -> None:
+    """The CLI exited 1 with each of ``messages`` in its error, no traceback, and stored nothing."""
+    assert result.returncode == 1, result.stdout
+    for message in messages:
+        assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (store / "kind=bars").exists()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -86,11 +95,7 @@ def test_csv_non_numeric_price_names_file_line_and_field(run_cli, tmp_path, hash
 
     result = ingest_cli(run_cli, path, tmp_path / "store")
 
-    assert result.returncode == 1
-    assert f"source {path} line 4" in result.stderr
-    assert "close='n/a' is not a number" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "store" / "kind=bars").exists()
+    assert_refused(result, tmp_path / "store", f"source {path} line 4", "close='n/a' is not a number")
 
 
 def test_csv_iso_time_without_offset_is_refused_naming_the_line(run_cli, tmp_path):
@@ -100,11 +105,8 @@ def test_csv_iso_time_without_offset_is_refused_naming_the_line(run_cli, tmp_pat
 
     result = ingest_cli(run_cli, path, tmp_path / "store")
 
-    assert result.returncode == 1
-    assert f"source {path} line 4" in result.stderr
-    assert "rule 'time is epoch seconds/ms or ISO-8601 with a UTC offset' broken" in result.stderr
-    assert "time='2024-01-03T00:00:00'" in result.stderr
-    assert not (tmp_path / "store" / "kind=bars").exists()
+    assert_refused(result, tmp_path / "store", f"source {path} line 4", "time='2024-01-03T00:00:00'",
+                   "rule 'time is epoch seconds/ms or ISO-8601 with a UTC offset' broken")
 
 
 def test_csv_missing_column_is_named(run_cli, tmp_path):
@@ -113,10 +115,7 @@ def test_csv_missing_column_is_named(run_cli, tmp_path):
 
     result = ingest_cli(run_cli, path, tmp_path / "store")
 
-    assert result.returncode == 1
-    assert f"source {path}" in result.stderr
-    assert "missing column(s) ['volume']" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert_refused(result, tmp_path / "store", f"source {path}", "missing column(s) ['volume']")
 
 
 def test_csv_in_progress_last_candle_is_dropped(tmp_path):
@@ -140,15 +139,69 @@ def test_csv_rule_violation_names_the_line(tmp_path):
         ingest_csv(Store(tmp_path / "store"), path, symbol="BTC/USDT", timeframe="1d", now=utc(2030, 1, 1))
 
 
-def test_csv_with_only_a_header_is_not_a_crash(tmp_path):
+def test_csv_with_only_a_header_is_an_error_naming_the_file(run_cli, tmp_path):
     path = tmp_path / "empty.csv"
     path.write_text("time,open,high,low,close,volume\n")
-    try:
-        new = ingest_csv(Store(tmp_path / "store"), path, symbol="BTC/USDT", timeframe="1d", now=utc(2030, 1, 1))
-    except FeatureStoreError as exc:
-        assert str(path) in str(exc)
-    else:
-        assert sum(new.values()) == 0
+
+    result = ingest_cli(run_cli, path, tmp_path / "store")
+
+    assert_refused(result, tmp_path / "store", f"source {path}", "the file has no rows after its header")
+
+
+EPOCHS = [str(int(d.timestamp())) for d in DAYS]
+
+
+def stored_csv_bars(store: Path) -> list[tuple]:
+    return Store(store).scan_bars("csv", "1d").select("ts", "open", "high", "low", "close", "volume").collect().rows()
+
+
+EXPECTED_ROWS = [(d, *v) for d, v in zip(DAYS, VALUES, strict=True)]
+
+
+@pytest.mark.parametrize(("encoding", "newline"), [("utf-8-sig", "\r\n"), ("utf-8-sig", "\n"), ("utf-8", "\r\n")])
+def test_csv_with_a_byte_order_mark_or_crlf_line_ends_reads_the_same_bars(tmp_path, encoding, newline):
+    lines = ["Time,Open,High,Low,Close,Volume", *(f"{d:%Y-%m-%dT%H:%M:%SZ}," + ",".join(map(repr, v))
+                                                for d, v in zip(DAYS, VALUES, strict=True))]
+    path = tmp_path / "btc.csv"
+    path.write_bytes(newline.join(lines).encode(encoding) + newline.encode())
+    assert ingest_csv(Store(tmp_path / "store"), path, symbol="BTC/USDT", timeframe="1d",
+                      now=utc(2030, 1, 1)) == {"BTC/USDT": 5}
+    assert stored_csv_bars(tmp_path / "store") == EXPECTED_ROWS
+
+
+@pytest.mark.parametrize("scale", [1, 1000])  # epoch seconds and milliseconds, written as floats (pandas: 1.7e9 -> "1704067200.0")
+def test_csv_whole_float_epochs_are_the_same_instants(tmp_path, scale):
+    times = [f"{int(d.timestamp()) * scale}.0" for d in DAYS]
+    path = write_csv(tmp_path / "btc.csv", "time,open,high,low,close,volume", times)
+    store = Store(tmp_path / "store")
+    assert ingest_csv(store, path, symbol="BTC/USDT", timeframe="1d", now=utc(2030, 1, 1)) == {"BTC/USDT": 5}
+    assert stored_csv_bars(tmp_path / "store") == EXPECTED_ROWS
+
+
+def test_csv_fractional_epoch_is_refused_naming_the_line(run_cli, tmp_path):
+    times = [f"{int(d.timestamp())}.0" for d in DAYS]
+    times[3] = f"{int(DAYS[3].timestamp())}.25"  # line 5: a quarter second past the day's open
+    path = write_csv(tmp_path / "btc.csv", "time,open,high,low,close,volume", times)
+
+    result = ingest_cli(run_cli, path, tmp_path / "store")
+
+    assert_refused(result, tmp_path / "store", f"source {path} line 5", f"time={times[3]} is not a whole number")
+
+
+@pytest.mark.parametrize(("order", "line"), [
+    ([0, 1, 3, 2, 4], 5),  # unsorted: the row of Jan 3 (line 5) comes after Jan 4's
+    ([0, 1, 2, 2, 3, 4], 5),  # an exact duplicate of line 4 on line 5
+])
+def test_csv_unsorted_or_duplicate_rows_are_refused_naming_the_line(run_cli, tmp_path, order, line):
+    """The bar contract: ``ts`` strictly increasing per symbol; a file is never reordered or deduplicated."""
+    path = write_csv(tmp_path / "btc.csv", "time,open,high,low,close,volume", [EPOCHS[i] for i in order],
+                     [VALUES[i] for i in order])
+    path.write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))  # CRLF: the line numbers stay right
+
+    result = ingest_cli(run_cli, path, tmp_path / "store")
+
+    assert_refused(result, tmp_path / "store", f"source {path}", f"(line {line})",
+                   "rule 'ts strictly increasing per symbol' broken")
 
 
 def test_validate_lists_the_gap_of_a_gapped_csv(run_cli, tmp_path):

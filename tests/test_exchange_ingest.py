@@ -8,11 +8,9 @@ any other path as unexpected (checked after each test), so no request can leave 
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import sys
 import threading
-import time
 from collections import deque
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -77,10 +75,10 @@ class LocalBinance:
         self.halted_at: dict[str, int] = {}
         self.requests: list[tuple[str, dict[str, str]]] = []
         self.unexpected: list[str] = []
-        self.faults: deque[str] = deque()  # one per klines request: "429", "503", "503-html", "slow"
+        self.faults: deque[str] = deque()  # one per klines request: "429", "503", "503-html", "stall"
         self.fail_from: int | None = None  # klines request index from which every request fails
         self.fail_with = "503"
-        self.slow_s = 0.5
+        self.released = threading.Event()  # a stalled answer waits for this (``close`` sets it), 30 s at most
         self.duplicate_rows = False
         self._klines_seen = 0
         self._lock = threading.Lock()
@@ -90,6 +88,7 @@ class LocalBinance:
         self._thread.start()
 
     def close(self) -> None:
+        self.released.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -134,30 +133,33 @@ class LocalBinance:
             rows.insert(1, rows[0])
         return 200, rows
 
-    def _respond(self, path: str, query: dict[str, str]) -> tuple[int, object, float]:
-        """(status, JSON body, seconds to stall before answering)."""
+    def _respond(self, path: str, query: dict[str, str]) -> tuple[int, object, bool]:
+        """(status, JSON body, whether to stall until ``released`` before answering)."""
         with self._lock:
             self.requests.append((path, query))
+            if path in ("/fapi/v1/exchangeInfo", "/dapi/v1/exchangeInfo"):  # no futures markets (ccxt asks)
+                return 200, {"timezone": "UTC", "serverTime": self.now_ms, "rateLimits": [], "exchangeFilters": [],
+                             "symbols": []}, False
             if path == "/api/v3/exchangeInfo":
                 return 200, {"timezone": "UTC", "serverTime": self.now_ms, "rateLimits": [
                     {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
                     {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 100},
-                ], "exchangeFilters": [], "symbols": [_symbol_info(s, base) for s, (base, _) in SPOT.items()]}, 0.0
+                ], "exchangeFilters": [], "symbols": [_symbol_info(s, base) for s, (base, _) in SPOT.items()]}, False
             if path != "/api/v3/klines":
                 self.unexpected.append(path)
-                return 404, {"code": -1, "msg": f"unexpected path {path}"}, 0.0
+                return 404, {"code": -1, "msg": f"unexpected path {path}"}, False
             index, self._klines_seen = self._klines_seen, self._klines_seen + 1
             fault = self.faults.popleft() if self.faults else None
             if self.fail_from is not None and index >= self.fail_from:
                 fault = self.fail_with
             if fault == "429":
-                return 429, {"code": -1003, "msg": "Too many requests"}, 0.0
+                return 429, {"code": -1003, "msg": "Too many requests"}, False
             if fault == "503":  # Binance's JSON error for an internal failure
-                return 503, {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}, 0.0
+                return 503, {"code": -1001, "msg": "Internal error; unable to process your request. Please try again."}, False
             if fault == "503-html":  # what a load balancer in front of the API sends
-                return 503, "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>", 0.0
+                return 503, "<html><body><h1>503 Service Temporarily Unavailable</h1></body></html>", False
             status, body = self._klines(query)
-            return status, body, self.slow_s if fault == "slow" else 0.0
+            return status, body, fault == "stall"
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -167,7 +169,8 @@ class LocalBinance:
                 url = urlsplit(self.path)
                 query = {k: v[-1] for k, v in parse_qs(url.query).items()}
                 status, body, stall = server._respond(url.path, query)
-                time.sleep(stall)
+                if stall:
+                    server.released.wait(timeout=30)
                 payload = (body if isinstance(body, str) else json.dumps(body)).encode()
                 try:
                     self.send_response(status)
@@ -193,14 +196,8 @@ def server():
 
 
 def local_client(server: LocalBinance, timeout_ms: int = 5_000):
-    """A real ccxt binance client (built by ``make_client``) whose every API URL points at ``server``."""
-    client = make_client("binance", timeout=timeout_ms, options={
-        "fetchMarkets": {"types": ["spot"]},  # only GET /api/v3/exchangeInfo (not fapi/dapi exchangeInfo)
-        "fetchCurrencies": False,  # no sapi capital/config/getall
-        "fetchMargins": False,  # no sapi margin/allPairs
-    })
-    client.urls["api"] = {name: re.sub(r"^https://[^/]+", server.base, url)
-                          for name, url in client.urls["api"].items()}
+    """The real ccxt binance client the CLI builds (``make_client``), every API URL pointing at ``server``."""
+    client = make_client("binance", timeout=timeout_ms, api_url=server.base)
     assert all(url.startswith(server.base + "/") for url in client.urls["api"].values())
     client.session.trust_env = False  # ignore any proxy settings in the environment
     return client
@@ -325,14 +322,13 @@ def test_rate_limited_requests_are_retried_with_exponential_backoff(server, tmp_
 
 
 def test_a_request_timeout_is_retried(server, tmp_path):
-    server.faults.append("slow")  # stalls 0.5 s, longer than the client's 0.2 s timeout
+    server.faults.append("stall")  # the first klines answer waits until the test ends: only a timeout ends it
     sleeps = Sleeps()
     store = Store(tmp_path)
-    started = time.monotonic()
     new = ingest_exchange(store, local_client(server, timeout_ms=200), ["BTC/USDT"], "1h", since=ms_to_dt(T0),
                           now=ms_to_dt(server.now_ms), page_limit=1000, sleep=sleeps, progress=False)
-    assert time.monotonic() - started < 1.0
-    assert sleeps == [1.0]
+    assert sleeps == [1.0]  # one retry, after the first backoff
+    assert server.klines_starts() == [T0, T0]  # the same page asked twice: the stalled one was given up on
     assert new == {"BTC/USDT": 24}
     assert stored(store) == server.closed_bars("BTCUSDT")
 

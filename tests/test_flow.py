@@ -1,6 +1,7 @@
-"""The streaming dataflow, run by Bytewax's own runners: rows equal the backfill bit for bit (batched,
-bar by bar, warm or cold), bad bars are counted and not applied, the live ccxt source survives
-failures and closes gaps, and several workers or processes give the rows of one."""
+"""The streaming dataflow, run by Bytewax's own runners and by the CLI: rows equal the backfill bit for bit
+(batched, bar by bar, warm or cold), bad bars are counted and not applied, the live ccxt source survives
+failures and closes gaps (and runs from the CLI against a local exchange), and several workers or processes
+(Bytewax's runner, or ``featurestore stream --process-id/--addresses``) give the rows of one."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,6 +22,7 @@ import pytest
 from bytewax.testing import TestingSource, run_main
 from test_exchange_ingest import T0, LocalBinance, local_client, ms_to_dt
 
+from conftest import FEATURESTORE
 from featurestore.backfill import backfill
 from featurestore.bars import BAR_COLUMNS, TS_DTYPE
 from featurestore.builtin_views import RESEARCH
@@ -27,6 +30,7 @@ from featurestore.errors import ExchangeError, FeatureStoreError
 from featurestore.ingest import ingest_exchange, ingest_synthetic
 from featurestore.offline import read_features
 from featurestore.online.sqlite import SqliteOnlineStore
+from featurestore.sources.exchange import EXCHANGE_URL_ENV
 from featurestore.store import Store
 from streaming.clock import fixed_clock, to_ms
 from streaming.flow import CONFIG_ENV, StreamConfig, build_flow
@@ -165,6 +169,19 @@ def test_duplicate_late_and_conflicting_bars_are_counted_and_not_applied(store, 
 # ---------------------------------------------------------------------------------------------- live
 
 
+def market_rows(server: LocalBinance, until: int, *, after: int) -> pl.DataFrame:
+    """The research rows after ``after`` (epoch ms) of the exchange's 1m bars of both symbols before ``until``,
+    computed by the backfill's code from the bars as the exchange serves them."""
+    expected = []
+    for pair in ("BTCUSDT", "ETHUSDT"):
+        market = pl.DataFrame(server.closed_bars(pair, step=60_000, until_ms=until), orient="row",
+                              schema={"symbol": pl.String, "ts": pl.Datetime("us", "UTC"),
+                                      **{c: pl.Float64 for c in BAR_COLUMNS[2:]}}).with_columns(pl.col("ts").cast(TS_DTYPE))
+        assert market.height == (until - T0) // 60_000
+        expected.append(RESEARCH.compute_symbol(market).filter(pl.col("ts") > ms_to_dt(after)))
+    return pl.concat(expected)
+
+
 class TickingBinance(LocalBinance):
     """The local Binance whose clock moves ``tick_ms`` forward after every klines answer (even a failed one)."""
 
@@ -198,15 +215,8 @@ def test_live_source_starts_warm_survives_failures_and_refetches_gaps(tmp_path, 
         server.close()
     assert server.unexpected == []
 
-    expected = []
-    for pair in ("BTCUSDT", "ETHUSDT"):
-        market = pl.DataFrame(server.closed_bars(pair, step=step, until_ms=until), orient="row",
-                              schema={"symbol": pl.String, "ts": pl.Datetime("us", "UTC"),
-                                      **{c: pl.Float64 for c in BAR_COLUMNS[2:]}}).with_columns(pl.col("ts").cast(TS_DTYPE))
-        assert market.height == 400
-        expected.append(RESEARCH.compute_symbol(market).filter(pl.col("ts") > ms_to_dt(T0 + 300 * step)))
     got = read_jsonl(tmp_path / "rows.jsonl", NAMES).sort("symbol", "ts")
-    assert_bit_identical(got, pl.concat(expected))  # bars 300-399 once each, the first row already warm
+    assert_bit_identical(got, market_rows(server, until, after=T0 + 300 * step))  # bars 300-399 once each, warm
     assert got.group_by("symbol").first()["rv_72"].null_count() == 0
 
     klines = [(q["symbol"], int(q["startTime"])) for path, q in server.requests if path == "/api/v3/klines"]
@@ -218,6 +228,45 @@ def test_live_source_starts_warm_survives_failures_and_refetches_gaps(tmp_path, 
         assert after[0] == start
         # ...and, the clock having moved on meanwhile, fetches the missed bars in one go
         assert next(s for s in after if s != start) - start > step
+
+
+@pytest.mark.slow
+def test_cli_ingests_history_then_streams_live_bars_from_the_exchange(tmp_path):
+    """``featurestore ingest --source ccxt`` then ``featurestore stream --source ccxt``, as a user runs them, with
+    ccxt's HTTP layer sent to the local Binance by ``FEATURESTORE_EXCHANGE_URL``."""
+    step, history, until = 60_000, T0 + 300 * 60_000, T0 + 400 * 60_000
+    server = LocalBinance(now_ms=int(time.time() * 1000) + 86_400_000)  # every 2024 bar closed, as for the CLI's clock
+    for pair in ("BTCUSDT", "ETHUSDT"):
+        server.halted_at[pair] = until  # a market that ends: no need to page through 2024-2026
+    env = {**os.environ, EXCHANGE_URL_ENV: server.base, "NO_PROXY": "127.0.0.1"}
+    env.pop("FEATURESTORE_HOME", None)
+    store = tmp_path / "store"
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([FEATURESTORE, *args, "--store", str(store)], env=env, cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+
+    try:
+        ingested = cli("ingest", "--source", "ccxt", "--exchange", "binance", "--symbols", ",".join(SYMBOLS),
+                       "--timeframe", "1m", "--since", "2024-01-01", "--until", ms_to_dt(history).isoformat())
+        assert ingested.returncode == 0, ingested.stderr
+        assert "BTC/USDT: 300 new bars" in ingested.stdout and "ETH/USDT: 300 new bars" in ingested.stdout
+        stored = Store(store).scan_bars("binance", "1m").select(BAR_COLUMNS).collect().rows()
+        assert stored == [bar for pair in ("BTCUSDT", "ETHUSDT") for bar in server.closed_bars(pair, step, until_ms=history)]
+
+        server.requests.clear()
+        streamed = cli("stream", "--source", "ccxt", "--exchange", "binance", "--view", "research", "--symbols",
+                       ",".join(SYMBOLS), "--until", ms_to_dt(until).isoformat(), "--poll-interval", "0.1",
+                       "--jsonl", str(tmp_path / "rows.jsonl"))
+        assert streamed.returncode == 0, streamed.stderr
+    finally:
+        server.close()
+    assert server.unexpected == []
+    assert {int(q["startTime"]) for p, q in server.requests if p == "/api/v3/klines"} == {history}  # after the history
+    expected = market_rows(server, until, after=history)
+    assert_bit_identical(read_jsonl(tmp_path / "rows.jsonl", NAMES).sort("symbol", "ts"), expected)
+    assert_online_holds_newest(Store(store), expected)
+    assert "2 symbol(s), 200 bars received, 200 applied, 0 dropped" in streamed.stdout
 
 
 # ---------------------------------------------------------------------------------------------- scale-out
@@ -290,3 +339,33 @@ def test_live_source_refuses_to_start_without_history_and_stops_on_an_unknown_sy
         assert server.klines_starts() == []  # ccxt knew from exchangeInfo that DOGE/USDT does not exist
     finally:
         server.close()
+
+
+@pytest.mark.slow
+def test_two_cli_processes_given_process_id_and_addresses_give_the_rows_of_one(base_store, tmp_path):
+    """``featurestore stream --process-id i --addresses "a;b"`` twice on this machine, sharing the store (its
+    SQLite online store) and naming the same JSONL file, which one of them writes."""
+    until = START + timedelta(hours=6)
+    single, cluster = (Store(shutil.copytree(base_store.root, tmp_path / name / "store")) for name in ("one", "two"))
+    run_main(build_flow(stream_config(single, tmp_path / "one", start=START.isoformat(), until=until.isoformat(),
+                                      batch=60, offline_parts=True), clock=fixed_clock(NOW)))
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    command = [FEATURESTORE, "stream", "--store", str(cluster.root), "--view", "research", "--from", START.isoformat(),
+               "--until", until.isoformat(), "--batch", "60", "--offline-parts", "--jsonl", str(tmp_path / "two" / "rows.jsonl"),
+               "--addresses", addresses]
+    processes = [subprocess.Popen([*command, "--process-id", str(i)], cwd=tmp_path, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+    try:  # a process whose peer never connects waits for it: the timeout makes that fail, not hang
+        results = [(proc.communicate(timeout=120), proc.returncode) for proc in processes]
+    finally:
+        for proc in processes:
+            proc.kill()
+    for (_, err), code in results:
+        assert code == 0, err
+    assert read_metrics(cluster.stream_metrics_path("research"))["total"]["applied"] == 720
+
+    lines = [sorted(Path(tmp_path / name / "rows.jsonl").read_text().splitlines()) for name in ("one", "two")]
+    assert len(lines[0]) == 2 * 6 * 60 and lines[1] == lines[0]
+    assert online_rows(cluster) == online_rows(single)
+    parts = [scan_parts(store, RESEARCH).drop("created_at").collect().sort("symbol", "ts") for store in (single, cluster)]
+    assert parts[1].equals(parts[0])

@@ -143,42 +143,70 @@ def test_racing_writers_never_move_a_row_back_in_time(url):
     assert (final.ts, final.features["ret_1"]) == (T + 399 * MINUTE, 399.0)
 
 
+# A reader in another process. Between messages it reads freely while the writer writes, and checks what
+# holds at any interleaving: the three symbols' rows come from one committed write (one ts, and values that
+# match it), and the ts never goes back. Each message "k" from the writer means "write k is committed and I
+# wait": the reader must then see exactly k (so reads between writes provably happen) and answers "ok".
 READER = textwrap.dedent("""
-    import sys, time
+    import select, sys
     from featurestore.online import connect
-    url, final_ms = sys.argv[1], int(sys.argv[2])
-    seen = []
+    url, t0_ms = sys.argv[1], int(sys.argv[2])
+    symbols, previous, reads = ["A", "B", "C"], -1, 0
+
+    def read():
+        global previous, reads
+        rows = online.get_many("research", symbols)
+        if not rows:
+            return -1
+        ks = {(r.ts.timestamp() * 1000 - t0_ms) / 60_000 for r in rows.values()}
+        assert list(rows) == symbols and len(ks) == 1, f"rows of different writes in one read: {rows}"
+        (k,) = ks
+        for r in rows.values():
+            assert r.features == {"ret_1": k, "rv_24": -k} and r.view_version == f"v{k:g}", f"torn row {r}"
+        assert k >= previous, f"went back from write {previous} to write {k}"
+        previous, reads = k, reads + 1
+        return k
+
     with connect(url, readonly=True) as online:
         print("ready", flush=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            got = online.latest("research", "BTC/USDT")
-            if got is not None:
-                ms = int(got.ts.timestamp() * 1000)
-                if not seen or seen[-1] != ms:
-                    seen.append(ms)
-                if ms == final_ms:
+        while True:
+            read()
+            if select.select([sys.stdin], [], [], 0)[0]:
+                message = sys.stdin.readline().strip()
+                if message == "done":
                     break
-    print(len(seen), int(seen == sorted(seen)), seen[-1] if seen else -1, flush=True)
+                k = read()
+                assert k == int(message), f"write {message} was committed, the reader saw {k}"
+                print("ok", flush=True)
+    print(reads, flush=True)
 """)
 
 
-def test_a_reader_in_another_process_reads_while_the_writer_writes(url):
-    writes = 3_000
-    final = T + writes * MINUTE
+def batch(k: int) -> list[OnlineRow]:
+    """Write ``k``: every symbol at ``T + k`` minutes, version ``v<k>``, values ``k`` and ``-k``."""
+    ts = T + k * MINUTE
+    return [OnlineRow("research", s, ts, f"v{k}", {"ret_1": float(k), "rv_24": float(-k)}, ts) for s in "ABC"]
+
+
+def test_a_reader_in_another_process_sees_only_whole_committed_writes_never_going_back(url):
+    writes, every = 1_000, 50
     with connect(url) as writer:
-        writer.put_many([row()])  # the store exists before the reader opens it
-        reader = subprocess.Popen([sys.executable, "-c", READER, url, str(int(final.timestamp() * 1000))],
-                                  stdout=subprocess.PIPE, text=True)
-        assert reader.stdout.readline().strip() == "ready"
-        for k in range(1, writes + 1):  # one write per row, as the flow writes batch by batch
-            writer.put_many([row(ts=T + k * MINUTE, value=float(k))])
-    out, _ = reader.communicate(timeout=60)
-    distinct, monotonic, last = map(int, out.split())
-    assert reader.returncode == 0
-    assert last == int(final.timestamp() * 1000)  # it saw the final row
-    assert monotonic == 1  # and never a row going back in time
-    assert distinct > 2, "the reader saw no intermediate state: it did not read while the writer wrote"
+        writer.put_many(batch(0))  # the file exists before the reader opens it
+        reader = subprocess.Popen([sys.executable, "-c", READER, url, str(int(T.timestamp() * 1000))],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert reader.stdout.readline().strip() == "ready", reader.stderr.read()
+            for k in range(1, writes + 1):  # one transaction per write, as the flow commits batch by batch
+                assert writer.put_many(batch(k)) == 3
+                if k % every == 0:  # a barrier: the reader reads between this write and the next
+                    reader.stdin.write(f"{k}\n")
+                    reader.stdin.flush()
+                    assert reader.stdout.readline().strip() == "ok", reader.communicate(timeout=60)[1]
+            out, err = reader.communicate("done\n", timeout=60)
+        finally:
+            reader.kill()
+    assert reader.returncode == 0, err
+    assert int(out) >= writes // every  # at least one checked read per barrier
 
 
 # -- every backend against the rule, written once: hypothesis batches ------------------------------------------

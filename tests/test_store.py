@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import time
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -268,40 +267,48 @@ def uninterrupted(tmp_path_factory) -> Store:
     return store
 
 
-def _hidden_tmp_files(root: Path) -> list[Path]:
-    return list(root.rglob(".bars.parquet.*"))
+# The CLI in a subprocess that SIGKILLs itself at the n-th audit event ``event`` on a bar file: a crash at an
+# exact point of the write path (Python raises the event just before the operation), not at a moment in time.
+KILL_AT = """
+import os, signal, sys
+event, nth = sys.argv[1], int(sys.argv[2])
+seen = 0
+def hook(name, args):
+    global seen
+    if name == event and "bars.parquet" in str(args[0]):
+        seen += 1
+        if seen == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(hook)
+from app.cli import main
+sys.argv = ["featurestore", *sys.argv[3:]]
+sys.exit(main())
+"""
 
-
+# moment -> (audit event, its n-th occurrence, 1m bar files visible after the kill); the run writes 4 files,
+# each as mkstemp (an empty temporary file), write, fsync, os.replace ("os.rename"), unlink ("os.remove").
 KILL_MOMENTS = {
-    "after 0.3 s": lambda root, elapsed: elapsed >= 0.3,
-    "while the first file is written": lambda root, elapsed: bool(_hidden_tmp_files(root)),
-    "after the first file is renamed into place": lambda root, elapsed: bool(
-        list(root.glob("kind=bars/*/timeframe=1m/*/*/bars.parquet"))),
-    "after the last file is renamed into place": lambda root, elapsed: len(
-        list(root.glob("kind=bars/*/timeframe=1m/*/*/bars.parquet"))) == 4,
+    "a temporary file created, nothing written to it": ("tempfile.mkstemp", 1, 0),
+    "the first file written, not yet renamed": ("os.rename", 1, 0),
+    "the first file renamed into place": ("os.remove", 1, 1),
+    "every file in place, the catalog not yet refreshed": ("os.remove", 4, 4),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("moment", list(KILL_MOMENTS))
-def test_a_killed_ingest_leaves_a_readable_store_and_a_rerun_completes_it(
-        tmp_path, run_cli, featurestore_script, uninterrupted, moment):
+def test_a_killed_ingest_leaves_a_readable_store_and_a_rerun_completes_it(tmp_path, run_cli, uninterrupted, moment):
     root = tmp_path / "store"
     # The store already holds another series, as a store being extended by a scheduled job would.
     ingest_synthetic(Store(root), ["SOL/USDT"], "1h", since=SINCE, until=UNTIL, now=NOW)
-    process = subprocess.Popen([featurestore_script, *KILLED_ARGS, "--store", str(root)], cwd=tmp_path,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    started = time.monotonic()
-    try:
-        while process.poll() is None and time.monotonic() - started < 60:
-            if KILL_MOMENTS[moment](root, time.monotonic() - started):
-                os.kill(process.pid, signal.SIGKILL)
-                break
-            time.sleep(0.001)
-    finally:
-        if process.poll() is None:  # the moment never came within the time limit: do not leave it running
-            process.kill()
-        process.wait(timeout=60)
+    event, nth, visible_files = KILL_MOMENTS[moment]
+    killed = subprocess.run([sys.executable, "-c", KILL_AT, event, str(nth), *KILLED_ARGS, "--store", str(root)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr  # killed at that point, not finished or failed
+    minute_files = [p.relative_to(root) for p in bar_files(root) if "timeframe=1m" in str(p)]
+    assert len(minute_files) == visible_files
+    for name in minute_files:  # what is in place is what the uninterrupted run wrote there, byte for byte
+        assert (root / name).read_bytes() == (uninterrupted.root / name).read_bytes()
 
     # Every parquet file a reader's glob finds is whole and readable; temporary files stay out of the glob.
     visible = bar_files(root)

@@ -142,3 +142,20 @@ def test_a_model_that_cannot_score_the_view_is_refused_before_the_flow_starts(st
     unsigned = stream(store, "--model", "reg", key=None)
     assert unsigned.returncode == 1 and "set FEATURESTORE_SIGNING_KEY" in unsigned.stderr
     assert not store.audit_path.exists()
+
+
+def test_a_model_trained_on_another_version_of_the_view_is_refused_before_the_flow_starts(store, tmp_path):
+    definitions = tmp_path / "my_views.py"  # the view the model was trained on, redefined: another version
+    definitions.write_text("import polars as pl\nfrom featurestore.definitions import FeatureView\n"
+                           "RESEARCH = FeatureView('research', '1m', {'ret_1': (pl.col('close') / pl.col('close')"
+                           ".shift(1)).log()})\n")
+
+    done = stream(store, "--definitions", definitions, "--model", "reg")
+
+    assert done.returncode == 1
+    version = re.search(r"streaming view research v(\w+)", done.stdout)
+    assert version is None or version[1] != RESEARCH.version
+    assert re.search(rf"error: model reg \S+ was trained on view 'research' version {RESEARCH.version}, the definitions "
+                     r"are version \w+: retrain, or stream the definitions it was trained on", done.stderr), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not store.audit_path.exists() and not store.online_path.exists()

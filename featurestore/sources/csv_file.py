@@ -1,8 +1,10 @@
 """Import bars from a CSV export (TradingView style: ``time,open,high,low,close,volume``).
 
 ``time`` is either Unix epoch seconds / milliseconds, or ISO-8601 text with a UTC offset
-(``2024-01-01T00:00:00Z``). Text without an offset is refused: its timezone would be a guess.
-Header names are matched case-insensitively.
+(``2024-01-01T00:00:00Z``). Text without an offset is refused: its timezone would be a guess. An epoch
+written as a float (``1704067200.0``, as pandas writes a column that held a NaN) must be a whole number;
+a fractional one is refused, naming its line, rather than rounded. Header names are matched
+case-insensitively; a UTF-8 byte order mark and CRLF line ends are read as the plain file.
 
 >>> import tempfile, pathlib
 >>> path = pathlib.Path(tempfile.mkdtemp()) / "btc.csv"
@@ -25,7 +27,21 @@ __all__ = ["read_csv_bars"]
 _EPOCH_MS_THRESHOLD = 100_000_000_000  # below: seconds (until year 5138); above: milliseconds
 
 
+def _whole_epochs(raw: pl.DataFrame, path: Path) -> pl.DataFrame:
+    """Float epochs as integers; a fractional (or infinite) one is refused, naming its line."""
+    fractional = (pl.col("time") % 1 != 0) | pl.col("time").is_infinite()
+    bad = raw.select(fractional.fill_null(False).arg_true().head(1)).to_series()
+    if bad.len():
+        row = int(bad[0])
+        raise BarValidationError(
+            "time is epoch seconds/ms or ISO-8601 with a UTC offset", source=f"{path} line {row + 2}",
+            detail=f"time={raw['time'][row]!r} is not a whole number of seconds or milliseconds")
+    return raw.with_columns(pl.col("time").cast(pl.Int64))
+
+
 def _parse_time(raw: pl.DataFrame, path: Path) -> pl.Series:
+    if raw.schema["time"].is_float():
+        raw = _whole_epochs(raw, path)
     if raw.schema["time"].is_integer():
         epoch_ms = raw.select(pl.when(pl.col("time").abs() < _EPOCH_MS_THRESHOLD)
                               .then(pl.col("time") * 1000).otherwise(pl.col("time")))["time"]

@@ -20,6 +20,8 @@ Typical use (needs the network)::
 from __future__ import annotations
 
 import difflib
+import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -32,21 +34,26 @@ from featurestore.bars import BAR_COLUMNS, TS_DTYPE
 from featurestore.errors import ExchangeError, FeatureStoreError
 from featurestore.timeframes import timeframe_ms
 
-__all__ = ["DEFAULT_TIMEOUT_MS", "fetch_closed_bars", "make_client"]
+__all__ = ["DEFAULT_TIMEOUT_MS", "EXCHANGE_URL_ENV", "fetch_closed_bars", "make_client"]
 
 DEFAULT_TIMEOUT_MS = 30_000
+EXCHANGE_URL_ENV = "FEATURESTORE_EXCHANGE_URL"
 _SCHEMA = {"symbol": pl.String, "ts": pl.Int64, **{name: pl.Float64 for name in BAR_COLUMNS[2:]}}
 
 
-def make_client(exchange_id: str, **config: Any) -> ccxt.Exchange:
+def make_client(exchange_id: str, *, api_url: str | None = None, **config: Any) -> ccxt.Exchange:
     """A ccxt client that respects the exchange's rate limit (``enableRateLimit`` is always on).
 
     ``config`` goes to the ccxt constructor (``timeout`` in ms, default 30 s; ``options``; ...).
+    ``api_url`` (default: ``$FEATURESTORE_EXCHANGE_URL``, for the CLI) sends every request to this origin
+    instead of the exchange's, with ccxt's own paths: a local test server or a recording proxy.
     An unknown id or an exchange without ``fetchOHLCV`` raises ``FeatureStoreError``.
 
     >>> client = make_client("binance", timeout=5_000)
     >>> client.id, client.enableRateLimit, client.timeout
     ('binance', True, 5000)
+    >>> make_client("binance", api_url="http://127.0.0.1:8080").urls["api"]["public"]
+    'http://127.0.0.1:8080/api/v3'
     """
     normalized = exchange_id.strip().lower()
     if normalized not in ccxt.exchanges:
@@ -60,7 +67,17 @@ def make_client(exchange_id: str, **config: Any) -> ccxt.Exchange:
             f"exchange {exchange_id!r} has no OHLCV endpoint in ccxt (has['fetchOHLCV'] is "
             f"{client.has.get('fetchOHLCV')!r}); choose an exchange that serves candles, e.g. 'binance'"
         )
+    origin = api_url or os.environ.get(EXCHANGE_URL_ENV)
+    if origin:
+        client.urls["api"] = _rebased(client.urls["api"], origin.rstrip("/"))
     return client
+
+
+def _rebased(urls: dict | str, origin: str) -> dict | str:
+    """ccxt's API URLs (a URL or a nested dict of them) with ``origin`` in place of scheme and host."""
+    if isinstance(urls, dict):
+        return {name: _rebased(url, origin) for name, url in urls.items()}
+    return re.sub(r"^https?://[^/]+", origin, urls)
 
 
 def _one_of(names: list[str]) -> str:

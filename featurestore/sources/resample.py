@@ -1,6 +1,8 @@
 """Coarser bars from finer stored bars (e.g. 1d from 1m): open first, high max, low min, close last,
-volume summed. A coarse bar is produced only once the fine history covers its whole period, so a
-later fine bar can never change a coarse bar that was already stored.
+volume summed over the fine bars stored in the coarse bar's period. Periods lie on the bar grid of
+``featurestore.timeframes`` (multiples of the timeframe since the epoch; weeks since a Monday). A coarse
+bar is produced only once the newest fine bar has closed at or after its end, so later fine bars never
+change a coarse bar that was already stored.
 
 >>> import polars as pl
 >>> from datetime import datetime, timezone
@@ -16,7 +18,7 @@ import polars as pl
 
 from featurestore.bars import TS_DTYPE
 from featurestore.errors import FeatureStoreError
-from featurestore.timeframes import timeframe_ms
+from featurestore.timeframes import offset_ms, timeframe_ms
 
 __all__ = ["resample_bars"]
 
@@ -27,16 +29,18 @@ def resample_bars(bars: pl.DataFrame | pl.LazyFrame, from_timeframe: str, to_tim
     if coarse <= fine or coarse % fine:
         raise FeatureStoreError(f"cannot resample {from_timeframe} bars to {to_timeframe}: the target must be a "
                                 f"multiple of the source timeframe")
-    covered_until = pl.col("ts").max().over("symbol") + pl.duration(milliseconds=fine)
+    offset, epoch_ms = offset_ms(to_timeframe), pl.col("ts").dt.epoch("ms")
     return (
         bars.lazy()
-        .with_columns(covered_until=covered_until)
-        .group_by_dynamic("ts", every=to_timeframe, group_by="symbol",
-                          start_by="monday" if to_timeframe.endswith("w") else "window")
+        .with_columns(covered_until=epoch_ms.max().over("symbol") + fine, grid_ms=epoch_ms - offset)
+        # windows [k * coarse, (k + 1) * coarse) of the grid, each summed in bar order: the same bits every run
+        .group_by_dynamic("grid_ms", every=f"{coarse}i", group_by="symbol")
         .agg(pl.col("open").first(), pl.col("high").max(), pl.col("low").min(), pl.col("close").last(),
              pl.col("volume").sum(), pl.col("covered_until").first())
-        .filter(pl.col("ts") + pl.duration(milliseconds=coarse) <= pl.col("covered_until"))
-        .select("symbol", pl.col("ts").cast(TS_DTYPE), "open", "high", "low", "close", "volume")
+        .with_columns(open_ms=pl.col("grid_ms") + offset)
+        .filter(pl.col("open_ms") + coarse <= pl.col("covered_until"))
+        .with_columns(ts=pl.from_epoch("open_ms", time_unit="ms").dt.replace_time_zone("UTC").cast(TS_DTYPE))
+        .select("symbol", "ts", "open", "high", "low", "close", "volume")
         .sort("symbol", "ts")
         .collect()
     )

@@ -1,8 +1,11 @@
 """Sink: each symbol's counters (bars received, applied, duplicates, late, conflicts) as a JSON file.
 
 Every ``FeatureRows`` carries its symbol's running ``Counts`` (part of the keyed state, so recovery
-restores them); one partition keeps the newest per symbol, snapshots them for recovery, and rewrites
-the file atomically at most every ``every_ms`` of clock time and when the flow ends.
+restores them); one partition keeps the newest per symbol, snapshots them for recovery with the view
+version that counted them, and rewrites the file atomically at most every ``every_ms`` of clock time and
+when the flow ends. Bytewax builds the partition when the flow starts, so recovery state of another view
+version is refused there, before any bar is read (the keyed states it would resume hold another
+version's engine state).
 
 >>> import tempfile
 >>> from featurestore.builtin_views import RESEARCH
@@ -24,13 +27,17 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from featurestore.atomic import write_bytes_atomic
 from featurestore.definitions import FeatureView
+from featurestore.errors import VersionSkewError
 from streaming.clock import Clock, to_datetime
 from streaming.items import Counts, FeatureRows
 
 __all__ = ["MetricsSink", "read_metrics", "summary_line"]
 
 
-class MetricsSink(FixedPartitionedSink[FeatureRows, dict]):
+Snapshot = tuple[str, dict[str, Counts]]  # (view version, counts per symbol)
+
+
+class MetricsSink(FixedPartitionedSink[FeatureRows, Snapshot]):
     """Keep the newest ``Counts`` per symbol in the JSON file ``path``."""
 
     def __init__(self, path: Path, view: FeatureView, *, clock: Clock, every_ms: int = 1000) -> None:
@@ -39,11 +46,18 @@ class MetricsSink(FixedPartitionedSink[FeatureRows, dict]):
     def list_parts(self) -> list[str]:
         return ["metrics"]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: dict | None) -> _MetricsPartition:
-        return _MetricsPartition(self, dict(resume_state or {}))
+    def build_part(self, step_id: str, for_part: str, resume_state: Snapshot | None) -> _MetricsPartition:
+        version, counts = resume_state or (self.view.version, {})
+        if version != self.view.version:
+            name = self.view.name
+            raise VersionSkewError(
+                f"the recovery state was built by view {name!r} version {version}, this run computes version "
+                f"{self.view.version}: delete the recovery directory (or give another) to start over, or stream "
+                f"--view {name}@{version}")
+        return _MetricsPartition(self, dict(counts))
 
 
-class _MetricsPartition(StatefulSinkPartition[FeatureRows, dict]):
+class _MetricsPartition(StatefulSinkPartition[FeatureRows, Snapshot]):
     def __init__(self, sink: MetricsSink, counts: dict[str, Counts]) -> None:
         self._sink, self._counts = sink, counts
         self._written_at: int | None = None
@@ -64,8 +78,8 @@ class _MetricsPartition(StatefulSinkPartition[FeatureRows, dict]):
         write_bytes_atomic(json.dumps(document, indent=1).encode(), sink.path)
         self._written_at = now
 
-    def snapshot(self) -> dict[str, Counts]:
-        return dict(self._counts)
+    def snapshot(self) -> Snapshot:
+        return self._sink.view.version, dict(self._counts)
 
     def close(self) -> None:
         self._write(self._sink.clock())

@@ -18,6 +18,7 @@ __all__ = [
     "MissingFeaturesError",
     "ModelExportError",
     "ModelRegistryError",
+    "NonFiniteFeaturesError",
     "SchemaError",
     "SqlError",
     "StaleFeaturesError",
@@ -107,3 +108,7 @@ class StaleFeaturesError(FeatureStoreError):
 
 class FutureFeaturesError(FeatureStoreError):
     """An online feature row is newer than the moment being scored (a replayed bar scored with later rows)."""
+
+
+class NonFiniteFeaturesError(FeatureStoreError):
+    """A feature value to be scored is +inf or -inf (a division by zero upstream): refused, never fed to a model."""

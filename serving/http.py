@@ -8,7 +8,8 @@ Endpoints (``serving.openapi`` describes them at ``/openapi.json``):
 - ``POST /score`` with ``{"symbols": [...]}`` (1 to ``max_batch`` distinct symbols): one signed signal per
   symbol, scored in one batch and appended to the audit log. Refusals: 404 ``missing_features`` (no
   online row, or a null the model never saw missing in training), 409 ``version_skew``,
-  ``stale_features`` or ``future_features`` (a row newer than the server's clock), 422 (bad body or too
+  ``stale_features``, ``future_features`` (a row newer than the server's clock) or ``non_finite_features``
+  (an infinite value), 422 (bad body or too
   many symbols), 413 (body over ``max_body_bytes``), 415 (not ``application/json``), 400 (not JSON).
 - ``GET /health``: the model loaded, and every online row's age and version against the model's.
 - ``GET /metrics``: Prometheus text format (``serving.metrics``).
@@ -47,6 +48,7 @@ from featurestore.errors import (
     FeatureStoreError,
     FutureFeaturesError,
     MissingFeaturesError,
+    NonFiniteFeaturesError,
     StaleFeaturesError,
     VersionSkewError,
 )
@@ -59,7 +61,8 @@ __all__ = ["create_app", "serve"]
 
 _log = logging.getLogger(__name__)
 _REFUSALS = ((MissingFeaturesError, 404, "missing_features"), (VersionSkewError, 409, "version_skew"),
-             (StaleFeaturesError, 409, "stale_features"), (FutureFeaturesError, 409, "future_features"))
+             (StaleFeaturesError, 409, "stale_features"), (FutureFeaturesError, 409, "future_features"),
+             (NonFiniteFeaturesError, 409, "non_finite_features"))
 
 
 class _Refusal(Exception):

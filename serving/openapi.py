@@ -52,7 +52,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int, auth: bool) -> dict[str, Any]:
     reasons = {400: "the body is not JSON", 401: "missing or wrong bearer token",
-               404: "no online row for the view and symbol", 409: "version skew or stale features (see error)",
+               404: "no online row for the view and symbol", 409: "version skew, stale, future or non-finite features (see error)",
                413: "the body is larger than the limit", 415: "the body is not application/json",
                422: "the body or a parameter is not valid"}
     return {str(code): _json({"$ref": "#/components/schemas/Error"}, reasons[code])

@@ -64,6 +64,7 @@ from featurestore.errors import (
     FeatureStoreError,
     FutureFeaturesError,
     MissingFeaturesError,
+    NonFiniteFeaturesError,
     StaleFeaturesError,
     VersionSkewError,
 )
@@ -183,7 +184,8 @@ class SignalService:
                 continue
             try:
                 (score,) = self.scorer.score([row.symbol], now=row.ts, given={row.view: {row.symbol: row}})
-            except (MissingFeaturesError, VersionSkewError, StaleFeaturesError, FutureFeaturesError) as exc:
+            except (MissingFeaturesError, VersionSkewError, StaleFeaturesError, FutureFeaturesError,
+                    NonFiniteFeaturesError) as exc:
                 refused.append(str(exc))
                 continue
             signal = self._signal(score, last.side if last else "FLAT")

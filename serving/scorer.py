@@ -80,6 +80,7 @@ from featurestore.errors import (
 from featurestore.online import OnlineRow, OnlineStore, connect
 from featurestore.store import Store
 from training.artifact import ModelMeta
+from training.model import classifier_signal
 from training.onnx_export import onnx_session
 
 __all__ = ["Model", "Score", "Scorer", "load_model", "open_scorer", "resolve_model_dir"]
@@ -155,7 +156,7 @@ class Score:
 
     symbol: str
     ts: datetime  # the primary view's row time: when the decision is taken
-    score: float  # regressor: the prediction; classifier: P(up) - P(down)
+    score: float  # regressor: the prediction; classifier: P(up) - P(down), 0 when neutral is the likeliest class
     rows: dict[str, OnlineRow]  # view -> the row used
     inputs: tuple[float, ...]  # the model's input row, as fed (NaN for missing values)
     names: tuple[str, ...]  # the model's input names, "view__feature"
@@ -212,8 +213,6 @@ class Scorer:
         self._primary = self._views[0]
         self._classifier = model.kind == "classifier"
         self._run, self._outputs = self.session.run, ["probabilities" if self._classifier else "variable"]
-        if self._classifier:  # ModelMeta guarantees -1 and 1 among a classifier's classes
-            self._up, self._down = model.classes.index(1), model.classes.index(-1)
         self._names, self._input, self._dtype = model.feature_names, model.input_name, np.dtype(model.dtype)
 
     def __enter__(self) -> Scorer:
@@ -277,7 +276,7 @@ class Scorer:
         if problems:
             raise problems[0][0]("refusing to score: " + "; ".join(message for _, message in problems))
         out = self._run(self._outputs, {self._input: X})[0]
-        scores = (out[:, self._up] - out[:, self._down] if self._classifier else out[:, 0]).tolist()
+        scores = (classifier_signal(out, self.model.classes) if self._classifier else out[:, 0]).tolist()
         names, primary = self._names, rows[self._primary]
         return [Score(symbol, primary[symbol].ts, scores[i], {v: rows[v][symbol] for v in rows}, tuple(X[i].tolist()),
                       names, missing[i]) for i, symbol in enumerate(symbols)]

@@ -9,7 +9,9 @@ score, thresholds and size) returns the logged signal itself and appends nothing
 never shows up as a HOLD, and re-running a job over the same rows leaves the log as it was.
 
 Thresholds default to the |score| threshold the model's backtest used (``ModelMeta.threshold``), symmetric
-around 0: LONG above it, SHORT below minus it; 0 when none was recorded.
+around 0: LONG above it, SHORT below minus it; 0 when none was recorded. A classifier's score is 0 when the
+neutral class is the likeliest (``training.model.classifier_signal``), so its thresholds must bracket 0:
+a neutral prediction is FLAT, as in the backtest.
 
 Signal fields (``signature`` is the HMAC-SHA256 of the canonical JSON of all the others):
 ``ts`` (the feature row's time, ISO-8601 UTC: when the decision is taken), ``symbol``, ``side``, ``score``,
@@ -116,6 +118,10 @@ class SignalService:
             raise FeatureStoreError(f"position size must be a positive number, got {size}")
         self.scorer, self.audit, self.size = scorer, audit, size
         self.thresholds = thresholds or default_thresholds(scorer.model)
+        if scorer.model.kind == "classifier" and not self.thresholds.short_below <= 0 <= self.thresholds.long_above:
+            raise FeatureStoreError(f"a classifier's thresholds must bracket 0 (short_below <= 0 <= long_above): its "
+                                    f"score is 0 when the neutral class is the likeliest, which must be FLAT; got "
+                                    f"long above {self.thresholds.long_above}, short below {self.thresholds.short_below}")
         self._key = key
         self._last = {symbol: _Decided.of(signal)
                       for symbol, signal in last_signals(audit.path, model=scorer.model.name, key=key).items()}

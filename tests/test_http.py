@@ -24,6 +24,7 @@ import schemathesis
 from fixtures.toy_model import write_toy_model
 from hypothesis import HealthCheck, settings
 from prometheus_client.parser import text_string_to_metric_families
+from test_signals import TABLE
 
 from featurestore.online import OnlineRow
 from featurestore.online.sqlite import SqliteOnlineStore
@@ -259,6 +260,38 @@ def test_bearer_auth(secured):
     assert secured.json("GET", "/health")[0] == 200
     status, schema = secured.json("GET", "/openapi.json", token=None)  # the contract is public, data is not
     assert status == 200 and schema["security"] == [{"bearer": []}]
+
+
+def test_a_three_class_model_is_flat_on_neutral_through_every_transition(tmp_path):
+    """A real 3-class LightGBM model served over HTTP: one new row per request walks the position table's
+    9 cells (previous side x new side), a neutral prediction being FLAT."""
+    store = tmp_path / "store"
+    write_toy_model(store / "models" / "cls" / "c0", kind="classifier", name="cls", version="c0")
+    (store / "models" / "cls" / "production").write_text('{"name": "cls", "version": "c0"}')
+    sides = ["FLAT", "LONG", "LONG", "FLAT", "SHORT", "SHORT", "LONG", "SHORT", "FLAT"]  # from FLAT: all 9 cells
+    a = {"SHORT": -2.0, "FLAT": 0.0, "LONG": 2.0}  # the model's classes: -1 below a = -1, 1 above 1, else 0
+    base = datetime.now(UTC) - timedelta(minutes=1)
+    with SqliteOnlineStore(Store(store).online_path):
+        pass
+    server = start(store, token=None)
+    signals = []
+    try:
+        for k, side in enumerate(sides):
+            ts = base + timedelta(seconds=k)
+            with SqliteOnlineStore(Store(store).online_path) as online:
+                online.put_many([OnlineRow("toy", "BTC/USDT", ts, "v1", {"a": a[side], "b": 0.5}, ts)])
+            status, body = server.json("POST", "/score", {"symbols": ["BTC/USDT"]})
+            assert status == 200, body
+            signals.extend(body["signals"])
+    finally:
+        stop(server)
+    assert [s["side"] for s in signals] == sides
+    assert [s["previous_side"] for s in signals] == ["FLAT", *sides[:-1]]
+    assert {(s["previous_side"], s["side"]) for s in signals} == set(TABLE)
+    for s in signals:
+        assert (s["action"], s["quantity"], s["position_after"]) == TABLE[(s["previous_side"], s["side"])]
+    assert all(s["score"] == 0.0 for s in signals if s["side"] == "FLAT")  # neutral: no side, whatever P(up) - P(down)
+    assert all(verify_signal(s, key=SIGNING_KEY.encode()) for s in signals)
 
 
 # --- schema-based fuzzing ---------------------------------------------------------------------------

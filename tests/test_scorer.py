@@ -306,7 +306,8 @@ def test_a_trained_model_scores_its_materialized_rows_like_lightgbm(trained, nam
     X = np.array([[newest[view][feature][i] for view, feature in model.columns] for i in range(len(SYMBOLS))],
                  dtype=np.float64)
     out = lgb.Booster(model_file=str(model.path / "model.txt")).predict(X)
-    expected = out[:, 2] - out[:, 0] if name == "cls" else out
+    # A classifier: P(up) - P(down), and 0 (FLAT) where the neutral class is the likeliest.
+    expected = np.where(out[:, 1] >= out[:, [0, 2]].max(axis=1), 0.0, out[:, 2] - out[:, 0]) if name == "cls" else out
     assert np.abs(np.array([s.score for s in scores]) - expected).max() <= 1e-12
     assert [s.ts for s in scores] == newest["hourly"]["ts"].to_list()
 

@@ -140,6 +140,18 @@ def test_one_signal_per_decision(service_parts):
     assert logged == [first[0], again[1], later, bigger]
 
 
+def test_a_classifiers_thresholds_must_bracket_zero(tmp_path):
+    write_toy_model(tmp_path / "cls", kind="classifier")
+    with SqliteOnlineStore(Store(tmp_path).online_path):
+        pass
+    parts = (tmp_path / "cls", Store(tmp_path).online_path, tmp_path / "signals.jsonl")
+    with pytest.raises(FeatureStoreError, match=r"a classifier's thresholds must bracket 0 .* got long above -0.1, "
+                                                r"short below -0.2"):
+        service(parts, thresholds=Thresholds(-0.1, -0.2))
+    with service(parts, thresholds=Thresholds(0.0, -0.3)) as accepted:
+        assert accepted.thresholds == Thresholds(0.0, -0.3)
+
+
 def test_a_refused_batch_writes_nothing(service_parts):
     put(service_parts, T, BTC_USDT=0.5)
     with service(service_parts) as svc, pytest.raises(FeatureStoreError, match="XRP/USDT"):

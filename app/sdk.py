@@ -55,7 +55,7 @@ from training.onnx_export import OnnxDtype
 
 if TYPE_CHECKING:
     from serving.scorer import Scorer
-    from serving.signal_service import SignalService
+    from serving.signal_service import Mode, SignalService
     from serving.signals import Thresholds
     from streaming.flow import StreamConfig
     from streaming.parity import ParityReport
@@ -392,24 +392,35 @@ class FeatureStore:
                 key: bytes | None = None, models_dir: str | Path | None = None) -> list[dict]:
         """Signed signals (LONG / SHORT / FLAT with the position transition) for ``symbols``, appended to the audit
         log; asking again for the same feature rows returns the logged signals. ``key``: default
-        ``$FEATURESTORE_SIGNING_KEY``."""
+        ``$FEATURESTORE_SIGNING_KEY``. With ``as_of`` the decisions are about that past moment: a replay, marked
+        ``mode: replay`` and logged to the replay log (default ``<store>/signals/replay.jsonl``)."""
         with self.signal_service(model, version=version, max_age=max_age, thresholds=thresholds, size=size,
-                                 audit=audit, key=key, models_dir=models_dir, fsync=True) as service:
+                                 audit=audit, key=key, models_dir=models_dir, fsync=True,
+                                 mode="live" if as_of is None else "replay") as service:
             return service.signals(symbols, now=as_of or self.clock())
 
     def signal_service(self, model: str | None = None, *, version: str | None = None,
                        max_age: Mapping[str, timedelta] | timedelta | None = None, thresholds: Thresholds | None = None,
                        size: float = 1.0, audit: str | Path | None = None, key: bytes | None = None,
-                       models_dir: str | Path | None = None, fsync: bool = True) -> SignalService:
-        """The ``SignalService`` behind ``signals`` and the HTTP service (close it, or use it in a ``with``)."""
+                       models_dir: str | Path | None = None, fsync: bool = True,
+                       mode: Mode = "live") -> SignalService:
+        """The ``SignalService`` behind ``signals`` and the HTTP service (close it, or use it in a ``with``); its
+        audit log defaults to the store's live log, or its replay log for ``mode="replay"``."""
         from serving.audit import AuditLog
         from serving.signal_service import SignalService
         from serving.signals import signing_key
 
         key = key or signing_key()
         scorer = self.scorer(model, version=version, models_dir=models_dir, max_age=max_age)
-        return SignalService(scorer, key=key, audit=AuditLog(audit or self.store.audit_path, fsync=fsync),
-                             thresholds=thresholds, size=size)
+        try:
+            log = AuditLog(audit or self._audit_path(mode), key=key, fsync=fsync)
+        except BaseException:
+            scorer.close()
+            raise
+        return SignalService(scorer, audit=log, thresholds=thresholds, size=size, mode=mode)  # closes both if it refuses
+
+    def _audit_path(self, mode: Mode) -> Path:
+        return self.store.audit_path if mode == "live" else self.store.replay_audit_path
 
     # -- streaming
 

@@ -8,6 +8,7 @@ True
 from __future__ import annotations
 
 __all__ = [
+    "AuditLogError",
     "BarValidationError",
     "DefinitionError",
     "ExchangeError",
@@ -108,6 +109,10 @@ class StaleFeaturesError(FeatureStoreError):
 
 class FutureFeaturesError(FeatureStoreError):
     """An online feature row is newer than the moment being scored (a replayed bar scored with later rows)."""
+
+
+class AuditLogError(FeatureStoreError):
+    """A signal audit log that does not verify (edited, cut, reordered) or that another process is writing."""
 
 
 class NonFiniteFeaturesError(FeatureStoreError):

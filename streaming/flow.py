@@ -71,8 +71,9 @@ class StreamConfig:
     ``exchange`` for replay is the stored series' exchange (default: the only one stored).
     ``metrics`` defaults to ``<store>/stream/metrics-<view>.json``.
     ``model``: a published model directory (resolve a registry name first, so every process scores with the
-    same version); each row becomes a signal in ``audit`` (default ``<store>/signals/signals.jsonl``), sides
-    by ``thresholds`` ([long_above, short_below], default the model's), ``max_age_s`` per view as ``Scorer``'s.
+    same version); each row becomes a signal in ``audit`` (default: a replay's ``<store>/signals/replay.jsonl``,
+    marked ``mode: replay``; a live stream's ``<store>/signals/signals.jsonl``), sides by ``thresholds``
+    ([long_above, short_below], default the model's), ``max_age_s`` per view as ``Scorer``'s.
     """
 
     store: str
@@ -152,8 +153,10 @@ def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
     if config.offline_parts:
         op.output("offline_parts", rows, OfflinePartsSink(store, view, names, exchange, clock=clock))
     if config.model:
+        replay = config.source == "replay"
         op.output("signals", rows, SignalSink(
-            store.root, view, names, config.model, config.audit or store.audit_path,
+            store.root, view, names, config.model,
+            config.audit or (store.replay_audit_path if replay else store.audit_path), mode="replay" if replay else "live",
             thresholds=Thresholds(*config.thresholds) if config.thresholds else None, size=config.size,
             max_age={v: timedelta(seconds=s) for v, s in config.max_age_s.items()} if config.max_age_s else None))
     return flow

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from fixtures.toy_model import write_toy_model
+from fixtures.toy_model import toy_store
 from hypothesis import HealthCheck, settings
 from prometheus_client.parser import text_string_to_metric_families
 from test_signals import TABLE
@@ -74,16 +74,11 @@ def free_port() -> int:
 
 def make_store(root: Path) -> Path:
     """The toy model in production and online rows written now: fresh, stale, skewed."""
-    store = root / "store"
-    write_toy_model(store / "models" / "toy" / "t0", threshold=0.1)
-    (store / "models" / "toy" / "production").write_text('{"name": "toy", "version": "t0"}')
     now = datetime.now(UTC)
-    with SqliteOnlineStore(Store(store).online_path) as online:
-        online.put_many([OnlineRow("toy", "BTC/USDT", now, "v1", {"a": 0.5, "b": None}, now),
-                      OnlineRow("toy", "ETH/USDT", now, "v1", {"a": -0.5, "b": 2.0}, now),
-                      OnlineRow("toy", "OLD/USDT", now - timedelta(hours=2), "v1", {"a": 0.5, "b": 1.0}, now),
-                      OnlineRow("toy", "NEW/USDT", now, "v2", {"a": 0.5, "b": 1.0}, now)])
-    return store
+    return toy_store(root, [OnlineRow("toy", "BTC/USDT", now, "v1", {"a": 0.5, "b": None}, now),
+                            OnlineRow("toy", "ETH/USDT", now, "v1", {"a": -0.5, "b": 2.0}, now),
+                            OnlineRow("toy", "OLD/USDT", now - timedelta(hours=2), "v1", {"a": 0.5, "b": 1.0}, now),
+                            OnlineRow("toy", "NEW/USDT", now, "v2", {"a": 0.5, "b": 1.0}, now)])
 
 
 def start(store: Path, token: str | None) -> Server:
@@ -265,14 +260,10 @@ def test_bearer_auth(secured):
 def test_a_three_class_model_is_flat_on_neutral_through_every_transition(tmp_path):
     """A real 3-class LightGBM model served over HTTP: one new row per request walks the position table's
     9 cells (previous side x new side), a neutral prediction being FLAT."""
-    store = tmp_path / "store"
-    write_toy_model(store / "models" / "cls" / "c0", kind="classifier", name="cls", version="c0")
-    (store / "models" / "cls" / "production").write_text('{"name": "cls", "version": "c0"}')
+    store = toy_store(tmp_path, kind="classifier")
     sides = ["FLAT", "LONG", "LONG", "FLAT", "SHORT", "SHORT", "LONG", "SHORT", "FLAT"]  # from FLAT: all 9 cells
     a = {"SHORT": -2.0, "FLAT": 0.0, "LONG": 2.0}  # the model's classes: -1 below a = -1, 1 above 1, else 0
     base = datetime.now(UTC) - timedelta(minutes=1)
-    with SqliteOnlineStore(Store(store).online_path):
-        pass
     server = start(store, token=None)
     signals = []
     try:

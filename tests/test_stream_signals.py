@@ -26,6 +26,7 @@ from featurestore.materialize import materialize_latest
 from featurestore.offline import read_features
 from featurestore.online.sqlite import SqliteOnlineStore
 from featurestore.store import Store
+from serving.audit import verify_log
 from serving.signals import Thresholds, side_for, verify_signal
 from training.labels import parse_label
 from training.model import ModelParams
@@ -70,7 +71,10 @@ def stream(store: Store, *args: object, key: str | None = KEY) -> subprocess.Com
 
 
 def signals(store: Store) -> list[dict]:
-    return [json.loads(line) for line in store.audit_path.read_text().splitlines()]
+    """The signals of a replay: in the replay log, marked so."""
+    got = [json.loads(line) for line in store.replay_audit_path.read_text().splitlines()]
+    assert {s["mode"] for s in got} == {"replay"} and not store.audit_path.exists()
+    return got
 
 
 def production_booster(store: Store, name: str) -> lgb.Booster:
@@ -114,11 +118,20 @@ def test_a_rerun_adds_nothing_and_a_resumed_run_writes_what_one_run_wrote(store,
     rest = stream(store, "--from", START.isoformat(), "--model", "reg", "--audit", tmp_path / "parts.jsonl",
                   "--batch", "1")
     assert rest.returncode == 0 and ": 1,680 signed" in rest.stdout
-    # The same signed lines, byte for byte; symbols interleave by batch, each symbol's lines keep time order.
-    parts, whole = ((tmp_path / name).read_text().splitlines() for name in ("parts.jsonl", "whole.jsonl"))
+    # The same decisions; symbols interleave by batch, each symbol's signals keep time order. Only the chain
+    # (seq, prev, and so the signature) follows the interleaving of each log; both logs verify.
+    parts, whole = ([json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+                    for name in ("parts.jsonl", "whole.jsonl"))
+
+    def decisions(log: list[dict], symbol: str) -> list[dict]:
+        return [{k: v for k, v in s.items() if k not in ("seq", "prev", "signature")} for s in log
+                if s["symbol"] == symbol]
+
     for symbol in SYMBOLS:
-        assert [x for x in parts if symbol in x] == [x for x in whole if symbol in x]
+        assert decisions(parts, symbol) == decisions(whole, symbol)
     assert len(parts) == len(whole) == 2 * 1440
+    for name in ("parts.jsonl", "whole.jsonl"):
+        assert verify_log(tmp_path / name, key=KEY.encode()).problems == []
 
 
 @pytest.mark.slow
@@ -141,4 +154,4 @@ def test_a_model_that_cannot_score_the_view_is_refused_before_the_flow_starts(st
     assert "model reg " in other_view.stderr and "uses views ['research'], not 'indicators'" in other_view.stderr
     unsigned = stream(store, "--model", "reg", key=None)
     assert unsigned.returncode == 1 and "set FEATURESTORE_SIGNING_KEY" in unsigned.stderr
-    assert not store.audit_path.exists()
+    assert not store.audit_path.exists() and not store.replay_audit_path.exists()

@@ -4,7 +4,7 @@ Signing and verifying need the key in ``$FEATURESTORE_SIGNING_KEY`` (never print
 
     featurestore score --model btc_reg --symbols BTC/USDT,ETH/USDT     signed signals as JSON lines (+ audit log)
     featurestore serve [--host 127.0.0.1] [--port 8000] [--model NAME] [--token-env FEATURESTORE_API_TOKEN]
-    featurestore verify-signal signals.jsonl                           exit 0 when every line verifies, else 1
+    featurestore verify-signal signals.jsonl                           exit 0 when every line and the chain verify
     featurestore materialize --view daily_trend [--symbols ..]         newest offline rows -> online store
     featurestore online get --view research [--symbols BTC/USDT]
 """
@@ -67,16 +67,19 @@ def cmd_serve(args: argparse.Namespace, fs: FeatureStore) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, fs: FeatureStore) -> int:
-    from serving.signals import signing_key, verify_file
+    from serving.audit import verify_log
+    from serving.signals import signing_key
 
-    if not args.file.is_file():
-        raise FeatureStoreError(f"no signal file at {args.file}")
-    problems = verify_file(args.file, key=signing_key())
-    for problem in problems:
+    report = verify_log(args.file, key=signing_key())
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for problem in report.problems:
         print(f"error: {problem}", file=sys.stderr)
-    if problems:
+    if report.problems:
         return 1
-    print(f"every signal in {args.file} verifies")
+    covered = "no head yet" if report.head_seq is None else f"its signed head covers seq 1..{report.head_seq}"
+    print(f"every signal in {args.file} verifies: {report.signals:,} signal(s), chained through seq {report.seq} "
+          f"({covered})")
     return 0
 
 
@@ -126,7 +129,8 @@ def model_options(parser: argparse.ArgumentParser) -> None:
                         "backtest threshold, else 0)")
     parser.add_argument("--short-below", type=float, help="SHORT when the score is below (default: minus it)")
     parser.add_argument("--size", type=float, default=1.0, help="position size of a signal's transition")
-    parser.add_argument("--audit", type=Path, help="audit log (default <store>/signals/signals.jsonl)")
+    parser.add_argument("--audit", type=Path, help="audit log (default <store>/signals/signals.jsonl; a replay or "
+                        "--as-of: <store>/signals/replay.jsonl)")
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -145,8 +149,9 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     model_options(serve)
     serve.set_defaults(run=cmd_serve)
 
-    verify = commands.add_parser("verify-signal", parents=[common], help="check the signature of every signal")
-    verify.add_argument("file", type=Path)
+    verify = commands.add_parser("verify-signal", parents=[common], help="check every signal's signature and the "
+                                 "log's hash chain against its signed head (deleted, reordered, replayed, cut lines)")
+    verify.add_argument("file", type=Path, help="an audit log, e.g. <store>/signals/signals.jsonl")
     verify.set_defaults(run=cmd_verify)
 
     materialize = commands.add_parser("materialize", parents=[common],

@@ -7,7 +7,11 @@ materialize``); the skew guard refuses what the ``score`` command would refuse, 
 newer than the bar included. One partition, so one worker of the cluster writes the audit log.
 
 Exactly once under recovery: the audit log is the state. A row at or before its symbol's last signal
-from the same model version is skipped, so the rows Bytewax replays after a restart add nothing.
+from the same model version is skipped, so the rows Bytewax replays after a restart add nothing. The
+audit log's signed head is rewritten at every snapshot and when the flow ends.
+
+A replay of stored bars is ``mode="replay"``: its signals are marked so and go to the replay log by
+default (``streaming.flow``), never the live one.
 
 A view, a model trained on it (a tiny LightGBM model; ``featurestore train`` publishes the same files),
 two streamed rows, two signals:
@@ -30,13 +34,14 @@ two streamed rows, two signals:
 >>> work = Path(tempfile.mkdtemp())
 >>> _ = write_model(work / "model", meta, onnx_model=exported.model, model_text=booster.model_to_string())
 >>> os.environ["FEATURESTORE_SIGNING_KEY"] = "demo key"
->>> part = SignalSink(work, toy, ["a", "b"], work / "model", work / "signals.jsonl").build_part("signals", "signals", None)
+>>> part = SignalSink(work, toy, ["a", "b"], work / "model", work / "signals.jsonl", mode="live").build_part(
+...     "signals", "signals", None)
 >>> t = int(datetime(2024, 5, 1, 12, tzinfo=timezone.utc).timestamp() * 1000)
 >>> part.write_batch([FeatureRows("BTC/USDT", [t, t + 3_600_000], [(0.5, 1.0), (-0.5, None)], Counts())])
 >>> part.close()
 signals: model toy t0: 2 signed, 0 refused -> ...signals.jsonl
->>> [json.loads(line)["side"] for line in (work / "signals.jsonl").read_text().splitlines()]
-['LONG', 'SHORT']
+>>> [(s["side"], s["mode"]) for s in map(json.loads, (work / "signals.jsonl").read_text().splitlines())]
+[('LONG', 'live'), ('SHORT', 'live')]
 >>> del os.environ["FEATURESTORE_SIGNING_KEY"]
 """
 
@@ -53,7 +58,7 @@ from featurestore.online import OnlineRow, connect
 from featurestore.store import Store
 from serving.audit import AuditLog
 from serving.scorer import Scorer, load_model
-from serving.signal_service import SignalService
+from serving.signal_service import Mode, SignalService
 from serving.signals import Thresholds, signing_key
 from streaming.clock import to_datetime
 from streaming.items import FeatureRows
@@ -64,16 +69,16 @@ __all__ = ["SignalSink"]
 class SignalSink(FixedPartitionedSink[FeatureRows, None]):
     """Signals for ``view``'s rows from the model in ``model_dir``, appended to ``audit``.
 
-    ``thresholds`` default to the model's backtest threshold; ``max_age`` as for ``Scorer``. Refuses, when
-    built, a model that does not use ``view`` or was trained on another version of it, and a missing
-    signing key.
+    ``thresholds`` default to the model's backtest threshold; ``max_age`` as for ``Scorer``; ``mode``: ``live``
+    or ``replay`` (``SignalService``). Refuses, when built, a model that does not use ``view`` or was trained
+    on another version of it, and a missing signing key.
     """
 
     def __init__(self, store_root: str | Path, view: FeatureView, feature_names: list[str], model_dir: str | Path,
-                 audit: str | Path, *, thresholds: Thresholds | None = None, size: float = 1.0,
+                 audit: str | Path, *, mode: Mode, thresholds: Thresholds | None = None, size: float = 1.0,
                  max_age: dict[str, timedelta] | None = None) -> None:
         self.store_root, self.view, self.feature_names = Path(store_root), view, feature_names
-        self.model_dir, self.audit = Path(model_dir), Path(audit)
+        self.model_dir, self.audit, self.mode = Path(model_dir), Path(audit), mode
         self.thresholds, self.size, self.max_age = thresholds, size, max_age
         model = load_model(self.model_dir)
         trained = model.view_versions.get(view.name)
@@ -93,8 +98,12 @@ class SignalSink(FixedPartitionedSink[FeatureRows, None]):
         url = Store(self.store_root).online_url
         connect(url).close()  # create it: the online sink may not have written yet
         scorer = Scorer(load_model(self.model_dir), connect(url, readonly=True), max_age=self.max_age)
-        service = SignalService(scorer, key=signing_key(), audit=AuditLog(self.audit),
-                                thresholds=self.thresholds, size=self.size)
+        try:
+            service = SignalService(scorer, audit=AuditLog(self.audit, key=signing_key()), thresholds=self.thresholds,
+                                    size=self.size, mode=self.mode)
+        except BaseException:
+            scorer.close()
+            raise
         return _SignalPartition(self, service)
 
 
@@ -115,6 +124,7 @@ class _SignalPartition(StatefulSinkPartition[FeatureRows, None]):
         self._first_refusal = self._first_refusal or next(iter(refused), None)
 
     def snapshot(self) -> None:
+        self._service.audit.sync()  # the signed head covers what is appended so far
         return None
 
     def close(self) -> None:

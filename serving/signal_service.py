@@ -80,6 +80,7 @@ from featurestore.errors import (
 )
 from featurestore.online import OnlineRow
 from serving.audit import AuditLog
+from serving.history import OfflineRows
 from serving.scorer import Model, Score, Scorer
 from serving.signals import Side, Thresholds, json_number, side_for, transition
 
@@ -196,9 +197,12 @@ class SignalService:
         signed = self._log(new) if new else []
         return [signed[s] if isinstance(s, int) else s for s in signals]
 
-    def signal_rows(self, rows: Sequence[OnlineRow]) -> tuple[list[dict[str, Any]], list[str]]:
+    def signal_rows(self, rows: Sequence[OnlineRow], *, history: OfflineRows | None = None
+                    ) -> tuple[list[dict[str, Any]], list[str]]:
         """Decide fresh feature rows (a dataflow's output, in time order per symbol): each is scored as of its
-        own time, with the newest online rows of the model's other views, and becomes a signed signal.
+        own time and becomes a signed signal. The model's other views are read from ``history`` as of that
+        time (a replay: the offline store, with the training join's rule) or, without it, are the newest
+        online rows (live).
 
         A row at or before its symbol's last signal from this model version was decided already (a replay
         after a restart re-emits rows): skipped. A row the skew guard refuses is skipped with the reason.
@@ -211,8 +215,18 @@ class SignalService:
             last = decided.get(row.symbol) or self._last.get(row.symbol)
             if last is not None and last.decision[0] == version and datetime.fromisoformat(last.decision[1]) >= row.ts:
                 continue
+            given = {row.view: {row.symbol: row}}
+            if history is not None:
+                found = history.rows(row.symbol, row.ts)
+                absent = [view for view in history.versions if view not in found]
+                if absent:
+                    refused.append("refusing to score: " + "; ".join(
+                        f"no offline row of view {view!r} for {row.symbol} at most {history.max_age[view]} before "
+                        f"{row.ts.isoformat()} (the training join had none either)" for view in absent))
+                    continue
+                given.update((view, {row.symbol: found[view]}) for view in found)
             try:
-                (score,) = self.scorer.score([row.symbol], now=row.ts, given={row.view: {row.symbol: row}})
+                (score,) = self.scorer.score([row.symbol], now=row.ts, given=given)
             except (MissingFeaturesError, VersionSkewError, StaleFeaturesError, FutureFeaturesError,
                     NonFiniteFeaturesError) as exc:
                 refused.append(str(exc))

@@ -39,7 +39,7 @@ from featurestore.errors import FeatureStoreError
 from featurestore.registry import resolve_view
 from featurestore.store import Store
 from serving.signals import Thresholds
-from streaming.clock import Clock, to_ms, wall_clock_ms
+from streaming.clock import Clock, to_datetime, to_ms, wall_clock_ms
 from streaming.engine import ViewEngine
 from streaming.items import BarItem
 from streaming.keyed_state import feature_logic_builder, warm_from_store
@@ -157,6 +157,8 @@ def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
         op.output("signals", rows, SignalSink(
             store.root, view, names, config.model,
             config.audit or (store.replay_audit_path if replay else store.audit_path), mode="replay" if replay else "live",
+            start=to_datetime(_moment(config.start)) if config.start else None,
+            end=to_datetime(_moment(config.until)) if config.until else None,
             thresholds=Thresholds(*config.thresholds) if config.thresholds else None, size=config.size,
             max_age={v: timedelta(seconds=s) for v, s in config.max_age_s.items()} if config.max_age_s else None))
     return flow

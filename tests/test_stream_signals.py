@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import lightgbm as lgb
 import polars as pl
@@ -20,7 +20,8 @@ import pytest
 from conftest import FEATURESTORE
 
 from featurestore.backfill import backfill
-from featurestore.builtin_views import INDICATORS, RESEARCH
+from featurestore.builtin_views import DAILY_TREND, INDICATORS, RESEARCH
+from featurestore.export import ExportOptions, training_set
 from featurestore.ingest import ingest_synthetic
 from featurestore.materialize import materialize_latest
 from featurestore.offline import read_features
@@ -38,18 +39,21 @@ SINCE, START, UNTIL = (datetime(2024, 5, d, tzinfo=UTC) for d in (1, 3, 4))
 SYMBOLS = ["BTC/USDT", "ETH/USDT"]
 KEY = "stream-signal-test-key"
 THRESHOLD = 2e-4
+MINUTE = timedelta(minutes=1)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Store:
-    """Three days of 1m bars for two symbols, backfilled for ``research`` and ``indicators``; production
-    models ``reg`` (research) and ``both`` (research + indicators), trained on the first two days."""
+    """Three days of 1m bars for two symbols, backfilled for ``research`` and ``indicators``, and two months of
+    1d bars for ``daily_trend`` (warm by May); production models ``reg`` (research), ``both`` (research +
+    indicators) and ``demo`` (research + daily_trend, as the demo's), trained on the first two days."""
     store = Store(tmp_path_factory.mktemp("stream_signals") / "store")
     ingest_synthetic(store, SYMBOLS, "1m", since=SINCE, until=UNTIL, now=NOW)
-    for view in (RESEARCH, INDICATORS):
+    ingest_synthetic(store, SYMBOLS, "1d", since=datetime(2024, 3, 1, tzinfo=UTC), until=UNTIL, now=NOW)
+    for view in (RESEARCH, INDICATORS, DAILY_TREND):
         backfill(store, view, now=NOW, progress=False)
     params = ModelParams(num_threads=1, num_boost_round=30, min_data_in_leaf=40)
-    for name, views in (("reg", [RESEARCH]), ("both", [RESEARCH, INDICATORS])):
+    for name, views in (("reg", [RESEARCH]), ("both", [RESEARCH, INDICATORS]), ("demo", [RESEARCH, DAILY_TREND])):
         result = train_model(store, views=views, label=parse_label("future_ret:h=1"), name=name, end=START,
                              models_root=models_root(store), now=NOW, folds=2, threshold=THRESHOLD, params=params)
         promote(models_root(store), name, result.version)
@@ -135,17 +139,42 @@ def test_a_rerun_adds_nothing_and_a_resumed_run_writes_what_one_run_wrote(store,
 
 
 @pytest.mark.slow
-def test_rows_of_other_views_from_after_the_bar_are_refused(store):
-    with SqliteOnlineStore(store.online_path) as online:  # the newest indicators row: the end of the data
-        materialize_latest(store, INDICATORS, SYMBOLS, online, now=NOW)
+@pytest.mark.parametrize(("name", "other"), [("both", INDICATORS), ("demo", DAILY_TREND)])
+def test_a_replay_reads_the_other_view_as_of_each_moment_as_the_training_join_does(store, name, other):
+    with SqliteOnlineStore(store.online_path) as online:  # the online store: rows from after every replayed bar
+        materialize_latest(store, other, SYMBOLS, online, now=NOW)
 
-    done = stream(store, "--from", START.isoformat(), "--model", "both")
+    done = stream(store, "--from", START.isoformat(), "--model", name)
 
     assert done.returncode == 0, done.stderr
-    assert re.search(r": 2 signed, 2,878 refused \(first: refusing to score: view 'indicators' for (BTC|ETH)/USDT: the "
-                     r"online row at 2024-05-04T00:00:00\+00:00 is after the scoring time 2024-05-03T00:01:00\+00:00\)",
-                     done.stdout)
-    assert {s["ts"] for s in signals(store)} == {"2024-05-04T00:00:00+00:00"}
+    joined = training_set(store, [RESEARCH, other], options=ExportOptions(all_bars=True, start=START + MINUTE))
+    assert joined.height == 2 * 1440 and joined[f"{other.name}__ts"].null_count() == 0  # the join fills every row
+    assert f"signals: model {name} " in done.stdout and ": 2,880 signed, 0 refused" in done.stdout
+    got = {(s["symbol"], s["ts"]): s for s in signals(store)}
+    booster = production_booster(store, name)
+    expected = booster.predict(joined.select(booster.feature_name()).to_numpy())
+    for (symbol, ts, other_ts), score in zip(joined.select("symbol", "event_ts", f"{other.name}__ts").iter_rows(),
+                                             expected.tolist(), strict=True):
+        signal = got[(symbol, ts.isoformat())]
+        assert signal["views"][other.name]["ts"] == other_ts.isoformat()  # the row the join used, not the newest
+        assert signal["score"] == score
+
+
+@pytest.mark.slow
+def test_a_replay_refuses_exactly_what_the_join_with_the_same_ttl_leaves_empty(store):
+    done = stream(store, "--from", START.isoformat(), "--model", "demo", "--max-age", "research=1m,daily_trend=1h")
+
+    assert done.returncode == 0, done.stderr
+    joined = training_set(store, [RESEARCH, DAILY_TREND], options=ExportOptions(
+        all_bars=True, start=START + MINUTE, ttl={"research": MINUTE, "daily_trend": timedelta(hours=1)}))
+    empty = joined["daily_trend__ts"].null_count()
+    assert 0 < empty < joined.height
+    assert re.search(rf": {joined.height - empty:,} signed, {empty:,} refused \(first: refusing to score: no offline "
+                     rf"row of view 'daily_trend' for (BTC|ETH)/USDT at most 1:00:00 before 2024-05-03T01:01:00\+00:00 "
+                     rf"\(the training join had none either\)\)", done.stdout), done.stdout
+    filled = joined.filter(pl.col("daily_trend__ts").is_not_null())
+    assert sorted((s["symbol"], s["ts"]) for s in signals(store)) == sorted(
+        (symbol, ts.isoformat()) for symbol, ts in filled.select("symbol", "event_ts").iter_rows())
 
 
 def test_a_model_that_cannot_score_the_view_is_refused_before_the_flow_starts(store):

@@ -1,10 +1,12 @@
 """Sink: score every emitted feature row with a published model and append a signed signal to the audit log.
 
 A closed bar becomes a signal in the same dataflow, with no extra hop: the rows the feature step has
-just computed are scored as they are (not re-read from the online store), each as of its own time, with
-the newest online rows of the model's other views (e.g. ``daily_trend`` kept fresh by ``featurestore
-materialize``); the skew guard refuses what the ``score`` command would refuse, a row of another view
-newer than the bar included. One partition, so one worker of the cluster writes the audit log.
+just computed are scored as they are (not re-read from the online store), each as of its own time. The
+model's other views are, live, the newest online rows (e.g. ``daily_trend`` kept fresh by ``featurestore
+materialize``); in a replay, each view's row as of the replayed moment from the offline store, with the
+training join's TTL rule (``serving.history``): the online store holds rows from after the replayed times.
+The skew guard refuses what the ``score`` command would refuse. One partition, so one worker of the
+cluster writes the audit log.
 
 Exactly once under recovery: the audit log is the state. A row at or before its symbol's last signal
 from the same model version is skipped, so the rows Bytewax replays after a restart add nothing. The
@@ -47,7 +49,7 @@ signals: model toy t0: 2 signed, 0 refused -> ...signals.jsonl
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -57,6 +59,7 @@ from featurestore.errors import FeatureStoreError, VersionSkewError
 from featurestore.online import OnlineRow, connect
 from featurestore.store import Store
 from serving.audit import AuditLog
+from serving.history import OfflineRows
 from serving.scorer import Scorer, load_model
 from serving.signal_service import Mode, SignalService
 from serving.signals import Thresholds, signing_key
@@ -70,15 +73,17 @@ class SignalSink(FixedPartitionedSink[FeatureRows, None]):
     """Signals for ``view``'s rows from the model in ``model_dir``, appended to ``audit``.
 
     ``thresholds`` default to the model's backtest threshold; ``max_age`` as for ``Scorer``; ``mode``: ``live``
-    or ``replay`` (``SignalService``). Refuses, when built, a model that does not use ``view`` or was trained
-    on another version of it, and a missing signing key.
+    or ``replay`` (``SignalService``; a replay of the rows between ``start`` and ``end`` reads the other views
+    from the offline store). Refuses, when built, a model that does not use ``view`` or was trained on another
+    version of it, and a missing signing key.
     """
 
     def __init__(self, store_root: str | Path, view: FeatureView, feature_names: list[str], model_dir: str | Path,
                  audit: str | Path, *, mode: Mode, thresholds: Thresholds | None = None, size: float = 1.0,
-                 max_age: dict[str, timedelta] | None = None) -> None:
+                 max_age: dict[str, timedelta] | None = None, start: datetime | None = None,
+                 end: datetime | None = None) -> None:
         self.store_root, self.view, self.feature_names = Path(store_root), view, feature_names
-        self.model_dir, self.audit, self.mode = Path(model_dir), Path(audit), mode
+        self.model_dir, self.audit, self.mode, self.start, self.end = Path(model_dir), Path(audit), mode, start, end
         self.thresholds, self.size, self.max_age = thresholds, size, max_age
         model = load_model(self.model_dir)
         trained = model.view_versions.get(view.name)
@@ -104,12 +109,22 @@ class SignalSink(FixedPartitionedSink[FeatureRows, None]):
         except BaseException:
             scorer.close()
             raise
-        return _SignalPartition(self, service)
+        return _SignalPartition(self, service, self._history(scorer) if self.mode == "replay" else None)
+
+    def _history(self, scorer: Scorer) -> OfflineRows | None:
+        """The model's other views as of each replayed moment, from the offline store (None: it has none)."""
+        model = scorer.model
+        others = {v: version for v, version in model.view_versions.items() if v != self.view.name}
+        if not others:
+            return None
+        features = {v: [f for view, f in model.columns if view == v] for v in others}
+        return OfflineRows(Store(self.store_root), others, features, max_age=scorer.max_age, start=self.start,
+                           end=self.end)
 
 
 class _SignalPartition(StatefulSinkPartition[FeatureRows, None]):
-    def __init__(self, sink: SignalSink, service: SignalService) -> None:
-        self._sink, self._service = sink, service
+    def __init__(self, sink: SignalSink, service: SignalService, history: OfflineRows | None) -> None:
+        self._sink, self._service, self._history = sink, service, history
         self._signed = self._refused = 0
         self._first_refusal: str | None = None
 
@@ -118,7 +133,7 @@ class _SignalPartition(StatefulSinkPartition[FeatureRows, None]):
         view, version, names = sink.view.name, sink.view.version, sink.feature_names
         rows = [OnlineRow(view, item.symbol, moment, version, dict(zip(names, row, strict=True)), moment)
                 for item in values for moment, row in zip(map(to_datetime, item.ts), item.values, strict=True)]
-        signed, refused = self._service.signal_rows(rows)
+        signed, refused = self._service.signal_rows(rows, history=self._history)
         self._signed += len(signed)
         self._refused += len(refused)
         self._first_refusal = self._first_refusal or next(iter(refused), None)

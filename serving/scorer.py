@@ -249,7 +249,8 @@ class Scorer:
             return FutureFeaturesError, (f"view {view!r} for {symbol}: the online row at {row.ts.isoformat()} is "
                                          f"after the scoring time {now.isoformat()}")
         return StaleFeaturesError, (f"view {view!r} for {symbol}: the online row at {row.ts.isoformat()} is "
-                                    f"{now - row.ts} old at {now.isoformat()}, older than the max age {self.max_age[view]}")
+                                    f"{now - row.ts} old at {now.isoformat()}, older than the max age {self.max_age[view]} "
+                                    f"(to score an earlier moment, give it with --as-of; to accept older rows, --max-age)")
 
     def score(self, symbols: Sequence[str], *, now: datetime,
               given: Mapping[str, Mapping[str, OnlineRow]] | None = None) -> list[Score]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -380,6 +381,24 @@ def fresh_store(root: Path) -> Path:
     """The toy model in production and a BTC/USDT row written now (the CLI scores at the wall clock)."""
     now = datetime.now(UTC)
     return toy_store(root, [OnlineRow("toy", "BTC/USDT", now, "v1", {"a": 0.5, "b": 1.0}, now)])
+
+
+def test_score_as_of_scores_history_with_ages_measured_from_that_moment(tmp_path):
+    then = datetime(2024, 5, 1, 12, tzinfo=UTC)  # a replayed row: years older than its TTL against the wall clock
+    store = toy_store(tmp_path, [OnlineRow("toy", "BTC/USDT", then, "v1", {"a": 0.5, "b": 1.0}, then)])
+    run = functools.partial(featurestore, "score", "--symbols", "BTC/USDT", "--store", store, cwd=tmp_path, key="k")
+
+    now = run()
+    assert now.returncode == 1 and "older than the max age 1:00:00 (to score an earlier moment, give it with " \
+        "--as-of; to accept older rows, --max-age)" in now.stderr
+    (signal,) = map(json.loads, run("--as-of", "2024-05-01T12:30").stdout.splitlines())
+    assert (signal["ts"], signal["side"], signal["mode"]) == ("2024-05-01T12:00:00+00:00", "LONG", "replay")
+    assert [json.loads(line) for line in Store(store).replay_audit_path.read_text().splitlines()] == [signal]
+    assert Store(store).audit_path.read_text() == ""  # history never becomes the live position
+    before = run("--as-of", "2024-05-01T11:00")
+    assert before.returncode == 1 and "is after the scoring time 2024-05-01T11:00:00+00:00" in before.stderr
+    late = run("--as-of", "2024-05-01T14:00")
+    assert late.returncode == 1 and "is 2:00:00 old at 2024-05-01T14:00:00+00:00" in late.stderr
 
 
 @pytest.mark.parametrize(("command", "damage", "problem"), [

@@ -3,6 +3,7 @@
 Signing and verifying need the key in ``$FEATURESTORE_SIGNING_KEY`` (never printed or written).
 
     featurestore score --model btc_reg --symbols BTC/USDT,ETH/USDT     signed signals as JSON lines (+ audit log)
+    featurestore score --model btc_reg --symbols BTC/USDT --as-of 2024-05-01T12:00     a past moment (replay log)
     featurestore serve [--host 127.0.0.1] [--port 8000] [--model NAME] [--token-env FEATURESTORE_API_TOKEN]
     featurestore verify-signal signals.jsonl                           exit 0 when every line and the chain verify
     featurestore materialize --view daily_trend [--symbols ..]         newest offline rows -> online store
@@ -19,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.cli.options import add_definitions, add_symbols, add_views, view_durations
+from app.cli.options import add_definitions, add_symbols, add_views, utc, view_durations
 from app.sdk import FeatureStore
 from featurestore.errors import FeatureStoreError
 
@@ -47,7 +48,7 @@ def signal_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_score(args: argparse.Namespace, fs: FeatureStore) -> int:
-    for signal in fs.signals(args.symbols, model=args.model, **signal_options(args)):
+    for signal in fs.signals(args.symbols, model=args.model, as_of=args.as_of, **signal_options(args)):
         print(json.dumps(signal, sort_keys=True, separators=(",", ":"), ensure_ascii=False))
     return 0
 
@@ -137,6 +138,8 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     """Register ``score``, ``serve``, ``verify-signal``, ``materialize`` and ``online``."""
     score = commands.add_parser("score", parents=[common], help="score symbols now: signed signals as JSON lines")
     add_symbols(score, help="comma-separated, e.g. BTC/USDT,ETH/USDT", required=True)
+    score.add_argument("--as-of", type=utc, help="score this past moment instead of now (UTC, e.g. 2024-05-01T12:00): "
+                       "the skew guard measures ages from it; signals marked replay, to the replay log")
     model_options(score)
     score.set_defaults(run=cmd_score)
 

@@ -5,6 +5,7 @@ Signing and verifying need the key in ``$FEATURESTORE_SIGNING_KEY`` (never print
     featurestore score --model btc_reg --symbols BTC/USDT,ETH/USDT     signed signals as JSON lines (+ audit log)
     featurestore score --model btc_reg --symbols BTC/USDT --as-of 2024-05-01T12:00     a past moment (replay log)
     featurestore serve [--host 127.0.0.1] [--port 8000] [--model NAME] [--token-env FEATURESTORE_API_TOKEN]
+    featurestore serve --features-only                                 features alone: no model, no signing key
     featurestore verify-signal signals.jsonl                           exit 0 when every line and the chain verify
     featurestore materialize --view daily_trend [--symbols ..]         newest offline rows -> online store
     featurestore online get --view research [--symbols BTC/USDT]
@@ -13,6 +14,8 @@ Signing and verifying need the key in ``$FEATURESTORE_SIGNING_KEY`` (never print
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import sys
@@ -41,6 +44,13 @@ def thresholds_from_args(args: argparse.Namespace) -> Thresholds | None:
     return Thresholds(args.long_above, args.short_below)
 
 
+def port(text: str) -> int:
+    """A TCP port: an integer in 1..65535."""
+    if not text.strip().isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port: give one in 1..65535")
+    return int(text)
+
+
 def signal_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of ``FeatureStore.signal_service`` that the model options give."""
     return {"version": args.version, "max_age": args.max_age, "thresholds": thresholds_from_args(args),
@@ -54,16 +64,27 @@ def cmd_score(args: argparse.Namespace, fs: FeatureStore) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, fs: FeatureStore) -> int:
-    from serving.http import create_app, serve
+    from featurestore.online import connect
+    from serving.http import bind, create_app, serve
 
     token = os.environ.get(args.token_env) or None
-    with fs.signal_service(args.model, fsync=False, **signal_options(args)) as service:
-        model = service.scorer.model
-        app = create_app(service, clock=lambda: datetime.now(UTC), token=token, max_batch=args.max_batch)
-        print(f"serving model {model.name} {model.version} on http://{args.host}:{args.port} (OpenAPI: /openapi.json); "
-              f"auth: {'bearer token from $' + args.token_env if token else 'off (set $' + args.token_env + ')'}; "
-              f"audit log {service.audit.path}", flush=True)
-        serve(app, host=args.host, port=args.port)
+    auth = f"bearer token from ${args.token_env}" if token else f"off (set ${args.token_env})"
+    clock = functools.partial(datetime.now, UTC)  # the server's clock: the wall clock
+    with contextlib.ExitStack() as opened:
+        if args.features_only:
+            online = opened.enter_context(connect(fs.store.online_url, readonly=True))
+            views = [status.view.name for status in fs.views() if status.registered]
+            app = create_app(None, online=online, views=views, clock=clock, token=token)
+            what, log = "features only (no model, no signing key)", ""
+        else:
+            service = opened.enter_context(fs.signal_service(args.model, fsync=False, **signal_options(args)))
+            app = create_app(service, clock=clock, token=token, max_batch=args.max_batch)
+            what, log = f"model {service.scorer.model.name} {service.scorer.model.version}", \
+                f"; audit log {service.audit.path}"
+        listener = bind(args.host, args.port)  # refused here, before anything is announced
+        print(f"serving {what} on http://{args.host}:{listener.getsockname()[1]} (docs: /docs, OpenAPI: "
+              f"/openapi.json); auth: {auth}{log}", flush=True)
+        serve(app, listener)
     return 0
 
 
@@ -143,9 +164,11 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     model_options(score)
     score.set_defaults(run=cmd_score)
 
-    serve = commands.add_parser("serve", parents=[common], help="HTTP service: features, scores, health, metrics")
+    serve = commands.add_parser("serve", parents=[common], help="HTTP service: features, scores, health, metrics, docs")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=port, default=8000, help="TCP port, 1..65535")
+    serve.add_argument("--features-only", action="store_true",
+                       help="serve the online store's features alone: no model, no /score, no signing key")
     serve.add_argument("--token-env", default="FEATURESTORE_API_TOKEN",
                        help="environment variable holding the bearer token (auth is off when it is unset)")
     serve.add_argument("--max-batch", type=int, default=256, help="most symbols in one POST /score")

@@ -319,11 +319,13 @@ class FeatureStore:
     def train(self, *, features: Sequence[str], label: str, name: str, kind: ModelKind = "regressor",
               ttl: str | Mapping[str, timedelta] | None = None, symbols: Sequence[str] | None = None,
               start: datetime | None = None, end: datetime | None = None, params: ModelParams | None = None,
-              folds: int = 4, onnx_dtype: OnnxDtype = "float64", threshold: float = 0.0, cost_bps: float = 5.0,
-              exchange: str | None = None, promote: bool = False, models_dir: str | Path | None = None) -> TrainResult:
+              folds: int = 4, onnx_dtype: OnnxDtype = "float64", threshold: float | None = None,
+              cost_bps: float = 5.0, exchange: str | None = None, promote: bool = False,
+              models_dir: str | Path | None = None) -> TrainResult:
         """Train a LightGBM model on ``features`` (as for ``get_historical_features``; every feature row of the first
         view is a sample), evaluate it walk-forward, export it to ONNX behind the parity gate and publish it to
-        the model registry (``promote``: make it production)."""
+        the model registry (``promote``: make it production). ``threshold``: None chooses one on the
+        out-of-sample folds, cost-aware; ``TrainResult.warnings`` says when costs dominate the backtest."""
         from training.registry import models_root
         from training.registry import promote as promote_version
         from training.train import train_model

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from app.cli.options import add_definitions, add_symbols, add_time_range, comma_list
@@ -54,6 +55,8 @@ def cmd_train(args: argparse.Namespace, fs: FeatureStore) -> int:
                       onnx_dtype=args.onnx_dtype, threshold=args.threshold, cost_bps=args.cost_bps,
                       exchange=args.exchange, promote=args.promote, models_dir=args.models)
     print(summary_table(result))
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.promote:
         print(f"promoted {result.name} {result.version} to production")
     return 0
@@ -127,8 +130,9 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     train.add_argument("--threads", type=int, default=2, help="LightGBM threads (fixed for reproducible models)")
     train.add_argument("--onnx-dtype", choices=["float64", "float32"], default="float64",
                        help="published ONNX input type (float32 is refused when it misroutes)")
-    train.add_argument("--threshold", type=float, default=0.0,
-                       help="backtest: trade only when |signal| > threshold (0: the sign)")
+    train.add_argument("--threshold", type=float, help="trade only when |signal| > threshold (the backtest's, and "
+                       "the model's default in serving); default: chosen on the out-of-sample folds, at least the "
+                       "round-trip cost for a regressor, none that trades at a loss")
     train.add_argument("--cost-bps", type=float, default=5.0, help="backtest cost per side in basis points")
     train.add_argument("--promote", action="store_true", help="point production at the new version")
     train.add_argument("--models", type=Path, help="models directory (default <store>/models)")

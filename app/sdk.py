@@ -309,19 +309,21 @@ class FeatureStore:
                labels: Sequence[str] = (), ttl: str | Mapping[str, timedelta] | None = None, all_bars: bool = False,
                symbols: Sequence[str] | None = None, start: datetime | None = None, end: datetime | None = None,
                as_of_created: bool = False, exchange: str | None = None,
-               format: ExportFormat | None = None) -> ExportResult:
-        """``get_historical_features`` written to a parquet, CSV or Arrow file with a JSON sidecar."""
+               format: ExportFormat | None = None, progress: bool = False) -> ExportResult:
+        """``get_historical_features`` written to a parquet, CSV or Arrow file with a JSON sidecar (``progress``: a
+        bar by symbol on a terminal)."""
         views, options = self._export(features, labels, ttl=ttl, all_bars=all_bars, symbols=symbols, start=start,
                                       end=end, as_of_created=as_of_created,
                                       exchange=exchange or self.config.exchange)
-        return write_training_set(path, self.store, views, entities, options=options, format=format)
+        return write_training_set(path, self.store, views, entities, options=options, format=format,
+                                  progress=progress)
 
     def train(self, *, features: Sequence[str], label: str, name: str, kind: ModelKind = "regressor",
               ttl: str | Mapping[str, timedelta] | None = None, symbols: Sequence[str] | None = None,
               start: datetime | None = None, end: datetime | None = None, params: ModelParams | None = None,
               folds: int = 4, onnx_dtype: OnnxDtype = "float64", threshold: float | None = None,
               cost_bps: float = 5.0, exchange: str | None = None, promote: bool = False,
-              models_dir: str | Path | None = None) -> TrainResult:
+              models_dir: str | Path | None = None, progress: bool = False) -> TrainResult:
         """Train a LightGBM model on ``features`` (as for ``get_historical_features``; every feature row of the first
         view is a sample), evaluate it walk-forward, export it to ONNX behind the parity gate and publish it to
         the model registry (``promote``: make it production). ``threshold``: None chooses one on the
@@ -335,7 +337,8 @@ class FeatureStore:
                              models_root=models_root(self.store, models_dir), now=self.clock(), kind=kind,
                              symbols=symbols, start=start, end=end, params=params or ModelParams(kind=kind),
                              folds=folds, onnx_dtype=onnx_dtype, cost_bps=cost_bps, threshold=threshold,
-                             ttl=options.ttl, exchange=exchange or self.config.exchange, features=options.features)
+                             ttl=options.ttl, exchange=exchange or self.config.exchange, features=options.features,
+                             progress=progress)
         if promote:
             promote_version(models_root(self.store, models_dir), result.name, result.version)
         return result
@@ -432,11 +435,12 @@ class FeatureStore:
                offline_parts: bool = False, metrics: str | Path | None = None, model: str | None = None,
                workers: int = 1, process_id: int | None = None, addresses: Sequence[str] | None = None,
                recovery_dir: str | Path | None = None, snapshot_interval_s: float = 10.0,
-               backup_interval_s: float = 0.0, **signals: Any) -> StreamConfig:
+               backup_interval_s: float = 0.0, progress: bool = False, **signals: Any) -> StreamConfig:
         """Run the Bytewax dataflow for ``view`` until its source ends (live: until interrupted): bars replayed from
         the store (``source="replay"``, ``start <= ts < end``, ``batch`` bars a window, paced by ``speed``) or
         polled live from ccxt, into the online store and the optional sinks; with ``model`` every row becomes a
-        signed signal (``signals``: the keyword arguments of ``signal_service``). Returns the run's config."""
+        signed signal (``signals``: the keyword arguments of ``signal_service``); ``progress``: a replay's bar on a
+        terminal. Returns the run's config."""
         from streaming.flow import StreamConfig, build_flow
         from streaming.runner import run_flow
 
@@ -452,6 +456,7 @@ class FeatureStore:
             exchange=exchange or self.config.exchange, start=start.isoformat() if start else None,
             until=end.isoformat() if end else None, batch=batch, speed=speed, poll_interval_s=poll_interval_s,
             jsonl=str(jsonl) if jsonl else None, offline_parts=offline_parts, metrics=str(metrics) if metrics else None,
+            progress=progress,
             **(self._signal_config(resolved, model, **signals) if model else {}))
         run_flow(build_flow(config), workers=workers, process_id=process_id,
                  addresses=list(addresses) if addresses else None, recovery_dir=Path(recovery_dir) if recovery_dir else None,

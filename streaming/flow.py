@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import bytewax.operators as op
+import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
@@ -43,7 +44,7 @@ from streaming.clock import Clock, to_datetime, to_ms, wall_clock_ms
 from streaming.engine import ViewEngine
 from streaming.items import BarItem
 from streaming.keyed_state import feature_logic_builder, warm_from_store
-from streaming.sinks import JsonlSink, MetricsSink, OfflinePartsSink, OnlineSink, SignalSink
+from streaming.sinks import JsonlSink, MetricsSink, OfflinePartsSink, OnlineSink, ProgressSink, SignalSink
 from streaming.sources.replay import ReplaySource
 
 if TYPE_CHECKING:
@@ -68,7 +69,8 @@ class StreamConfig:
     ``source``: ``replay`` (stored bars with ``start <= ts < until``, in windows of ``batch`` bars, paced
     by ``speed``, 0 = as fast as possible) or ``ccxt`` (live closed bars from ``exchange``, polled every
     ``poll_interval_s`` at most; ``start`` overrides where it begins, ``until`` ends it).
-    ``exchange`` for replay is the stored series' exchange (default: the only one stored).
+    ``exchange`` for replay is the stored series' exchange (default: the only one stored). ``progress``: a
+    replay shows a bar of the bars replayed on a terminal (``streaming.sinks.progress``).
     ``metrics`` defaults to ``<store>/stream/metrics-<view>.json``.
     ``model``: a published model directory (resolve a registry name first, so every process scores with the
     same version); each row becomes a signal in ``audit`` (default: a replay's ``<store>/signals/replay.jsonl``,
@@ -95,6 +97,7 @@ class StreamConfig:
     thresholds: list[float] | None = None
     size: float = 1.0
     max_age_s: dict[str, float] | None = None
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if self.source not in ("replay", "ccxt"):
@@ -150,6 +153,11 @@ def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
     op.output("metrics", rows, MetricsSink(config.metrics_path, view, clock=clock))
     if config.jsonl:
         op.output("jsonl", rows, JsonlSink(Path(config.jsonl), view, names))
+    if config.progress and config.source == "replay":
+        window = store.scan_bars(exchange, view.timeframe, config.symbols).filter(
+            pl.col("ts").dt.epoch("ms").is_between(_moment(config.start) or 0, _moment(config.until) or 2**62,
+                                                   closed="left"))
+        op.output("progress", rows, ProgressSink(window.select(pl.len()).collect().item(), f"replay {view.name}"))
     if config.offline_parts:
         op.output("offline_parts", rows, OfflinePartsSink(store, view, names, exchange, clock=clock))
     if config.model:

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from tqdm import tqdm
 
 from featurestore.definitions import FeatureView
 from featurestore.errors import TrainingDataError
@@ -128,9 +129,10 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
                 start: datetime | None = None, end: datetime | None = None, params: ModelParams | None = None,
                 folds: int = 4, onnx_dtype: OnnxDtype = "float64", cost_bps: float = 5.0, threshold: float | None = None,
                 ttl: dict | None = None, exchange: str | None = None,
-                features: Mapping[str, Sequence[str]] | None = None) -> TrainResult:
+                features: Mapping[str, Sequence[str]] | None = None, progress: bool = False) -> TrainResult:
     """Train, evaluate, export and register one model; see the module docstring. ``features``: per view, the
-    features to train on (a view not named: all of its features); ``threshold``: None chooses one."""
+    features to train on (a view not named: all of its features); ``threshold``: None chooses one;
+    ``progress``: a bar by step (training set, each fold, final model, ONNX) on a terminal."""
     params = params or ModelParams(kind=kind)
     if params.kind != kind:
         raise TrainingDataError(f"params.kind {params.kind!r} differs from kind {kind!r}")
@@ -138,7 +140,10 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
     labels = [label] if label.spec == _BAR_RETURN.spec else [label, _BAR_RETURN]
     options = ExportOptions(all_bars=True, labels=labels, symbols=symbols, start=start, end=end, ttl=ttl,
                             exchange=exchange, features=features)
+    bar = tqdm(total=folds + 3, desc=f"train {name}", unit="step", disable=None if progress else True)
+    bar.set_postfix_str("training set")
     frame = training_set(store, views, options=options)
+    bar.update()
     frame = frame.filter(pl.col(target).is_not_null()).sort("event_ts", "symbol")
     features = [feature_column(v.name, f) for v in views for f in options.features_of(v)]
     periods = frame["event_ts"].n_unique()
@@ -155,7 +160,8 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
     oos = np.concatenate([fold.test for fold in splits])
     predictions = np.zeros((frame.height, len(CLASSES)) if kind == "classifier" else frame.height)
     fold_info = []
-    for fold in splits:
+    for k, fold in enumerate(splits, start=1):
+        bar.set_postfix_str(f"fold {k}/{len(splits)}")
         booster = fit_model(X[fold.train], y[fold.train], feature_names=features, params=params,
                             weight=weight[fold.train], event_ts=event_ts.gather(fold.train),
                             label_end=label_end.gather(fold.train))
@@ -163,7 +169,8 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
         fold_info.append({"train_rows": int(fold.train.size), "test_rows": int(fold.test.size),
                           "test_first": str(event_ts[int(fold.test[0])]), "test_last": str(event_ts[int(fold.test[-1])]),
                           "trees": booster.num_trees()})
-        returns = frame[label.return_column].to_numpy()[oos]
+        bar.update()
+    returns = frame[label.return_column].to_numpy()[oos]
     metrics = (regression_metrics(returns, predictions[oos]) if kind == "regressor"
                else classification_metrics(y[oos], predictions[oos], returns))
     timeframe = views[0].timeframe
@@ -177,8 +184,13 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
     result = backtest(trades, periods_per_year=periods_per_year, cost_bps=cost_bps, threshold=chosen)
     warnings = _cost_warnings(result, cost_bps)
 
+    bar.set_postfix_str("final model")
     final = fit_model(X, y, feature_names=features, params=params, weight=weight, event_ts=event_ts, label_end=label_end)
+    bar.update()
+    bar.set_postfix_str("ONNX export")
     exported = export_onnx(final, X[oos], kind=kind, dtype=onnx_dtype)
+    bar.update()
+    bar.close()
     ttl_used = options.view_ttls(views)
     fingerprint = frame_fingerprint(frame.select("symbol", "event_ts", *features, target, label.end_column,
                                                  label.weight_column))

@@ -39,7 +39,7 @@ def cmd_stream(args: argparse.Namespace, fs: FeatureStore) -> int:
                        workers=args.workers, process_id=args.process_id,
                        addresses=args.addresses.split(";") if args.addresses else None,
                        recovery_dir=args.recovery_dir, snapshot_interval_s=args.snapshot_interval,
-                       backup_interval_s=args.backup_interval, **signals)
+                       backup_interval_s=args.backup_interval, progress=True, **signals)
     elapsed = time.perf_counter() - started
     if config.metrics_path.exists():  # in a cluster, only the process that ran the metrics sink has it
         print(f"{summary_line(read_metrics(config.metrics_path))} ({config.metrics_path})")

@@ -38,7 +38,7 @@ def cmd_export(args: argparse.Namespace, fs: FeatureStore) -> int:
         raise FeatureStoreError("say which rows to export: --entities FILE (symbol, event_ts[, ...]) or --all-bars")
     result = fs.export(args.out, args.entities, features=_features(args, fs), labels=args.label or [], ttl=args.ttl,
                        all_bars=args.all_bars, symbols=args.symbols, start=args.start, end=args.end,
-                       as_of_created=args.as_of_created, exchange=args.exchange, format=args.format)
+                       as_of_created=args.as_of_created, exchange=args.exchange, format=args.format, progress=True)
     span = result.meta["time_range"]
     print(f"wrote {result.rows:,} rows x {len(result.meta['views'])} view(s) to {result.path} "
           f"({span['first_event_ts']} .. {span['last_event_ts']}); sidecar {result.sidecar}")
@@ -53,7 +53,7 @@ def cmd_train(args: argparse.Namespace, fs: FeatureStore) -> int:
     result = fs.train(features=_features(args, fs), label=args.label, name=args.name, kind=args.kind, ttl=args.ttl,
                       symbols=args.symbols, start=args.start, end=args.end, params=params, folds=args.folds,
                       onnx_dtype=args.onnx_dtype, threshold=args.threshold, cost_bps=args.cost_bps,
-                      exchange=args.exchange, promote=args.promote, models_dir=args.models)
+                      exchange=args.exchange, promote=args.promote, models_dir=args.models, progress=True)
     print(summary_table(result))
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)

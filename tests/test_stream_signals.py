@@ -184,3 +184,9 @@ def test_a_model_that_cannot_score_the_view_is_refused_before_the_flow_starts(st
     unsigned = stream(store, "--model", "reg", key=None)
     assert unsigned.returncode == 1 and "set FEATURESTORE_SIGNING_KEY" in unsigned.stderr
     assert not store.audit_path.exists() and not store.replay_audit_path.exists()
+    store.replay_audit_path.parent.mkdir()
+    store.replay_audit_path.write_bytes(b'{"seq": 1, "seq": 2}\n')  # a damaged log: a clear error, not a crash
+    damaged = stream(store, "--model", "reg")
+    assert damaged.returncode == 1 and "Traceback" not in damaged.stderr
+    assert f"error: refusing to append to {store.replay_audit_path}: it does not verify: {store.replay_audit_path} " \
+           f"line 1: key 'seq' appears twice" in damaged.stderr

@@ -4,7 +4,8 @@ matured labels, checked against the model's reference (``serving.monitoring`` ho
 Sources of the window's rows (``source``):
 
 - ``signals``: the model version's signals in the audit log, ``end - window < ts <= end``: the exact inputs
-  it was fed and the scores it gave (what ``score``, ``serve`` and ``stream --model`` served);
+  it was fed and the scores it gave (what ``score``, ``serve`` and ``stream --model`` served). Of the logs
+  given (by default the live log, then the replay log), the first that holds any;
 - ``offline``: the point-in-time rows of the window from the offline store (every row of the model's first
   view, its other views joined as of it, the model's TTLs), scored in batch by the model: what it would
   have been served;
@@ -17,6 +18,7 @@ costs (``training.evaluation.signal_figures``), beside the backtest's figures re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -125,7 +127,7 @@ def _live(fs: FeatureStore, meta: ModelMeta, served: list[dict], start: datetime
 
 
 def monitor_model(fs: FeatureStore, model_dir: Path, *, window: timedelta, end: datetime, source: MonitorSource,
-                  symbols: list[str] | None, audit: Path, thresholds: dict | None = None) -> MonitorReport:
+                  symbols: list[str] | None, audit: Sequence[Path], thresholds: dict | None = None) -> MonitorReport:
     """Check the model in ``model_dir`` over ``end - window < ts <= end``; write and return the report."""
     if window <= timedelta(0):
         raise FeatureStoreError(f"the window must be positive, got {window}")
@@ -133,7 +135,9 @@ def monitor_model(fs: FeatureStore, model_dir: Path, *, window: timedelta, end: 
     reference = meta.read_reference(model_dir)
     limits = MonitorThresholds.from_table({**fs.config.monitor, **(thresholds or {})}, where=str(fs.store.config_path))
     start = end - window
-    served = read_served(audit, model=meta.name, version=meta.version, start=start, end=end)
+    served: list[dict] = []
+    for log in audit:
+        served = served or read_served(log, model=meta.name, version=meta.version, start=start, end=end)
     if symbols is not None:
         served = [s for s in served if s["symbol"] in symbols]
     if source == "signals" or (source == "auto" and served):

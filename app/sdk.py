@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from app.monitoring import MonitorSource
     from serving.monitoring import MonitorReport
     from serving.scorer import Scorer
-    from serving.signal_service import SignalService
+    from serving.signal_service import Mode, SignalService
     from serving.signals import Thresholds
     from streaming.consistency import ConsistencyReport
     from streaming.flow import StreamConfig
@@ -356,21 +356,25 @@ class FeatureStore:
                labels: Sequence[str] = (), ttl: str | Mapping[str, timedelta] | None = None, all_bars: bool = False,
                symbols: Sequence[str] | None = None, start: datetime | None = None, end: datetime | None = None,
                as_of_created: bool = False, exchange: str | None = None,
-               format: ExportFormat | None = None) -> ExportResult:
-        """``get_historical_features`` written to a parquet, CSV or Arrow file with a JSON sidecar."""
+               format: ExportFormat | None = None, progress: bool = False) -> ExportResult:
+        """``get_historical_features`` written to a parquet, CSV or Arrow file with a JSON sidecar (``progress``: a
+        bar by symbol on a terminal)."""
         views, options = self._export(features, labels, ttl=ttl, all_bars=all_bars, symbols=symbols, start=start,
                                       end=end, as_of_created=as_of_created,
                                       exchange=exchange or self.config.exchange)
-        return write_training_set(path, self.store, views, entities, options=options, format=format)
+        return write_training_set(path, self.store, views, entities, options=options, format=format,
+                                  progress=progress)
 
     def train(self, *, features: Sequence[str], label: str, name: str, kind: ModelKind = "regressor",
               ttl: str | Mapping[str, timedelta] | None = None, symbols: Sequence[str] | None = None,
               start: datetime | None = None, end: datetime | None = None, params: ModelParams | None = None,
-              folds: int = 4, onnx_dtype: OnnxDtype = "float64", threshold: float = 0.0, cost_bps: float = 5.0,
-              exchange: str | None = None, promote: bool = False, models_dir: str | Path | None = None) -> TrainResult:
+              folds: int = 4, onnx_dtype: OnnxDtype = "float64", threshold: float | None = None,
+              cost_bps: float = 5.0, exchange: str | None = None, promote: bool = False,
+              models_dir: str | Path | None = None, progress: bool = False) -> TrainResult:
         """Train a LightGBM model on ``features`` (as for ``get_historical_features``; every feature row of the first
         view is a sample), evaluate it walk-forward, export it to ONNX behind the parity gate and publish it to
-        the model registry (``promote``: make it production)."""
+        the model registry (``promote``: make it production). ``threshold``: None chooses one on the
+        out-of-sample folds, cost-aware; ``TrainResult.warnings`` says when costs dominate the backtest."""
         from training.registry import models_root
         from training.registry import promote as promote_version
         from training.train import train_model
@@ -380,7 +384,8 @@ class FeatureStore:
                              models_root=models_root(self.store, models_dir), now=self.clock(), kind=kind,
                              symbols=symbols, start=start, end=end, params=params or ModelParams(kind=kind),
                              folds=folds, onnx_dtype=onnx_dtype, cost_bps=cost_bps, threshold=threshold,
-                             ttl=options.ttl, exchange=exchange or self.config.exchange, features=options.features)
+                             ttl=options.ttl, exchange=exchange or self.config.exchange, features=options.features,
+                             progress=progress)
         if promote:
             promote_version(models_root(self.store, models_dir), result.name, result.version)
         return result
@@ -439,24 +444,35 @@ class FeatureStore:
                 key: bytes | None = None, models_dir: str | Path | None = None) -> list[dict]:
         """Signed signals (LONG / SHORT / FLAT with the position transition) for ``symbols``, appended to the audit
         log; asking again for the same feature rows returns the logged signals. ``key``: default
-        ``$FEATURESTORE_SIGNING_KEY``."""
+        ``$FEATURESTORE_SIGNING_KEY``. With ``as_of`` the decisions are about that past moment: a replay, marked
+        ``mode: replay`` and logged to the replay log (default ``<store>/signals/replay.jsonl``)."""
         with self.signal_service(model, version=version, max_age=max_age, thresholds=thresholds, size=size,
-                                 audit=audit, key=key, models_dir=models_dir, fsync=True) as service:
+                                 audit=audit, key=key, models_dir=models_dir, fsync=True,
+                                 mode="live" if as_of is None else "replay") as service:
             return service.signals(symbols, now=as_of or self.clock())
 
     def signal_service(self, model: str | None = None, *, version: str | None = None,
                        max_age: Mapping[str, timedelta] | timedelta | None = None, thresholds: Thresholds | None = None,
                        size: float = 1.0, audit: str | Path | None = None, key: bytes | None = None,
-                       models_dir: str | Path | None = None, fsync: bool = True) -> SignalService:
-        """The ``SignalService`` behind ``signals`` and the HTTP service (close it, or use it in a ``with``)."""
+                       models_dir: str | Path | None = None, fsync: bool = True,
+                       mode: Mode = "live") -> SignalService:
+        """The ``SignalService`` behind ``signals`` and the HTTP service (close it, or use it in a ``with``); its
+        audit log defaults to the store's live log, or its replay log for ``mode="replay"``."""
         from serving.audit import AuditLog
         from serving.signal_service import SignalService
         from serving.signals import signing_key
 
         key = key or signing_key()
         scorer = self.scorer(model, version=version, models_dir=models_dir, max_age=max_age)
-        return SignalService(scorer, key=key, audit=AuditLog(audit or self.store.audit_path, fsync=fsync),
-                             thresholds=thresholds, size=size)
+        try:
+            log = AuditLog(audit or self._audit_path(mode), key=key, fsync=fsync)
+        except BaseException:
+            scorer.close()
+            raise
+        return SignalService(scorer, audit=log, thresholds=thresholds, size=size, mode=mode)  # closes both if it refuses
+
+    def _audit_path(self, mode: Mode) -> Path:
+        return self.store.audit_path if mode == "live" else self.store.replay_audit_path
 
     # -- streaming
 
@@ -466,12 +482,13 @@ class FeatureStore:
                offline_parts: bool = True, metrics: str | Path | None = None, model: str | None = None,
                workers: int = 1, process_id: int | None = None, addresses: Sequence[str] | None = None,
                join_timeout_s: float = 120.0, recovery_dir: str | Path | None = None, snapshot_interval_s: float = 10.0,
-               backup_interval_s: float = 0.0, **signals: Any) -> StreamConfig:
+               backup_interval_s: float = 0.0, progress: bool = False, **signals: Any) -> StreamConfig:
         """Run the Bytewax dataflow for ``view`` until its source ends (live: until interrupted): bars replayed from
         the store (``source="replay"``, ``start <= ts < end``, ``batch`` bars a window, paced by ``speed``) or
         polled live from ccxt, into the online store, the row log (``offline_parts``: parquet parts under
         ``kind=stream/``, what ``consistency`` checks) and the optional sinks; with ``model`` every row becomes a
-        signed signal (``signals``: the keyword arguments of ``signal_service``). Returns the run's config.
+        signed signal (``signals``: the keyword arguments of ``signal_service``); ``progress``: a replay's bar on a
+        terminal. Returns the run's config.
 
         A cluster (``process_id`` and the ``addresses`` of every process, each process calling this with the same
         arguments): the processes agree on their options first (``streaming.cluster.join``), or all refuse.
@@ -493,6 +510,7 @@ class FeatureStore:
             exchange=exchange or self.config.exchange, start=start.isoformat() if start else None,
             until=end.isoformat() if end else None, batch=batch, speed=speed, poll_interval_s=poll_interval_s,
             jsonl=str(jsonl) if jsonl else None, offline_parts=offline_parts, metrics=str(metrics) if metrics else None,
+            progress=progress,
             **(self._signal_config(resolved, model, **signals) if model else {}))
         flow = build_flow(config, placement=Placement(process_id or 0, len(addresses) if addresses else 1, workers))
         described = {**asdict(config), "view_version": resolved.version, "steps": [step.step_id for step in flow.substeps],
@@ -542,7 +560,8 @@ class FeatureStore:
 
         return monitor_model(self, self.model_dir(model, version=version, models_dir=models_dir), window=window,
                              end=end or self.clock(), source=source, symbols=list(symbols) if symbols else None,
-                             audit=Path(audit) if audit else self.store.audit_path, thresholds=dict(thresholds or {}))
+                             audit=[Path(audit)] if audit else [self.store.audit_path, self.store.replay_audit_path],
+                             thresholds=dict(thresholds or {}))
 
     def consistency(self, view: str, *, start: datetime | None = None, end: datetime | None = None,
                     symbols: Sequence[str] | None = None, exchange: str | None = None) -> ConsistencyReport:

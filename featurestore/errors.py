@@ -8,6 +8,7 @@ True
 from __future__ import annotations
 
 __all__ = [
+    "AuditLogError",
     "BarValidationError",
     "DefinitionError",
     "ExchangeError",
@@ -18,6 +19,7 @@ __all__ = [
     "MissingFeaturesError",
     "ModelExportError",
     "ModelRegistryError",
+    "NonFiniteFeaturesError",
     "SchemaError",
     "SqlError",
     "StaleFeaturesError",
@@ -107,3 +109,11 @@ class StaleFeaturesError(FeatureStoreError):
 
 class FutureFeaturesError(FeatureStoreError):
     """An online feature row is newer than the moment being scored (a replayed bar scored with later rows)."""
+
+
+class AuditLogError(FeatureStoreError):
+    """A signal audit log that does not verify (edited, cut, reordered) or that another process is writing."""
+
+
+class NonFiniteFeaturesError(FeatureStoreError):
+    """A feature value to be scored is +inf or -inf (a division by zero upstream): refused, never fed to a model."""

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
+from tqdm import tqdm
 
 from featurestore.atomic import atomic_path, write_bytes_atomic
 from featurestore.definitions import FeatureView
@@ -117,10 +118,12 @@ def iter_training_set(store: Store, views: Sequence[FeatureView], entities: Enti
     yield from _chunks(store, views, _plan(store, views, entities, options), options)
 
 
-def _chunks(store: Store, views: Sequence[FeatureView], plan: _Plan, options: ExportOptions) -> Iterator[pl.DataFrame]:
-    """The training set of ``plan``, one symbol at a time: entity rows, each view joined, labels."""
+def _chunks(store: Store, views: Sequence[FeatureView], plan: _Plan, options: ExportOptions,
+            progress: bool = False) -> Iterator[pl.DataFrame]:
+    """The training set of ``plan``, one symbol at a time: entity rows, each view joined, labels. ``progress``:
+    a bar by symbol on a terminal (tqdm's choice), nothing otherwise."""
     first = views[0]
-    for symbol in plan.symbols:
+    for symbol in tqdm(plan.symbols, desc="export", unit="symbol", disable=None if progress else True):
         if options.all_bars:
             rows = read_features(store, first, symbols=[symbol]).select("symbol", "ts")
             rows = _window(rows, options.start, options.end).collect()
@@ -258,10 +261,10 @@ def _open_writer(kind: str, path: Path, schema: Any) -> Any:
 
 def write_training_set(path: str | Path, store: Store, views: Sequence[FeatureView],
                        entities: EntitySource | None = None, *, options: ExportOptions | None = None,
-                       format: ExportFormat | None = None) -> ExportResult:
+                       format: ExportFormat | None = None, progress: bool = False) -> ExportResult:
     """Write the training set to ``path`` (parquet, CSV or Arrow IPC; ``format``, default from the suffix)
     symbol by symbol, atomically, then a sidecar ``<path>.json`` (views and versions, label specs, TTLs,
-    row count, time range)."""
+    row count, time range). ``progress``: a bar by symbol on a terminal."""
     path = Path(path)
     kind = output_format(path, format)
     options = ExportOptions() if options is None else options
@@ -272,7 +275,7 @@ def write_training_set(path: str | Path, store: Store, views: Sequence[FeatureVi
     # and joined, so at most two symbols are in memory.
     with atomic_path(path) as tmp, ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-writer") as pool:
         try:
-            for chunk in _chunks(store, views, plan, options):
+            for chunk in _chunks(store, views, plan, options, progress):
                 table = chunk.to_arrow()
                 if writer is None:
                     schema, writer = table.schema, _open_writer(kind, tmp, table.schema)

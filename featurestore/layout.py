@@ -11,7 +11,8 @@ This module is the one place that spells out the store's paths; every other modu
       registry/<view>.json           every version of a view ever backfilled, and the current one
       catalog.duckdb                 DuckDB views over the parquet
       online.sqlite                  the embedded online store, unless featurestore.toml names another
-      signals/signals.jsonl          the signed signal audit log
+      signals/signals.jsonl          the signed signal audit log (live signals), and its signed head .head
+      signals/replay.jsonl           the audit log of signals about past moments (replays, score --as-of)
       models/<name>/<version>/       published models, and models/<name>/production
       stream/metrics-<view>.json     the dataflow's counters
       monitor/model-<name>.json      the latest `featurestore monitor` report of a model
@@ -86,6 +87,11 @@ class Layout:
     def audit_path(self) -> Path:
         """The signal audit log's default place."""
         return self.root / "signals" / "signals.jsonl"
+
+    @property
+    def replay_audit_path(self) -> Path:
+        """The default audit log of replayed signals (decisions about past moments)."""
+        return self.root / "signals" / "replay.jsonl"
 
     @property
     def models_dir(self) -> Path:

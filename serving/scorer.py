@@ -16,7 +16,10 @@ The skew guard refuses to score, naming view, symbol and both values, when
 - a row is newer than ``now`` (``FutureFeaturesError``): scoring an earlier moment (a replayed bar) with a
   row computed later would use the future, which training's as-of join never does;
 - a feature is null (or NaN) and the model never saw it missing in training (``MissingFeaturesError``):
-  LightGBM, and our ONNX export, read a missing value as 0 at such splits, a silent imputation.
+  LightGBM, and our ONNX export, read a missing value as 0 at such splits, a silent imputation;
+- a feature is +inf or -inf (``NonFiniteFeaturesError``).
+
+Every refusal names the view and the symbol, and for a value the feature.
 
 A null feature that was missing in training (LightGBM learned a branch for it) is passed as NaN and
 listed in ``Score.missing``. A batch is scored whole or refused whole, the error listing every problem.
@@ -70,12 +73,14 @@ from featurestore.errors import (
     FutureFeaturesError,
     MissingFeaturesError,
     ModelRegistryError,
+    NonFiniteFeaturesError,
     StaleFeaturesError,
     VersionSkewError,
 )
 from featurestore.online import OnlineRow, OnlineStore, connect
 from featurestore.store import Store
 from training.artifact import ModelMeta
+from training.model import classifier_signal
 from training.onnx_export import onnx_session
 
 __all__ = ["Model", "Score", "Scorer", "load_model", "open_scorer", "resolve_model_dir"]
@@ -151,7 +156,7 @@ class Score:
 
     symbol: str
     ts: datetime  # the primary view's row time: when the decision is taken
-    score: float  # regressor: the prediction; classifier: P(up) - P(down)
+    score: float  # regressor: the prediction; classifier: P(up) - P(down), 0 when neutral is the likeliest class
     rows: dict[str, OnlineRow]  # view -> the row used
     inputs: tuple[float, ...]  # the model's input row, as fed (NaN for missing values)
     names: tuple[str, ...]  # the model's input names, "view__feature"
@@ -208,8 +213,6 @@ class Scorer:
         self._primary = self._views[0]
         self._classifier = model.kind == "classifier"
         self._run, self._outputs = self.session.run, ["probabilities" if self._classifier else "variable"]
-        if self._classifier:  # ModelMeta guarantees -1 and 1 among a classifier's classes
-            self._up, self._down = model.classes.index(1), model.classes.index(-1)
         self._names, self._input, self._dtype = model.feature_names, model.input_name, np.dtype(model.dtype)
 
     def __enter__(self) -> Scorer:
@@ -246,7 +249,8 @@ class Scorer:
             return FutureFeaturesError, (f"view {view!r} for {symbol}: the online row at {row.ts.isoformat()} is "
                                          f"after the scoring time {now.isoformat()}")
         return StaleFeaturesError, (f"view {view!r} for {symbol}: the online row at {row.ts.isoformat()} is "
-                                    f"{now - row.ts} old at {now.isoformat()}, older than the max age {self.max_age[view]}")
+                                    f"{now - row.ts} old at {now.isoformat()}, older than the max age {self.max_age[view]} "
+                                    f"(to score an earlier moment, give it with --as-of; to accept older rows, --max-age)")
 
     def score(self, symbols: Sequence[str], *, now: datetime,
               given: Mapping[str, Mapping[str, OnlineRow]] | None = None) -> list[Score]:
@@ -273,22 +277,28 @@ class Scorer:
         if problems:
             raise problems[0][0]("refusing to score: " + "; ".join(message for _, message in problems))
         out = self._run(self._outputs, {self._input: X})[0]
-        scores = (out[:, self._up] - out[:, self._down] if self._classifier else out[:, 0]).tolist()
+        scores = (classifier_signal(out, self.model.classes) if self._classifier else out[:, 0]).tolist()
         names, primary = self._names, rows[self._primary]
         return [Score(symbol, primary[symbol].ts, scores[i], {v: rows[v][symbol] for v in rows}, tuple(X[i].tolist()),
                       names, missing[i]) for i, symbol in enumerate(symbols)]
 
     def _missing(self, symbols: list[str], X: np.ndarray, problems: list[tuple[type, str]]) -> list[tuple[str, ...]]:
-        """Per symbol, the inputs fed as NaN; a problem for each the model never saw missing in training."""
-        if not math.isnan(X.sum()):  # 2x cheaper than np.isnan(X).any(); inf - inf falls through, harmless
+        """Per symbol, the inputs fed as NaN; a problem for each the model never saw missing in training, and for
+        each infinite value."""
+        if math.isfinite(X.sum()):  # 2x cheaper than np.isfinite(X).all(); a sum that overflows falls through
             return [()] * len(symbols)
-        isnan = np.isnan(X)
-        names = self._names
-        missing = [tuple(names[j] for j in np.flatnonzero(row)) for row in isnan]
-        problems.extend((MissingFeaturesError, f"{name} is null for {symbol} and model {self.model.name} never saw "
-                                               f"it missing in training (LightGBM would read it as 0)")
-                        for symbol, nulls in zip(symbols, missing, strict=True) for name in nulls
-                        if name in self.model.no_missing)
+        names, columns, model = self._names, self.model.columns, self.model
+        missing = [tuple(names[j] for j in np.flatnonzero(row)) for row in np.isnan(X)]
+        for i, j in zip(*np.nonzero(np.isinf(X)), strict=True):
+            view, feature = columns[j]
+            problems.append((NonFiniteFeaturesError, f"view {view!r} for {symbols[i]}: feature {feature!r} is "
+                                                     f"{X[i, j]}, not a finite number"))
+        for symbol, nulls in zip(symbols, missing, strict=True):
+            for j in (names.index(name) for name in nulls if name in model.no_missing):
+                view, feature = columns[j]
+                problems.append((MissingFeaturesError, f"view {view!r} for {symbol}: feature {feature!r} is null and "
+                                                       f"model {model.name} never saw it missing in training "
+                                                       f"(LightGBM would read it as 0)"))
         return missing
 
     def freshness(self, *, now: datetime) -> dict[str, list[dict[str, Any]]]:

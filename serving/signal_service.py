@@ -1,21 +1,29 @@
 """Signals from scores: a side by thresholds, the position transition, a signed record in the audit log.
 
 No order is ever sent: a signal says what a position would become. The current side of each symbol is
-the side of the model's last verified signal in the audit log (FLAT when there is none), so a restarted
-service continues where it stopped; one service writes one audit log.
+the side of the model's last signal in the audit log (FLAT when there is none), so a restarted service
+continues where it stopped; one service writes one audit log (``serving.audit``: hash-chained, verified
+when opened).
+
+A service is ``live`` (scoring now) or ``replay`` (scoring past moments: a replayed stream, ``score
+--as-of``); every signal says which in ``mode``, and replays go to their own log by default, so a replay
+never becomes the position a live service continues from.
 
 One decision per feature row: asking again about a row already decided (same model version, row time,
 score, thresholds and size) returns the logged signal itself and appends nothing, so a client's retry
 never shows up as a HOLD, and re-running a job over the same rows leaves the log as it was.
 
 Thresholds default to the |score| threshold the model's backtest used (``ModelMeta.threshold``), symmetric
-around 0: LONG above it, SHORT below minus it; 0 when none was recorded.
+around 0: LONG above it, SHORT below minus it; 0 when none was recorded. A classifier's score is 0 when the
+neutral class is the likeliest (``training.model.classifier_signal``), so its thresholds must bracket 0:
+a neutral prediction is FLAT, as in the backtest.
 
 Signal fields (``signature`` is the HMAC-SHA256 of the canonical JSON of all the others):
 ``ts`` (the feature row's time, ISO-8601 UTC: when the decision is taken), ``symbol``, ``side``, ``score``,
 ``previous_side``, ``action`` / ``quantity`` / ``position_after`` (the transition in units of ``size``),
 ``size``, ``model``, ``model_version``, ``views`` ({view: {version, ts}} of the rows used), ``features``
-(input name -> value used; null when missing and fed as NaN), ``missing`` (those names), ``thresholds``.
+(input name -> value used; null when missing and fed as NaN), ``missing`` (those names), ``thresholds``,
+``mode`` (``live`` or ``replay``), and from the audit log ``seq`` and ``prev`` (the chain).
 
 A model directory (a tiny LightGBM model, threshold 0.1), a row, a signal:
 
@@ -42,10 +50,12 @@ A model directory (a tiny LightGBM model, threshold 0.1), a row, a signal:
 >>> with SqliteOnlineStore(work / "online.sqlite") as online:
 ...     _ = online.put_many([OnlineRow("toy", "BTC/USDT", t, "v1", {"a": 0.5, "b": 1.0}, t)])
 >>> scorer = Scorer(load_model(work / "model"), SqliteOnlineStore(work / "online.sqlite", readonly=True))
->>> with SignalService(scorer, key=b"demo key", audit=AuditLog(work / "signals.jsonl")) as service:
+>>> with SignalService(scorer, audit=AuditLog(work / "signals.jsonl", key=b"demo key")) as service:
 ...     (signal,) = service.signals(["BTC/USDT"], now=t)
 >>> signal["ts"], signal["side"], signal["action"], signal["quantity"], signal["views"]
 ('2024-05-01T12:00:00+00:00', 'LONG', 'BUY', 1.0, {'toy': {'version': 'v1', 'ts': '2024-05-01T12:00:00+00:00'}})
+>>> signal["mode"], signal["seq"], signal["prev"]
+('live', 1, None)
 >>> verify_signal(signal, key=b"demo key"), verify_signal(signal, key=b"another key")
 (True, False)
 """
@@ -56,7 +66,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -64,15 +74,20 @@ from featurestore.errors import (
     FeatureStoreError,
     FutureFeaturesError,
     MissingFeaturesError,
+    NonFiniteFeaturesError,
     StaleFeaturesError,
     VersionSkewError,
 )
 from featurestore.online import OnlineRow
-from serving.audit import AuditLog, last_signals
+from serving.audit import AuditLog
+from serving.history import OfflineRows
 from serving.scorer import Model, Score, Scorer
-from serving.signals import Side, Thresholds, json_number, side_for, sign_signal, transition
+from serving.signals import Side, Thresholds, json_number, side_for, transition
 
-__all__ = ["SignalService", "default_thresholds"]
+__all__ = ["Mode", "SignalService", "default_thresholds"]
+
+#: ``live``: decisions about now; ``replay``: decisions about past moments (kept apart, in their own log).
+Mode = Literal["live", "replay"]
 
 
 def default_thresholds(model: Model) -> Thresholds:
@@ -102,22 +117,32 @@ class _Decided:
 
 
 class SignalService:
-    """Scores symbols, turns each score into a signed signal and appends it to ``audit``.
+    """Scores symbols, turns each score into a signal and appends it to ``audit``, which signs it.
 
-    ``close()`` closes the scorer and the audit log. The key is kept privately and never written.
+    The service owns ``scorer`` and ``audit``: ``close()`` closes both, and so does a refusal to start.
     """
 
-    def __init__(self, scorer: Scorer, *, key: bytes, audit: AuditLog, thresholds: Thresholds | None = None,
-                 size: float = 1.0) -> None:
-        if not key:
-            raise FeatureStoreError("an empty signing key signs nothing; set FEATURESTORE_SIGNING_KEY")
-        if not (size > 0 and math.isfinite(size)):
-            raise FeatureStoreError(f"position size must be a positive number, got {size}")
-        self.scorer, self.audit, self.size = scorer, audit, size
+    def __init__(self, scorer: Scorer, *, audit: AuditLog, thresholds: Thresholds | None = None, size: float = 1.0,
+                 mode: Mode = "live") -> None:
+        self.scorer, self.audit, self.size, self.mode = scorer, audit, size, mode
         self.thresholds = thresholds or default_thresholds(scorer.model)
-        self._key = key
-        self._last = {symbol: _Decided.of(signal)
-                      for symbol, signal in last_signals(audit.path, model=scorer.model.name, key=key).items()}
+        try:
+            self._check()
+        except BaseException:
+            self.close()
+            raise
+        self._last = {symbol: _Decided.of(signal) for symbol, signal in audit.last(scorer.model.name).items()}
+
+    def _check(self) -> None:
+        if not (self.size > 0 and math.isfinite(self.size)):
+            raise FeatureStoreError(f"position size must be a positive number, got {self.size}")
+        if self.mode not in ("live", "replay"):
+            raise FeatureStoreError(f"signal mode must be 'live' or 'replay', got {self.mode!r}")
+        low, high = self.thresholds.short_below, self.thresholds.long_above
+        if self.scorer.model.kind == "classifier" and not low <= 0 <= high:
+            raise FeatureStoreError(f"a classifier's thresholds must bracket 0 (short_below <= 0 <= long_above): its "
+                                    f"score is 0 when the neutral class is the likeliest, which must be FLAT; got "
+                                    f"long above {high}, short below {low}")
 
     def __enter__(self) -> SignalService:
         return self
@@ -130,10 +155,11 @@ class SignalService:
         self.audit.close()
 
     def _signal(self, score: Score, previous: Side) -> dict[str, Any]:
+        """The signal of ``score`` (unsigned: the audit log chains and signs it)."""
         side = side_for(score.score, self.thresholds)
         move = transition(previous, side, size=self.size)
         model = self.scorer.model
-        signal = {
+        return {
             "ts": score.ts.isoformat(), "symbol": score.symbol, "side": side, "score": json_number(score.score),
             "previous_side": previous, "action": move.action, "quantity": move.quantity,
             "position_after": move.position_after, "size": self.size, "model": model.name,
@@ -143,53 +169,69 @@ class SignalService:
                          for name, value in zip(score.names, score.inputs, strict=True)},
             "missing": list(score.missing),
             "thresholds": {"long_above": self.thresholds.long_above, "short_below": self.thresholds.short_below},
+            "mode": self.mode,
         }
-        return sign_signal(signal, key=self._key)
+
+    def _log(self, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append ``new`` (in order) to the audit log; remember each symbol's last one; return them signed."""
+        signed = self.audit.append(new)
+        self._last.update((signal["symbol"], _Decided.of(signal)) for signal in signed)
+        return signed
 
     def signals(self, symbols: Sequence[str], *, now: datetime) -> list[dict[str, Any]]:
         """Score ``symbols`` as of ``now``; a signed signal for each, the new ones appended to the audit log."""
-        decided: dict[str, _Decided] = {}  # this batch's, kept once the log has them
-        signals, new = [], []
+        signals: list[dict[str, Any] | int] = []  # a logged signal, or the index of a new one
+        new: list[dict[str, Any]] = []
+        batch: dict[str, tuple[_Decided, int]] = {}  # a symbol asked twice: this batch's decision and its index
         settings = (self.scorer.model.version, self.thresholds.long_above, self.thresholds.short_below, self.size)
         for score in self.scorer.score(symbols, now=now):
-            last = decided.get(score.symbol) or self._last.get(score.symbol)
+            last, index = batch.get(score.symbol) or (self._last.get(score.symbol), None)
             decision = (settings[0], score.ts.isoformat(), json_number(score.score), *settings[1:])
             if last is not None and last.decision == decision:
-                signals.append(orjson.loads(last.signal))
+                signals.append(orjson.loads(last.signal) if index is None else index)
                 continue
             signal = self._signal(score, last.side if last else "FLAT")
-            decided[score.symbol] = _Decided.of(signal)
-            signals.append(signal)
+            batch[score.symbol] = (_Decided(decision, signal["side"], b""), len(new))
+            signals.append(len(new))
             new.append(signal)
-        if new:
-            self.audit.append(new)
-        self._last.update(decided)
-        return signals
+        signed = self._log(new) if new else []
+        return [signed[s] if isinstance(s, int) else s for s in signals]
 
-    def signal_rows(self, rows: Sequence[OnlineRow]) -> tuple[list[dict[str, Any]], list[str]]:
+    def signal_rows(self, rows: Sequence[OnlineRow], *, history: OfflineRows | None = None
+                    ) -> tuple[list[dict[str, Any]], list[str]]:
         """Decide fresh feature rows (a dataflow's output, in time order per symbol): each is scored as of its
-        own time, with the newest online rows of the model's other views, and becomes a signed signal.
+        own time and becomes a signed signal. The model's other views are read from ``history`` as of that
+        time (a replay: the offline store, with the training join's rule) or, without it, are the newest
+        online rows (live).
 
         A row at or before its symbol's last signal from this model version was decided already (a replay
         after a restart re-emits rows): skipped. A row the skew guard refuses is skipped with the reason.
         Returns the new signals (appended to the audit log) and the refusals.
         """
-        decided: dict[str, _Decided] = {}
+        decided: dict[str, _Decided] = {}  # this batch's, before the audit log signs them
         new, refused = [], []
         version = self.scorer.model.version
         for row in rows:
             last = decided.get(row.symbol) or self._last.get(row.symbol)
             if last is not None and last.decision[0] == version and datetime.fromisoformat(last.decision[1]) >= row.ts:
                 continue
+            given = {row.view: {row.symbol: row}}
+            if history is not None:
+                found = history.rows(row.symbol, row.ts)
+                absent = [view for view in history.versions if view not in found]
+                if absent:
+                    refused.append("refusing to score: " + "; ".join(
+                        f"no offline row of view {view!r} for {row.symbol} at most {history.max_age[view]} before "
+                        f"{row.ts.isoformat()} (the training join had none either)" for view in absent))
+                    continue
+                given.update((view, {row.symbol: found[view]}) for view in found)
             try:
-                (score,) = self.scorer.score([row.symbol], now=row.ts, given={row.view: {row.symbol: row}})
-            except (MissingFeaturesError, VersionSkewError, StaleFeaturesError, FutureFeaturesError) as exc:
+                (score,) = self.scorer.score([row.symbol], now=row.ts, given=given)
+            except (MissingFeaturesError, VersionSkewError, StaleFeaturesError, FutureFeaturesError,
+                    NonFiniteFeaturesError) as exc:
                 refused.append(str(exc))
                 continue
             signal = self._signal(score, last.side if last else "FLAT")
-            decided[row.symbol] = _Decided.of(signal)
+            decided[row.symbol] = _Decided(_decision(signal), signal["side"], b"")
             new.append(signal)
-        if new:
-            self.audit.append(new)
-        self._last.update(decided)
-        return new, refused
+        return (self._log(new) if new else []), refused

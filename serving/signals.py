@@ -26,7 +26,6 @@ import json
 import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 from featurestore.errors import FeatureStoreError
@@ -42,7 +41,6 @@ __all__ = [
     "sign_signal",
     "signing_key",
     "transition",
-    "verify_file",
     "verify_signal",
 ]
 
@@ -142,21 +140,3 @@ def verify_signal(signal: dict[str, Any], *, key: bytes) -> bool:
     except ValueError:  # a field no canonical form can hold (NaN) was not signed by us
         return False
     return hmac.compare_digest(expected, signature)
-
-
-def verify_file(path: Path, *, key: bytes) -> list[str]:
-    """Check every line of a signal file; return one problem per bad line (empty when all verify)."""
-    problems = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                signal = json.loads(line)
-            except json.JSONDecodeError as exc:
-                problems.append(f"{path} line {number}: not JSON ({exc.msg})")
-                continue
-            if not isinstance(signal, dict) or not verify_signal(signal, key=key):
-                problems.append(f"{path} line {number}: signature does not match "
-                                f"(symbol {signal.get('symbol') if isinstance(signal, dict) else '?'})")
-    return problems

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import bytewax.operators as op
+import polars as pl
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import Source
 
@@ -40,12 +41,12 @@ from featurestore.errors import FeatureStoreError
 from featurestore.registry import resolve_view
 from featurestore.store import Store
 from serving.signals import Thresholds
-from streaming.clock import Clock, to_ms, wall_clock_ms
+from streaming.clock import Clock, to_datetime, to_ms, wall_clock_ms
 from streaming.engine import ViewEngine
 from streaming.items import BarItem, FeatureRows
 from streaming.keyed_state import feature_logic_builder, warm_from_store
 from streaming.placement import Placement
-from streaming.sinks import JsonlSink, MetricsSink, OfflinePartsSink, OnlineSink, SignalSink
+from streaming.sinks import JsonlSink, MetricsSink, OfflinePartsSink, OnlineSink, ProgressSink, SignalSink
 from streaming.sources.replay import ReplaySource
 
 if TYPE_CHECKING:
@@ -70,13 +71,15 @@ class StreamConfig:
     ``source``: ``replay`` (stored bars with ``start <= ts < until``, in windows of ``batch`` bars, paced
     by ``speed``, 0 = as fast as possible) or ``ccxt`` (live closed bars from ``exchange``, polled every
     ``poll_interval_s`` at most; ``start`` overrides where it begins, ``until`` ends it).
-    ``exchange`` for replay is the stored series' exchange (default: the only one stored).
+    ``exchange`` for replay is the stored series' exchange (default: the only one stored). ``progress``: a
+    replay shows a bar of the bars replayed on a terminal (``streaming.sinks.progress``).
     ``view`` is a name, or ``name@version`` for a registered older version (``featurestore.registry``).
     ``metrics`` defaults to ``<store>/stream/metrics-<view name>.json``. ``offline_parts``: log every row computed
     as parquet parts under ``kind=stream/`` (the row log ``featurestore consistency`` checks; on by default).
     ``model``: a published model directory (resolve a registry name first, so every process scores with the
-    same version); each row becomes a signal in ``audit`` (default ``<store>/signals/signals.jsonl``), sides
-    by ``thresholds`` ([long_above, short_below], default the model's), ``max_age_s`` per view as ``Scorer``'s.
+    same version); each row becomes a signal in ``audit`` (default: a replay's ``<store>/signals/replay.jsonl``,
+    marked ``mode: replay``; a live stream's ``<store>/signals/signals.jsonl``), sides by ``thresholds``
+    ([long_above, short_below], default the model's), ``max_age_s`` per view as ``Scorer``'s.
     """
 
     store: str
@@ -98,6 +101,7 @@ class StreamConfig:
     thresholds: list[float] | None = None
     size: float = 1.0
     max_age_s: dict[str, float] | None = None
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if self.source not in ("replay", "ccxt"):
@@ -160,11 +164,20 @@ def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
     op.output("metrics", counts, MetricsSink(config.metrics_path, view, clock=clock))
     if config.jsonl:
         op.output("jsonl", rows, JsonlSink(Path(config.jsonl), view, names))
+    if config.progress and config.source == "replay":
+        window = store.scan_bars(exchange, view.timeframe, config.symbols).filter(
+            pl.col("ts").dt.epoch("ms").is_between(_moment(config.start) or 0, _moment(config.until) or 2**62,
+                                                   closed="left"))
+        op.output("progress", rows, ProgressSink(window.select(pl.len()).collect().item(), f"replay {view.name}"))
     if config.offline_parts:
         op.output("offline_parts", rows, OfflinePartsSink(store, view, names, exchange, keys, clock=clock, local=local))
     if config.model:
+        replay = config.source == "replay"
         op.output("signals", rows, SignalSink(
-            store.root, view, names, config.model, config.audit or store.audit_path,
+            store.root, view, names, config.model,
+            config.audit or (store.replay_audit_path if replay else store.audit_path), mode="replay" if replay else "live",
+            start=to_datetime(_moment(config.start)) if config.start else None,
+            end=to_datetime(_moment(config.until)) if config.until else None,
             thresholds=Thresholds(*config.thresholds) if config.thresholds else None, size=config.size,
             max_age={v: timedelta(seconds=s) for v, s in config.max_age_s.items()} if config.max_age_s else None))
     return flow

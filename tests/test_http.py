@@ -21,9 +21,11 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from fixtures.toy_model import write_toy_model
+from fixtures.toy_model import toy_store
 from hypothesis import HealthCheck, settings
 from prometheus_client.parser import text_string_to_metric_families
+from schemathesis.checks import not_a_server_error
+from test_signals import TABLE
 
 from featurestore.online import OnlineRow
 from featurestore.online.sqlite import SqliteOnlineStore
@@ -73,26 +75,24 @@ def free_port() -> int:
 
 def make_store(root: Path) -> Path:
     """The toy model in production and online rows written now: fresh, stale, skewed."""
-    store = root / "store"
-    write_toy_model(store / "models" / "toy" / "t0", threshold=0.1)
-    (store / "models" / "toy" / "production").write_text('{"name": "toy", "version": "t0"}')
     now = datetime.now(UTC)
-    with SqliteOnlineStore(Store(store).online_path) as online:
-        online.put_many([OnlineRow("toy", "BTC/USDT", now, "v1", {"a": 0.5, "b": None}, now),
-                      OnlineRow("toy", "ETH/USDT", now, "v1", {"a": -0.5, "b": 2.0}, now),
-                      OnlineRow("toy", "OLD/USDT", now - timedelta(hours=2), "v1", {"a": 0.5, "b": 1.0}, now),
-                      OnlineRow("toy", "NEW/USDT", now, "v2", {"a": 0.5, "b": 1.0}, now)])
-    return store
+    return toy_store(root, [OnlineRow("toy", "BTC/USDT", now, "v1", {"a": 0.5, "b": None}, now),
+                            OnlineRow("toy", "ETH/USDT", now, "v1", {"a": -0.5, "b": 2.0}, now),
+                            OnlineRow("toy", "OLD/USDT", now - timedelta(hours=2), "v1", {"a": 0.5, "b": 1.0}, now),
+                            OnlineRow("toy", "NEW/USDT", now, "v2", {"a": 0.5, "b": 1.0}, now)])
 
 
-def start(store: Path, token: str | None) -> Server:
+def serve_env(token: str | None = None, key: str | None = SIGNING_KEY) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("FEATURESTORE_HOME", "FEATURESTORE_API_TOKEN", "FEATURESTORE_SIGNING_KEY")}
+    env.update({"FEATURESTORE_SIGNING_KEY": key} if key else {}, **({"MY_TOKEN": token} if token else {}))
+    return env
+
+
+def start(store: Path, token: str | None, *args: str, key: str | None = SIGNING_KEY) -> Server:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("FEATURESTORE_HOME", "FEATURESTORE_API_TOKEN")}
-    env["FEATURESTORE_SIGNING_KEY"] = SIGNING_KEY
-    if token:
-        env["MY_TOKEN"] = token
-    process = subprocess.Popen([SCRIPT, "serve", "--store", store, "--port", str(port), "--token-env", "MY_TOKEN"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([SCRIPT, "serve", "--store", store, "--port", str(port), "--token-env", "MY_TOKEN", *args],
+                               env=serve_env(token, key), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     server = Server(port, store, process, token)
     deadline = time.monotonic() + 60
     while True:
@@ -205,7 +205,7 @@ def test_unknown_routes_and_methods_answer_json(server):
 
 def test_health(server):
     status, health = server.json("GET", "/health")
-    assert status == 200 and health["status"] == "degraded"  # OLD/USDT is stale, NEW/USDT skewed
+    assert status == 503 and health["status"] == "degraded"  # OLD/USDT is stale, NEW/USDT skewed
     assert health["model"] == {"name": "toy", "version": "t0", "kind": "regressor", "views": {"toy": "v1"},
                                "inputs": 2, "input_dtype": "float64",
                                "thresholds": {"long_above": 0.1, "short_below": -0.1}}
@@ -247,6 +247,66 @@ def test_openapi_document(server):
         "properties"]["symbols"]["maxItems"] == 256
 
 
+def test_a_healthy_service_answers_200(tmp_path):
+    now = datetime.now(UTC)
+    running = start(toy_store(tmp_path, [OnlineRow("toy", "BTC/USDT", now, "v1", {"a": 0.5, "b": None}, now)]), None)
+    try:
+        status, health = running.json("GET", "/health")
+    finally:
+        stop(running)
+    assert (status, health["status"]) == (200, "ok")
+
+
+def test_the_docs_page_renders_the_served_document_with_nothing_from_elsewhere(secured):
+    status, headers, page = secured.request("GET", "/docs", token=None)  # public, as the document is
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    html = page.decode()
+    assert "<script" not in html and "http://" not in html and "https://" not in html and "<link" not in html
+    for path in openapi_schema(max_batch=256, auth=True)["paths"]:
+        assert f'<code class="path">{path}</code>' in html
+    assert "Authorization: Bearer &lt;token&gt;" in html and TOKEN not in html
+
+
+def test_features_only_needs_no_model_and_no_key(tmp_path):
+    now = datetime.now(UTC)
+    store = tmp_path / "store"
+    with SqliteOnlineStore(Store(store).online_path) as online:
+        online.put_many([OnlineRow("research", "BTC/USDT", now, "v1", {"ret_1": 0.5}, now)])
+    running = start(store, None, "--features-only", key=None)
+    try:
+        status, row = running.json("GET", "/features/research/BTC/USDT")
+        assert (status, row["features"]) == (200, {"ret_1": 0.5})
+        assert running.json("POST", "/score", {"symbols": ["BTC/USDT"]})[0] == 404
+        status, health = running.json("GET", "/health")
+        assert (status, health["status"], health["model"]) == (200, "ok", None)
+        assert "/score" not in running.json("GET", "/openapi.json")[1]["paths"]
+    finally:
+        output = stop(running)
+    assert "serving features only (no model, no signing key) on http://127.0.0.1" in output
+    assert not (store / "signals").exists()
+
+
+def test_the_port_is_checked_and_bound_before_anything_is_announced(tmp_path):
+    store = make_store(tmp_path)
+
+    def serve(port: str) -> subprocess.CompletedProcess:
+        return subprocess.run([SCRIPT, "serve", "--store", store, "--port", port], env=serve_env(), capture_output=True,
+                              text=True, timeout=60, check=False)
+
+    for bad in ("99999", "0", "-1", "http"):
+        refused = serve(bad)
+        assert refused.returncode == 2 and f"argument --port: {bad!r} is not a TCP port: give one in 1..65535" \
+            in refused.stderr and refused.stdout == "", bad
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = serve(str(port))
+    assert busy.returncode == 1 and busy.stdout == "" and "Traceback" not in busy.stderr
+    assert busy.stderr == (f"error: cannot listen on 127.0.0.1:{port}: another process is listening there; stop it or "
+                           f"choose another --port\n")
+
+
 def test_bearer_auth(secured):
     for path in ("/health", "/metrics", "/features/toy/BTC/USDT", "/nope"):
         for token in (None, "wrong", TOKEN + "x", TOKEN[:-1]):
@@ -256,9 +316,37 @@ def test_bearer_auth(secured):
     assert secured.request("POST", "/score", '{"symbols": ["BTC/USDT"]}', {"Content-Type": "application/json"},
                            token=None)[0] == 401
     assert secured.json("POST", "/score", {"symbols": ["BTC/USDT"]})[0] == 200
-    assert secured.json("GET", "/health")[0] == 200
+    assert secured.json("GET", "/health")[0] == 503  # answered (degraded: the fixture holds a stale row)
     status, schema = secured.json("GET", "/openapi.json", token=None)  # the contract is public, data is not
     assert status == 200 and schema["security"] == [{"bearer": []}]
+
+
+def test_a_three_class_model_is_flat_on_neutral_through_every_transition(tmp_path):
+    """A real 3-class LightGBM model served over HTTP: one new row per request walks the position table's
+    9 cells (previous side x new side), a neutral prediction being FLAT."""
+    store = toy_store(tmp_path, kind="classifier")
+    sides = ["FLAT", "LONG", "LONG", "FLAT", "SHORT", "SHORT", "LONG", "SHORT", "FLAT"]  # from FLAT: all 9 cells
+    a = {"SHORT": -2.0, "FLAT": 0.0, "LONG": 2.0}  # the model's classes: -1 below a = -1, 1 above 1, else 0
+    base = datetime.now(UTC) - timedelta(minutes=1)
+    server = start(store, token=None)
+    signals = []
+    try:
+        for k, side in enumerate(sides):
+            ts = base + timedelta(seconds=k)
+            with SqliteOnlineStore(Store(store).online_path) as online:
+                online.put_many([OnlineRow("toy", "BTC/USDT", ts, "v1", {"a": a[side], "b": 0.5}, ts)])
+            status, body = server.json("POST", "/score", {"symbols": ["BTC/USDT"]})
+            assert status == 200, body
+            signals.extend(body["signals"])
+    finally:
+        stop(server)
+    assert [s["side"] for s in signals] == sides
+    assert [s["previous_side"] for s in signals] == ["FLAT", *sides[:-1]]
+    assert {(s["previous_side"], s["side"]) for s in signals} == set(TABLE)
+    for s in signals:
+        assert (s["action"], s["quantity"], s["position_after"]) == TABLE[(s["previous_side"], s["side"])]
+    assert all(s["score"] == 0.0 for s in signals if s["side"] == "FLAT")  # neutral: no side, whatever P(up) - P(down)
+    assert all(verify_signal(s, key=SIGNING_KEY.encode()) for s in signals)
 
 
 # --- schema-based fuzzing ---------------------------------------------------------------------------
@@ -275,7 +363,10 @@ def test_the_fuzzed_document_is_the_served_one(secured):
 @fuzzed.parametrize()
 @settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck))
 def test_fuzzing_finds_no_server_error(case, secured):
+    # The fixture's store is degraded on purpose (a stale row, a skewed one): /health answers its documented 503.
+    degraded = case.path == "/health"
     response = case.call_and_validate(base_url=f"http://127.0.0.1:{secured.port}",
-                                      headers={"Authorization": f"Bearer {TOKEN}"})
-    assert response.status_code < 500
+                                      headers={"Authorization": f"Bearer {TOKEN}"},
+                                      excluded_checks=[not_a_server_error] if degraded else None)
+    assert response.status_code < 500 or (degraded and response.status_code == 503), response.status_code
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -178,7 +179,8 @@ def test_training_twice_gives_identical_model_bytes_and_onnx_outputs(store, tmp_
     assert {f.view_version for f in meta.features} == {HOURLY.version}
     assert meta.onnx.input_dtype == "float64" and meta.params["seed"] == 7 and meta.label.spec == label
     assert meta.onnx.parity.passed and meta.onnx.parity.rows > 0
-    assert meta.onnx.opsets == {"": 21, "ai.onnx.ml": 5} and meta.threshold == 0.0
+    assert meta.onnx.opsets == {"": 21, "ai.onnx.ml": 5}
+    assert meta.threshold >= (2 * 5e-4 if kind == "regressor" else 0.0)  # chosen: never below a round trip's cost
     assert len(meta.training.data_fingerprint) == 64
     assert {"lightgbm", "onnxruntime", "onnxmltools", "polars"} <= set(meta.libraries)
     assert sorted(p.name for p in first.iterdir()) == ["equity.png", "features.json", "importance.png", "meta.json",
@@ -189,6 +191,26 @@ def test_training_twice_gives_identical_model_bytes_and_onnx_outputs(store, tmp_
     assert reference.prediction.rows == reference.rows and reference.backtest.rows == runs[0].report["out_of_sample_rows"]
     if kind == "regressor":  # the same Spearman IC the walk-forward metrics report
         assert reference.backtest.ic == pytest.approx(meta.metrics["ic_spearman"], abs=1e-12)
+
+
+def test_the_default_threshold_does_not_trade_on_noise_and_costs_that_dominate_are_named(store, tmp_path):
+    train = functools.partial(train_model, store, views=[HOURLY], label=parse_label("future_ret:h=1"), name="m",
+                              models_root=tmp_path, now=NOW, params=ModelParams(**FAST), folds=2)
+    chosen = train()
+    selection = chosen.report["backtest"]["threshold_selection"]
+    candidates = {c["threshold"]: c["total_return"] for c in selection["candidates"]}
+    assert chosen.meta.threshold == max(candidates, key=lambda c: (candidates[c], c)) >= 1e-3  # 2 x 5 bps
+    assert chosen.report["backtest"]["model"]["total_return"] == candidates[chosen.meta.threshold] >= 0
+    assert chosen.warnings == () and chosen.report["warnings"] == []
+
+    every_bar = train(threshold=0.0, cost_bps=50.0)  # the sign of a predicted hourly return, at 50 bps a side
+    model = every_bar.report["backtest"]["model"]
+    assert model["costs_dominate"] and model["costs"] > abs(model["gross_return"])
+    assert every_bar.report["backtest"]["threshold_selection"] == "given"
+    (warning,) = every_bar.warnings
+    assert warning.startswith(f"costs dominate the backtest: {model['turnover_per_period']:.2f} position changes per "
+                              f"bar at 50 bps per side cost {model['costs']:.1%} over the out-of-sample bars, more than "
+                              f"the gross return ({model['gross_return']:+.1%})")
 
 
 def test_version_follows_the_data_and_the_registry_pointer(store, tmp_path):

@@ -19,6 +19,7 @@ from featurestore.errors import (
     FutureFeaturesError,
     MissingFeaturesError,
     ModelRegistryError,
+    NonFiniteFeaturesError,
     StaleFeaturesError,
     VersionSkewError,
 )
@@ -202,8 +203,26 @@ def test_nulls_pass_as_nan_only_where_training_saw_them(toy, scorer, tmp_path):
     assert score.missing == ("fast__x1",) and score.score == pytest.approx(toy[1].predict(X)[0], abs=1e-12)
     X[0, 0] = np.nan  # fast__x0: never missing in training, LightGBM would read it as 0
     write(tmp_path, online_rows(X, ["BTC/USDT"], ts=T + timedelta(minutes=1)))
-    with pytest.raises(MissingFeaturesError, match="fast__x0 is null for BTC/USDT and model toy never saw it missing"):
+    with pytest.raises(MissingFeaturesError, match="view 'fast' for BTC/USDT: feature 'x0' is null and model toy never "
+                                                   "saw it missing"):
         scorer.score(["BTC/USDT"], now=T + timedelta(minutes=1))
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf])
+@pytest.mark.parametrize("symbols", [["BTC/USDT"], ["ETH/USDT", "BTC/USDT"]])  # the one-symbol path and a batch
+def test_infinite_values_are_refused_naming_view_symbol_and_feature(scorer, tmp_path, value, symbols):
+    X, _ = training_rows(2, seed=8)
+    X[1, 4] = value  # slow__y1 of BTC/USDT (a feature never missing in training)
+    X[1, 1] = value  # fast__x1 of BTC/USDT (one the model did see missing: inf is no null either)
+    write(tmp_path, online_rows(X, ["ETH/USDT", "BTC/USDT"]))
+    with pytest.raises(NonFiniteFeaturesError) as caught:
+        scorer.score(symbols, now=T)
+    message = str(caught.value)
+    assert f"view 'slow' for BTC/USDT: feature 'y1' is {value}, not a finite number" in message
+    assert f"view 'fast' for BTC/USDT: feature 'x1' is {value}, not a finite number" in message
+    assert "ETH/USDT" not in message
+    (given,) = scorer.score(["ETH/USDT"], now=T)  # the other symbol alone scores
+    assert given.missing == ()
 
 
 def test_a_row_without_a_feature_is_skew(scorer, tmp_path):
@@ -287,7 +306,8 @@ def test_a_trained_model_scores_its_materialized_rows_like_lightgbm(trained, nam
     X = np.array([[newest[view][feature][i] for view, feature in model.columns] for i in range(len(SYMBOLS))],
                  dtype=np.float64)
     out = lgb.Booster(model_file=str(model.path / "model.txt")).predict(X)
-    expected = out[:, 2] - out[:, 0] if name == "cls" else out
+    # A classifier: P(up) - P(down), and 0 (FLAT) where the neutral class is the likeliest.
+    expected = np.where(out[:, 1] >= out[:, [0, 2]].max(axis=1), 0.0, out[:, 2] - out[:, 0]) if name == "cls" else out
     assert np.abs(np.array([s.score for s in scores]) - expected).max() <= 1e-12
     assert [s.ts for s in scores] == newest["hourly"]["ts"].to_list()
 

@@ -2,23 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
+import re
 import secrets
+import socket
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from fixtures.toy_model import write_toy_model
+from fixtures.toy_model import toy_store, write_toy_model
 
-from featurestore.errors import FeatureStoreError
+from featurestore.errors import AuditLogError, FeatureStoreError
 from featurestore.online import OnlineRow
 from featurestore.online.sqlite import SqliteOnlineStore
 from featurestore.store import Store
-from serving.audit import AuditLog, last_signals
+from serving.audit import AuditLog, head_path, verify_log
 from serving.scorer import Scorer, load_model
 from serving.signal_service import SignalService
 from serving.signals import (
@@ -29,7 +32,6 @@ from serving.signals import (
     sign_signal,
     signing_key,
     transition,
-    verify_file,
     verify_signal,
 )
 
@@ -83,8 +85,8 @@ def service_parts(tmp_path):
 
 def service(parts, **kwargs) -> SignalService:
     model, online, audit = parts
-    return SignalService(Scorer(load_model(model), SqliteOnlineStore(online, readonly=True)), key=KEY,
-                         audit=AuditLog(audit), **kwargs)
+    return SignalService(Scorer(load_model(model), SqliteOnlineStore(online, readonly=True)),
+                         audit=AuditLog(audit, key=KEY), **kwargs)
 
 
 def put(parts, ts: datetime, **a_by_symbol: float) -> None:
@@ -112,14 +114,13 @@ def test_signals_follow_positions_across_calls_and_restarts(service_parts):
     assert signal["score"] > 0.1 and signal["thresholds"] == {"long_above": 0.1, "short_below": -0.1}
     logged = [json.loads(line) for line in service_parts[2].read_text().splitlines()]
     assert logged == [*opened, *reversed_]
-    assert {symbol: signal["side"] for symbol, signal in last_signals(service_parts[2], model="toy", key=KEY).items()} \
-        == {"BTC/USDT": "SHORT", "ETH/USDT": "SHORT"}
+    assert [(s["seq"], s["mode"]) for s in logged] == [(1, "live"), (2, "live"), (3, "live")]
 
     with service(service_parts, thresholds=Thresholds(1.0, -1.0), size=3.0) as restarted:  # every score is FLAT now
         closed = restarted.signals(["BTC/USDT", "ETH/USDT"], now=T + timedelta(minutes=1))
     assert [(s["previous_side"], s["side"], s["action"], s["quantity"], s["position_after"]) for s in closed] == [
         ("SHORT", "FLAT", "BUY", 3.0, 0.0), ("SHORT", "FLAT", "BUY", 3.0, 0.0)]
-    assert verify_file(service_parts[2], key=KEY) == []
+    assert verify_log(service_parts[2], key=KEY).problems == []
 
 
 def test_one_signal_per_decision(service_parts):
@@ -140,6 +141,18 @@ def test_one_signal_per_decision(service_parts):
     assert logged == [first[0], again[1], later, bigger]
 
 
+def test_a_classifiers_thresholds_must_bracket_zero(tmp_path):
+    write_toy_model(tmp_path / "cls", kind="classifier")
+    with SqliteOnlineStore(Store(tmp_path).online_path):
+        pass
+    parts = (tmp_path / "cls", Store(tmp_path).online_path, tmp_path / "signals.jsonl")
+    with pytest.raises(FeatureStoreError, match=r"a classifier's thresholds must bracket 0 .* got long above -0.1, "
+                                                r"short below -0.2"):
+        service(parts, thresholds=Thresholds(-0.1, -0.2))
+    with service(parts, thresholds=Thresholds(0.0, -0.3)) as accepted:
+        assert accepted.thresholds == Thresholds(0.0, -0.3)
+
+
 def test_a_refused_batch_writes_nothing(service_parts):
     put(service_parts, T, BTC_USDT=0.5)
     with service(service_parts) as svc, pytest.raises(FeatureStoreError, match="XRP/USDT"):
@@ -149,7 +162,7 @@ def test_a_refused_batch_writes_nothing(service_parts):
 
 def tampered(signal: dict, field: str) -> dict:
     value = signal[field]
-    changed = (value + "x" if isinstance(value, str) else not value if isinstance(value, bool)
+    changed = ("x" if value is None else value + "x" if isinstance(value, str) else not value if isinstance(value, bool)
                else value + 1 if isinstance(value, (int, float)) else [*value, "x"] if isinstance(value, list)
                else {**value, "x": 1})
     return {**signal, field: changed}
@@ -186,17 +199,111 @@ def test_canonical_form_and_the_key_variable():
         signing_key({})
 
 
-def test_last_signals_trusts_only_verified_lines_of_the_model(tmp_path):
-    path = Store(tmp_path).audit_path
-    with AuditLog(path, fsync=False) as log:
-        log.append([sign_signal({"model": "m", "symbol": "A", "side": "LONG"}, key=KEY),
-                    sign_signal({"model": "other", "symbol": "B", "side": "SHORT"}, key=KEY),
-                    sign_signal({"model": "m", "symbol": "B", "side": "SHORT"}, key=b"forged")])
-    with open(path, "a") as handle:
-        handle.write("not json\n")
-    assert {s: signal["side"] for s, signal in last_signals(path, model="m", key=KEY).items()} == {"A": "LONG"}
+def chained_log(path: Path, n: int = 5) -> list[bytes]:
+    """A log of ``n`` signals (two models, three symbols) written and closed by ``AuditLog``; its lines."""
+    with AuditLog(path, key=KEY, fsync=False) as log:
+        log.append([{"model": "m" if i % 3 else "other", "symbol": f"S{i % 3}/USDT", "side": "LONG" if i % 2 else
+                     "SHORT", "n": i} for i in range(1, n + 1)])
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def rewrite(path: Path, lines: list[bytes]) -> None:
+    path.write_bytes(b"".join(lines))
+
+
+# Each: what is done to a 5-signal log (its lines), and the problem verify_log must name.
+TAMPERING = {
+    "a line deleted": (lambda x: x[:2] + x[3:], r"line 3: seq 4 follows seq 2: 1 signal\(s\) missing before it"),
+    "two lines swapped": (lambda x: [x[0], x[2], x[1], *x[3:]],
+                          r"line 3: seq 2 comes after a later seq: lines out of order"),
+    "an older signal appended again": (lambda x: [*x, x[1]], r"line 6: seq 2 again: a copy of line 2 \(an older signal "
+                                                              r"appended again\)"),
+    "lines cut off the end": (lambda x: x[:3], r"the log ends at seq 3, its head at seq 5: 2 signal\(s\) cut off the end"),
+    "a key given twice": (lambda x: [x[0], x[1].replace(b'{', b'{"side":"FLAT",', 1), *x[2:]],
+                          r"line 2: key 'side' appears twice \(readers would disagree on its value\)"),
+    "a field edited": (lambda x: [x[0], x[1].replace(b'"n":2', b'"n":7'), *x[2:]],
+                       r"line 2: signature does not match \(symbol 'S2/USDT'\)"),
+    "a line that is not UTF-8": (lambda x: [x[0], b"\xff\xfe\n", *x[1:]], r"line 2: not UTF-8 text \(byte 0\)"),
+    "a deeply nested line": (lambda x: [*x, b"[" * 100_000 + b"]" * 100_000 + b"\n"],
+                             r"line 6: nested too deeply to be a signal"),
+    "an empty line": (lambda x: [x[0], b"\n", *x[1:]], r"line 2: an empty line"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERING))
+def test_the_chain_names_every_kind_of_tampering(tmp_path, case):
+    path = tmp_path / "signals.jsonl"
+    tamper, problem = TAMPERING[case]
+    rewrite(path, tamper(chained_log(path)))
+    report = verify_log(path, key=KEY)
+    assert any(re.search(problem, p) for p in report.problems), report.problems
+    assert all(p.startswith(str(path)) for p in report.problems)
+
+
+def test_an_untouched_chain_verifies_and_its_head_guards_its_end(tmp_path):
+    path = tmp_path / "signals.jsonl"
+    lines = chained_log(path)
+    signals = [json.loads(line) for line in lines]
+    assert [(s["seq"], s["prev"]) for s in signals] == [(1, None), *((i + 2, s["signature"]) for i, s in
+                                                                     enumerate(signals[:-1]))]
+    report = verify_log(path, key=KEY)
+    assert (report.problems, report.warnings, report.signals, report.seq, report.head_seq) == ([], [], 5, 5, 5)
+    assert verify_log(path, key=b"another key").problems[:2] == [
+        f"{path}.head: the log's head does not verify (edited, or signed with another key)",
+        f"{path} line 1: signature does not match (symbol 'S1/USDT')"]
     assert oct(path.stat().st_mode & 0o777) == "0o600"
-    assert last_signals(tmp_path / "absent.jsonl", model="m", key=KEY) == {}
+
+    head = head_path(path)
+    head.write_text(head.read_text().replace('"seq":5', '"seq":4'))
+    assert re.search(r"\.head: the log's head does not verify", verify_log(path, key=KEY).problems[0])
+    head.unlink()
+    assert verify_log(path, key=KEY).problems == [f"{path}: no signed head beside the log (signals.jsonl.head): "
+                                                  f"signals cut off the end could not be detected"]
+
+
+def test_a_torn_last_line_is_a_warning_and_the_next_writer_cuts_it_back(tmp_path, caplog):
+    path = tmp_path / "signals.jsonl"
+    lines = chained_log(path)
+    rewrite(path, [*lines, lines[0][:40]])  # a write cut short: no newline
+    report = verify_log(path, key=KEY)
+    assert report.problems == [] and report.torn_at == len(b"".join(lines))
+    assert report.warnings == [f"{path} line 6: the last line has no newline (a write cut short by a crash): not a "
+                               f"signal; the next writer cuts it back"]
+    with AuditLog(path, key=KEY) as log:
+        assert f"{path}: cut back to {report.torn_at} bytes" in caplog.text
+        log.append([{"model": "m", "symbol": "S1/USDT", "side": "FLAT"}])
+    assert path.read_bytes().startswith(b"".join(lines)) and verify_log(path, key=KEY).seq == 6
+    assert verify_log(path, key=KEY).problems == []
+
+
+def test_a_writer_refuses_a_log_that_does_not_verify_and_a_log_already_open(tmp_path):
+    path = tmp_path / "signals.jsonl"
+    lines = chained_log(path)
+    rewrite(path, [*lines, lines[1]])  # an older signal appended again: it would become the position
+    with pytest.raises(AuditLogError, match=r"refusing to append to .*signals.jsonl: it does not verify: .*line 6: seq 2 "
+                                            r"again.*featurestore verify-signal .*; move it aside to start a new log"):
+        AuditLog(path, key=KEY)
+    rewrite(path, lines)
+    with AuditLog(path, key=KEY) as log, pytest.raises(AuditLogError, match="being written by another process"):
+        AuditLog(path, key=KEY)
+    assert log.last("m") == {s["symbol"]: s for s in map(json.loads, lines) if s["model"] == "m"}
+
+
+def test_a_log_written_before_the_chain_verifies_with_a_warning_and_the_chain_continues_it(tmp_path):
+    path = tmp_path / "signals.jsonl"
+    legacy = [sign_signal({"model": "m", "symbol": "A", "side": side}, key=KEY) for side in ("LONG", "SHORT")]
+    path.write_text("".join(json.dumps(s) + "\n" for s in legacy))
+    report = verify_log(path, key=KEY)
+    assert report.problems == [] and report.legacy == 2
+    assert report.warnings == [f"{path}: 2 signal(s) written before hash chaining (lines 1-2): each signature verifies, "
+                               f"but their deletion, reordering or truncation cannot be detected"]
+    with AuditLog(path, key=KEY) as log:
+        assert log.last("m")["A"]["side"] == "SHORT"  # the position continues from the legacy lines
+        (chained,) = log.append([{"model": "m", "symbol": "A", "side": "FLAT"}])
+    assert (chained["seq"], chained["prev"]) == (3, legacy[1]["signature"])
+    assert verify_log(path, key=KEY).problems == []
+    path.write_text(path.read_text() + json.dumps(legacy[0]) + "\n")  # an unchained line after the chain
+    assert verify_log(path, key=KEY).problems[0].endswith("line 4: a signal without seq after chained ones: inserted")
 
 
 # --- the CLI, as a user runs it ----------------------------------------------------------------------
@@ -211,14 +318,11 @@ def featurestore(*args: object, cwd: Path, key: str | None) -> subprocess.Comple
 
 
 def test_score_and_verify_signal_commands(tmp_path):
-    store, work = tmp_path / "store", tmp_path / "work"
+    work = tmp_path / "work"
     work.mkdir()
-    write_toy_model(store / "models" / "toy" / "t0", threshold=0.1)
-    (store / "models" / "toy" / "production").write_text('{"name": "toy", "version": "t0"}')
     now = datetime.now(UTC)  # the CLI scores at the wall clock: rows of now are fresh (TTL 1h)
-    with SqliteOnlineStore(Store(store).online_path) as online:
-        online.put_many([OnlineRow("toy", "BTC/USDT", now, "v1", {"a": 0.5, "b": None}, now),
-                      OnlineRow("toy", "ETH/USDT", now - timedelta(hours=2), "v1", {"a": -0.5, "b": 1.0}, now)])
+    store = toy_store(tmp_path, [OnlineRow("toy", "BTC/USDT", now, "v1", {"a": 0.5, "b": None}, now),
+                                 OnlineRow("toy", "ETH/USDT", now - timedelta(hours=2), "v1", {"a": -0.5, "b": 1.0}, now)])
     key = "k3y-" + secrets.token_hex(16)
     runs = []
 
@@ -256,7 +360,13 @@ def test_score_and_verify_signal_commands(tmp_path):
     assert refused.returncode == 1
     assert refused.stderr.splitlines() == [f"error: {log} line 3: not JSON (Expecting property name enclosed in "
                                            f"double quotes)",
-                                           f"error: {log} line 4: signature does not match (symbol ETH/USDT)"]
+                                           f"error: {log} line 4: signature does not match (symbol 'ETH/USDT')",
+                                           f"error: {log}: the log ends at seq 2, its head at seq 3: 1 signal(s) cut "
+                                           f"off the end, or among the lines above that do not verify"]
+    log.write_text("\n".join([lines[0], lines[2]]) + "\n")  # the second signal deleted
+    deleted = run("verify-signal", log)
+    assert deleted.returncode == 1 and deleted.stderr.splitlines()[0] == (
+        f"error: {log} line 2: seq 3 follows seq 1: 1 signal(s) missing before it (deleted, or moved later)")
     assert run("verify-signal", log, key="another key").returncode == 1
     assert run("verify-signal", log, key=None).returncode == 1
     assert run("verify-signal", tmp_path / "absent.jsonl").returncode == 1
@@ -265,6 +375,69 @@ def test_score_and_verify_signal_commands(tmp_path):
     assert key not in outputs
     files = [p for root in (store, work) for p in root.rglob("*") if p.is_file()]
     assert files and not [p for p in files if key.encode() in p.read_bytes()]
+
+
+def fresh_store(root: Path) -> Path:
+    """The toy model in production and a BTC/USDT row written now (the CLI scores at the wall clock)."""
+    now = datetime.now(UTC)
+    return toy_store(root, [OnlineRow("toy", "BTC/USDT", now, "v1", {"a": 0.5, "b": 1.0}, now)])
+
+
+def test_score_as_of_scores_history_with_ages_measured_from_that_moment(tmp_path):
+    then = datetime(2024, 5, 1, 12, tzinfo=UTC)  # a replayed row: years older than its TTL against the wall clock
+    store = toy_store(tmp_path, [OnlineRow("toy", "BTC/USDT", then, "v1", {"a": 0.5, "b": 1.0}, then)])
+    run = functools.partial(featurestore, "score", "--symbols", "BTC/USDT", "--store", store, cwd=tmp_path, key="k")
+
+    now = run()
+    assert now.returncode == 1 and "older than the max age 1:00:00 (to score an earlier moment, give it with " \
+        "--as-of; to accept older rows, --max-age)" in now.stderr
+    (signal,) = map(json.loads, run("--as-of", "2024-05-01T12:30").stdout.splitlines())
+    assert (signal["ts"], signal["side"], signal["mode"]) == ("2024-05-01T12:00:00+00:00", "LONG", "replay")
+    assert [json.loads(line) for line in Store(store).replay_audit_path.read_text().splitlines()] == [signal]
+    assert Store(store).audit_path.read_text() == ""  # history never becomes the live position
+    before = run("--as-of", "2024-05-01T11:00")
+    assert before.returncode == 1 and "is after the scoring time 2024-05-01T11:00:00+00:00" in before.stderr
+    late = run("--as-of", "2024-05-01T14:00")
+    assert late.returncode == 1 and "is 2:00:00 old at 2024-05-01T14:00:00+00:00" in late.stderr
+
+
+@pytest.mark.parametrize(("command", "damage", "problem"), [
+    ("score", b"\xff\xfe\n", "line 1: not UTF-8 text (byte 0)"),
+    ("serve", b"[" * 100_000 + b"]" * 100_000 + b"\n", "line 1: nested too deeply to be a signal"),
+])
+def test_a_damaged_log_is_a_clear_error_when_a_writer_starts(tmp_path, command, damage, problem):
+    store = fresh_store(tmp_path)
+    log = Store(store).audit_path
+    log.parent.mkdir()
+    log.write_bytes(damage)
+    with socket.socket() as probe:  # serve refuses before it binds: a free port, should it not
+        probe.bind(("127.0.0.1", 0))
+        args = ["--symbols", "BTC/USDT"] if command == "score" else ["--port", str(probe.getsockname()[1])]
+    done = featurestore(command, *args, "--store", store, cwd=tmp_path, key="k")
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"error: refusing to append to {log}: it does not verify: {log} {problem}. Check it "
+                                  f"with featurestore verify-signal {log}; move it aside to start a new log")
+    assert log.read_bytes() == damage
+
+
+def test_score_cuts_a_torn_last_line_back_with_a_warning_and_continues_the_chain(tmp_path):
+    store = fresh_store(tmp_path)
+    first = featurestore("score", "--symbols", "BTC/USDT", "--store", store, cwd=tmp_path, key="k")
+    assert first.returncode == 0, first.stderr
+    log = Store(store).audit_path
+    whole = log.read_bytes()
+    log.write_bytes(whole + whole[:30])  # a second append cut short by a crash
+    with SqliteOnlineStore(Store(store).online_path) as online:
+        now = datetime.now(UTC)
+        online.put_many([OnlineRow("toy", "BTC/USDT", now, "v1", {"a": -0.5, "b": 1.0}, now)])
+
+    second = featurestore("score", "--symbols", "BTC/USDT", "--store", store, cwd=tmp_path, key="k")
+
+    assert second.returncode == 0, second.stderr
+    assert f"{log}: cut back to {len(whole)} bytes, the end of its last whole line" in second.stderr
+    assert log.read_bytes().startswith(whole)
+    assert [json.loads(line)["seq"] for line in log.read_text().splitlines()] == [1, 2]
+    assert featurestore("verify-signal", log, cwd=tmp_path, key="k").returncode == 0
 
 
 def test_demo_stage_materializes_what_the_online_store_lacks_and_is_idempotent(tmp_path, capsys, monkeypatch):
@@ -297,7 +470,7 @@ def test_demo_stage_materializes_what_the_online_store_lacks_and_is_idempotent(t
 
     run_serving_stage(store, now=now, symbols=symbols)
     first = capsys.readouterr().out
-    log = store.audit_path.read_text()
+    log = store.replay_audit_path.read_text()  # scored as of a past moment: a replay, in the replay log
     assert "the online store lacked view research for 2 symbol(s): copied 2" in first
     assert "the online store lacked view daily_trend for 2 symbol(s): copied 2" in first
     assert "scoring as of 2024-01-03T00:00:00+00:00 (the newest research row" in first
@@ -306,7 +479,8 @@ def test_demo_stage_materializes_what_the_online_store_lacks_and_is_idempotent(t
     signals = [json.loads(line) for line in log.splitlines()]
     assert [s["symbol"] for s in signals] == symbols and all(verify_signal(s, key=DEMO_SIGNING_KEY.encode())
                                                              for s in signals)
+    assert {s["mode"] for s in signals} == {"replay"} and not store.audit_path.exists()
 
     run_serving_stage(store, now=now + timedelta(days=1), symbols=symbols)  # the same rows: the same signals
     second = capsys.readouterr().out
-    assert "lacked" not in second and store.audit_path.read_text() == log
+    assert "lacked" not in second and store.replay_audit_path.read_text() == log

@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import subprocess
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import lightgbm as lgb
 import polars as pl
@@ -20,12 +20,14 @@ import pytest
 
 from conftest import FEATURESTORE
 from featurestore.backfill import backfill
-from featurestore.builtin_views import INDICATORS, RESEARCH
+from featurestore.builtin_views import DAILY_TREND, INDICATORS, RESEARCH
+from featurestore.export import ExportOptions, training_set
 from featurestore.ingest import ingest_synthetic
 from featurestore.materialize import materialize_latest
 from featurestore.offline import read_features
 from featurestore.online.sqlite import SqliteOnlineStore
 from featurestore.store import Store
+from serving.audit import verify_log
 from serving.signals import Thresholds, side_for, verify_signal
 from training.labels import parse_label
 from training.model import ModelParams
@@ -37,18 +39,21 @@ SINCE, START, UNTIL = (datetime(2024, 5, d, tzinfo=UTC) for d in (1, 3, 4))
 SYMBOLS = ["BTC/USDT", "ETH/USDT"]
 KEY = "stream-signal-test-key"
 THRESHOLD = 2e-4
+MINUTE = timedelta(minutes=1)
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Store:
-    """Three days of 1m bars for two symbols, backfilled for ``research`` and ``indicators``; production
-    models ``reg`` (research) and ``both`` (research + indicators), trained on the first two days."""
+    """Three days of 1m bars for two symbols, backfilled for ``research`` and ``indicators``, and two months of
+    1d bars for ``daily_trend`` (warm by May); production models ``reg`` (research), ``both`` (research +
+    indicators) and ``demo`` (research + daily_trend, as the demo's), trained on the first two days."""
     store = Store(tmp_path_factory.mktemp("stream_signals") / "store")
     ingest_synthetic(store, SYMBOLS, "1m", since=SINCE, until=UNTIL, now=NOW)
-    for view in (RESEARCH, INDICATORS):
+    ingest_synthetic(store, SYMBOLS, "1d", since=datetime(2024, 3, 1, tzinfo=UTC), until=UNTIL, now=NOW)
+    for view in (RESEARCH, INDICATORS, DAILY_TREND):
         backfill(store, view, now=NOW, progress=False)
     params = ModelParams(num_threads=1, num_boost_round=30, min_data_in_leaf=40)
-    for name, views in (("reg", [RESEARCH]), ("both", [RESEARCH, INDICATORS])):
+    for name, views in (("reg", [RESEARCH]), ("both", [RESEARCH, INDICATORS]), ("demo", [RESEARCH, DAILY_TREND])):
         result = train_model(store, views=views, label=parse_label("future_ret:h=1"), name=name, end=START,
                              models_root=models_root(store), now=NOW, folds=2, threshold=THRESHOLD, params=params)
         promote(models_root(store), name, result.version)
@@ -70,7 +75,10 @@ def stream(store: Store, *args: object, key: str | None = KEY) -> subprocess.Com
 
 
 def signals(store: Store) -> list[dict]:
-    return [json.loads(line) for line in store.audit_path.read_text().splitlines()]
+    """The signals of a replay: in the replay log, marked so."""
+    got = [json.loads(line) for line in store.replay_audit_path.read_text().splitlines()]
+    assert {s["mode"] for s in got} == {"replay"} and not store.audit_path.exists()
+    return got
 
 
 def production_booster(store: Store, name: str) -> lgb.Booster:
@@ -114,25 +122,59 @@ def test_a_rerun_adds_nothing_and_a_resumed_run_writes_what_one_run_wrote(store,
     rest = stream(store, "--from", START.isoformat(), "--model", "reg", "--audit", tmp_path / "parts.jsonl",
                   "--batch", "1")
     assert rest.returncode == 0 and ": 1,680 signed" in rest.stdout
-    # The same signed lines, byte for byte; symbols interleave by batch, each symbol's lines keep time order.
-    parts, whole = ((tmp_path / name).read_text().splitlines() for name in ("parts.jsonl", "whole.jsonl"))
+    # The same decisions; symbols interleave by batch, each symbol's signals keep time order. Only the chain
+    # (seq, prev, and so the signature) follows the interleaving of each log; both logs verify.
+    parts, whole = ([json.loads(line) for line in (tmp_path / name).read_text().splitlines()]
+                    for name in ("parts.jsonl", "whole.jsonl"))
+
+    def decisions(log: list[dict], symbol: str) -> list[dict]:
+        return [{k: v for k, v in s.items() if k not in ("seq", "prev", "signature")} for s in log
+                if s["symbol"] == symbol]
+
     for symbol in SYMBOLS:
-        assert [x for x in parts if symbol in x] == [x for x in whole if symbol in x]
+        assert decisions(parts, symbol) == decisions(whole, symbol)
     assert len(parts) == len(whole) == 2 * 1440
+    for name in ("parts.jsonl", "whole.jsonl"):
+        assert verify_log(tmp_path / name, key=KEY.encode()).problems == []
 
 
 @pytest.mark.slow
-def test_rows_of_other_views_from_after_the_bar_are_refused(store):
-    with SqliteOnlineStore(store.online_path) as online:  # the newest indicators row: the end of the data
-        materialize_latest(store, INDICATORS, SYMBOLS, online, now=NOW)
+@pytest.mark.parametrize(("name", "other"), [("both", INDICATORS), ("demo", DAILY_TREND)])
+def test_a_replay_reads_the_other_view_as_of_each_moment_as_the_training_join_does(store, name, other):
+    with SqliteOnlineStore(store.online_path) as online:  # the online store: rows from after every replayed bar
+        materialize_latest(store, other, SYMBOLS, online, now=NOW)
 
-    done = stream(store, "--from", START.isoformat(), "--model", "both")
+    done = stream(store, "--from", START.isoformat(), "--model", name)
 
     assert done.returncode == 0, done.stderr
-    assert re.search(r": 2 signed, 2,878 refused \(first: refusing to score: view 'indicators' for (BTC|ETH)/USDT: the "
-                     r"online row at 2024-05-04T00:00:00\+00:00 is after the scoring time 2024-05-03T00:01:00\+00:00\)",
-                     done.stdout)
-    assert {s["ts"] for s in signals(store)} == {"2024-05-04T00:00:00+00:00"}
+    joined = training_set(store, [RESEARCH, other], options=ExportOptions(all_bars=True, start=START + MINUTE))
+    assert joined.height == 2 * 1440 and joined[f"{other.name}__ts"].null_count() == 0  # the join fills every row
+    assert f"signals: model {name} " in done.stdout and ": 2,880 signed, 0 refused" in done.stdout
+    got = {(s["symbol"], s["ts"]): s for s in signals(store)}
+    booster = production_booster(store, name)
+    expected = booster.predict(joined.select(booster.feature_name()).to_numpy())
+    for (symbol, ts, other_ts), score in zip(joined.select("symbol", "event_ts", f"{other.name}__ts").iter_rows(),
+                                             expected.tolist(), strict=True):
+        signal = got[(symbol, ts.isoformat())]
+        assert signal["views"][other.name]["ts"] == other_ts.isoformat()  # the row the join used, not the newest
+        assert signal["score"] == score
+
+
+@pytest.mark.slow
+def test_a_replay_refuses_exactly_what_the_join_with_the_same_ttl_leaves_empty(store):
+    done = stream(store, "--from", START.isoformat(), "--model", "demo", "--max-age", "research=1m,daily_trend=1h")
+
+    assert done.returncode == 0, done.stderr
+    joined = training_set(store, [RESEARCH, DAILY_TREND], options=ExportOptions(
+        all_bars=True, start=START + MINUTE, ttl={"research": MINUTE, "daily_trend": timedelta(hours=1)}))
+    empty = joined["daily_trend__ts"].null_count()
+    assert 0 < empty < joined.height
+    assert re.search(rf": {joined.height - empty:,} signed, {empty:,} refused \(first: refusing to score: no offline "
+                     rf"row of view 'daily_trend' for (BTC|ETH)/USDT at most 1:00:00 before 2024-05-03T01:01:00\+00:00 "
+                     rf"\(the training join had none either\)\)", done.stdout), done.stdout
+    filled = joined.filter(pl.col("daily_trend__ts").is_not_null())
+    assert sorted((s["symbol"], s["ts"]) for s in signals(store)) == sorted(
+        (symbol, ts.isoformat()) for symbol, ts in filled.select("symbol", "event_ts").iter_rows())
 
 
 def test_a_model_that_cannot_score_the_view_is_refused_before_the_flow_starts(store):
@@ -141,7 +183,15 @@ def test_a_model_that_cannot_score_the_view_is_refused_before_the_flow_starts(st
     assert "model reg " in other_view.stderr and "uses views ['research'], not 'indicators'" in other_view.stderr
     unsigned = stream(store, "--model", "reg", key=None)
     assert unsigned.returncode == 1 and "set FEATURESTORE_SIGNING_KEY" in unsigned.stderr
-    assert not store.audit_path.exists()
+    assert not store.audit_path.exists() and not store.replay_audit_path.exists()
+    store.replay_audit_path.parent.mkdir()
+    store.replay_audit_path.write_bytes(b'{"seq": 1, "seq": 2}\n')  # a damaged log: a clear error, not a crash
+    damaged = stream(store, "--model", "reg")
+    assert damaged.returncode == 1 and "Traceback" not in damaged.stderr
+    assert f"error: refusing to append to {store.replay_audit_path}: it does not verify: {store.replay_audit_path} " \
+           f"line 1: key 'seq' appears twice" in damaged.stderr
+
+
 
 
 def test_a_model_trained_on_another_version_of_the_view_is_refused_before_the_flow_starts(store, tmp_path):
@@ -158,4 +208,4 @@ def test_a_model_trained_on_another_version_of_the_view_is_refused_before_the_fl
     assert re.search(rf"error: model reg \S+ was trained on view 'research' version {RESEARCH.version}, the definitions "
                      r"are version \w+: retrain, or stream the definitions it was trained on", done.stderr), done.stderr
     assert "Traceback" not in done.stderr
-    assert not store.audit_path.exists() and not store.online_path.exists()
+    assert not store.audit_path.exists() and not store.replay_audit_path.exists() and not store.online_path.exists()

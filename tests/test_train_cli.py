@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import struct
 import subprocess
 import sys
+import termios
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -38,6 +42,27 @@ def featurestore(*args: object, cwd: Path) -> subprocess.CompletedProcess:
                           check=False)
 
 
+def on_a_terminal(*args: object, cwd: Path) -> tuple[int, str]:
+    """Run the command with stdout and stderr on a pseudo-terminal, as in a shell; (exit code, what it showed)."""
+    env = {k: v for k, v in os.environ.items() if k != "FEATURESTORE_HOME"}
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 24 x 120, as a window has
+    process = subprocess.Popen([SCRIPT, *map(str, args)], stdin=subprocess.DEVNULL, stdout=follower, stderr=follower,
+                               cwd=cwd, env=env)
+    os.close(follower)
+    shown = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the command closed the terminal
+            break
+        if not data:
+            break
+        shown.append(data)
+    os.close(leader)
+    return process.wait(timeout=300), b"".join(shown).decode(errors="replace")
+
+
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory) -> tuple[Path, Path, Path]:
     """(store dir, definitions file, scratch dir): 2 symbols x 40 days of 1h bars, views hourly + daily_trend."""
@@ -63,6 +88,7 @@ def test_export_all_bars(setup):
     assert done.returncode == 0, done.stderr
     frame = pl.read_parquet(out)
     assert frame.height == 2 * 40 * 24 and f"wrote {frame.height:,} rows" in done.stdout
+    assert "%|" not in done.stderr  # no progress bar when not on a terminal
     assert frame.columns == ["symbol", "event_ts", "hourly__ts", "hourly__ret_1", "hourly__ret_4", "hourly__log_volume",
                              "future_ret_h1", "future_ret_h1__end_ts", "future_ret_h1__weight"]
     sidecar = json.loads((work / "train.parquet.json").read_text())
@@ -98,6 +124,7 @@ def test_train_list_promote(setup):
                         "--threads", "1", "--rounds", "50", cwd=work)
     assert done.returncode == 0, done.stderr
     assert "buy & hold" in done.stdout and "Sharpe" in done.stdout and "ONNX parity over" in done.stdout
+    assert "(chosen on these folds, cost-aware)" in done.stdout and "%|" not in done.stderr
     (version_dir,) = [p for p in (store / "models" / "btc_reg").iterdir() if not p.name.startswith(".")]
     meta = ModelMeta.read(version_dir)
     assert meta.training.symbols == ("BTC/USDT",) and meta.onnx.input_dtype == "float64"
@@ -149,3 +176,23 @@ def test_bad_inputs_exit_1_with_a_precise_message_and_write_nothing(setup, args,
     assert not out.exists() and not Path(f"{out}.json").exists()
     models_after = sorted(p.name for p in (store / "models").rglob("*")) if (store / "models").exists() else []
     assert models_after == models_before
+
+
+def test_long_work_shows_progress_on_a_terminal_and_nothing_otherwise(setup):
+    store, definitions, work = setup
+    commands = {
+        "export": ["export", "--views", "hourly", "--all-bars", "--label", "future_ret:h=1", "--out",
+                   work / "progress.parquet"],
+        "train": ["train", "--views", "hourly", "--label", "future_ret:h=1", "--name", "progress", "--folds", "2",
+                  "--threads", "1", "--rounds", "20", "--threshold", "0", "--cost-bps", "50"],
+        "replay": ["stream", "--view", "hourly", "--start", T0 + timedelta(days=38), "--speed", 360_000],  # 48 h in 0.5 s
+    }
+    bars = {"export": "export: 100%", "train": "train progress: 100%", "replay": "replay hourly: 100%"}
+    for name, args in commands.items():
+        code, shown = on_a_terminal(*args, "--store", store, "--definitions", definitions, cwd=work)
+        assert code == 0, shown
+        assert bars[name] in shown, shown
+    assert "warning: costs dominate the backtest:" in shown or name != "train"
+    # Not on a terminal: no bar (export and train are run so by the tests above, and checked there).
+    quiet = featurestore(*commands["replay"], "--store", store, "--definitions", definitions, cwd=work)
+    assert quiet.returncode == 0 and "%|" not in quiet.stderr + quiet.stdout, quiet.stderr

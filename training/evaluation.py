@@ -7,7 +7,12 @@ Backtest rules (one row per symbol and bar, as ``--all-bars`` exports give):
   log return (``future_ret:h=1`` of the row). The bar that produced the information is never traded.
 - Position: ``+1`` if the signal is ``> threshold``, ``-1`` if ``< -threshold``, else ``0``.
 - Costs: ``cost_bps`` (default 5) per side on every change of position, ``|p_t - p_{t-1}|`` units
-  (a flip long -> short pays twice); the first position pays its entry.
+  (a flip long -> short pays twice); the first position pays its entry. The strategy's metrics also hold
+  ``gross_return`` and ``costs`` (sums of the portfolio's per-bar returns before costs and of its costs)
+  and ``costs_dominate``: costs larger than the gross return's size, so they decide the result.
+- Threshold (``choose_threshold``): when none is given, the one of a few candidates (a floor, then
+  quantiles of ``|signal|`` above it, and the largest ``|signal|``, which never trades) with the best net
+  total return on these out-of-sample rows; ties go to the larger one, which trades less.
 - Portfolio: the equal-weight mean over symbols of each bar's return; buy-and-hold is ``+1`` on every
   symbol from the first row, paying one entry.
 - Annualisation: ``periods_per_year`` (365 days of bars: crypto trades around the clock).
@@ -38,6 +43,7 @@ from training.reference import SideFigures, SignalFigures
 __all__ = [
     "Backtest",
     "backtest",
+    "choose_threshold",
     "classification_metrics",
     "json_safe",
     "performance",
@@ -172,11 +178,14 @@ def backtest(frame: pl.DataFrame, *, periods_per_year: float, cost_bps: float = 
         "event_ts": rows["event_ts"],
         "strategy": position * simple - cost * trades,
         "buy_and_hold": simple - cost * first,
-        "trades": trades,
+        "costs": cost * trades,
     })
-    portfolio = per_row.group_by("event_ts").agg(pl.col("strategy", "buy_and_hold").mean()).sort("event_ts")
+    portfolio = per_row.group_by("event_ts").agg(pl.col("strategy", "buy_and_hold", "costs").mean()).sort("event_ts")
     strategy = performance(portfolio["strategy"].to_numpy(), periods_per_year=periods_per_year, positions=position,
                            gross=(position * simple)[position != 0])
+    costs = float(portfolio["costs"].sum())
+    strategy["costs"], strategy["gross_return"] = costs, float(portfolio["strategy"].sum()) + costs
+    strategy["costs_dominate"] = costs > abs(strategy["gross_return"])
     strategy["turnover_per_period"] = float(trades.mean()) if trades.size else float("nan")
     strategy["turnover_annual"] = strategy["turnover_per_period"] * periods_per_year
     strategy["trades"] = int((trades > 0).sum())
@@ -185,7 +194,7 @@ def backtest(frame: pl.DataFrame, *, periods_per_year: float, cost_bps: float = 
     hold["turnover_per_period"] = float(first.mean()) if first.size else float("nan")
     hold["turnover_annual"] = hold["turnover_per_period"] * periods_per_year
     hold["trades"] = int(first.sum())
-    curve = portfolio.with_columns(
+    curve = portfolio.drop("costs").with_columns(
         (1.0 + pl.col("strategy")).cum_prod().alias("strategy_equity"),
         (1.0 + pl.col("buy_and_hold")).cum_prod().alias("buy_and_hold_equity"),
     ).with_columns(
@@ -233,6 +242,28 @@ def signal_figures(frame: pl.DataFrame, *, cost_bps: float = 5.0) -> SignalFigur
                                   float((gross[held] > 0).mean()) if held.any() else None)
     return SignalFigures(int(known.sum()), cost_bps, ic if math.isfinite(ic) else None, hit if math.isfinite(hit) else None,
                          sides)
+
+
+def choose_threshold(frame: pl.DataFrame, *, periods_per_year: float, cost_bps: float, floor: float = 0.0
+                     ) -> tuple[float, dict[float, float]]:
+    """The ``|signal|`` threshold with the best net total return over ``frame`` (as for ``backtest``) among
+    ``floor``, the 50/75/90/95/99% quantiles of ``|signal|`` above it and the largest ``|signal|`` (no trade);
+    ties go to the larger threshold. Returns it and every candidate's total return.
+
+    >>> rng = np.random.default_rng(0)
+    >>> noise = pl.DataFrame({"symbol": "A", "event_ts": range(2000), "signal": rng.normal(size=2000),
+    ...                       "bar_ret": rng.normal(scale=1e-3, size=2000)})  # a signal unrelated to returns
+    >>> threshold, returns = choose_threshold(noise, periods_per_year=365, cost_bps=5)
+    >>> threshold == noise["signal"].abs().max(), returns[threshold]  # trading it only pays costs: no trade
+    (True, 0.0)
+    """
+    magnitude = frame["signal"].abs().drop_nulls()
+    quantiles = [float(magnitude.quantile(q, "linear")) for q in (0.5, 0.75, 0.9, 0.95, 0.99)]
+    candidates = sorted({floor, *(q for q in quantiles if q > floor), max(float(magnitude.max()), floor)})
+    returns = {c: backtest(frame, periods_per_year=periods_per_year, cost_bps=cost_bps, threshold=c)
+               .strategy["total_return"] for c in candidates}
+    best = max(returns, key=lambda c: (returns[c], c))
+    return best, returns
 
 
 def plot_equity(curve: pl.DataFrame, path: Path, *, title: str) -> None:

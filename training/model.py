@@ -31,8 +31,8 @@ from training.splits import purge, to_ns
 if TYPE_CHECKING:
     import lightgbm as lgb
 
-__all__ = ["CLASSES", "ModelKind", "ModelParams", "decode_classes", "encode_classes", "fit_model", "predict",
-           "signal"]
+__all__ = ["CLASSES", "ModelKind", "ModelParams", "classifier_signal", "decode_classes", "encode_classes", "fit_model",
+           "predict", "signal"]
 
 ModelKind = Literal["regressor", "classifier"]
 #: Class labels of the classifier, in the order of its probability columns.
@@ -140,6 +140,22 @@ def predict(booster: lgb.Booster, X: np.ndarray, kind: ModelKind) -> np.ndarray:
     return out.reshape(-1, len(CLASSES)) if kind == "classifier" else out.reshape(-1)
 
 
+def classifier_signal(probabilities: np.ndarray, classes: Sequence[int] = CLASSES) -> np.ndarray:
+    """A classifier's score: ``P(up) - P(down)`` where up or down is the likeliest class, and 0 where the neutral
+    class is (ties included), so that a neutral prediction takes no side, in the backtest as in serving.
+    ``probabilities`` has one column per class of ``classes`` (-1 and 1 among them).
+
+    >>> classifier_signal(np.array([[0.1, 0.2, 0.7], [0.3, 0.5, 0.2], [0.4, 0.4, 0.2], [0.5, 0.25, 0.25]])).tolist()
+    [0.6, 0.0, 0.0, -0.25]
+    """
+    classes = list(classes)
+    up, down = probabilities[:, classes.index(1)], probabilities[:, classes.index(-1)]
+    score = up - down
+    if 0 in classes:
+        score = np.where(probabilities[:, classes.index(0)] >= np.maximum(up, down), 0.0, score)
+    return score
+
+
 def signal(prediction: np.ndarray, kind: ModelKind) -> np.ndarray:
-    """A score whose sign is the trade direction: the predicted return, or ``P(up) - P(down)``."""
-    return prediction[:, 2] - prediction[:, 0] if kind == "classifier" else prediction
+    """A score whose sign is the trade direction: the predicted return, or ``classifier_signal``."""
+    return classifier_signal(prediction) if kind == "classifier" else prediction

@@ -4,7 +4,13 @@
    label, and ``future_ret:h=1`` (the bar return the backtest trades).
 2. Walk-forward (expanding): the first half of the periods trains the first fold, ``folds`` test blocks
    follow; training rows whose label reaches into a test block are purged. Out-of-sample predictions
-   give the metrics and the backtest beside buy-and-hold.
+   give the metrics and the backtest beside buy-and-hold. Unless a ``threshold`` is given, the trading
+   threshold is chosen on those out-of-sample folds (``training.evaluation.choose_threshold``), cost-aware:
+   never below a floor (a regressor: the round-trip cost, ``2 * cost_bps``, in return units: a predicted
+   move smaller than entering and leaving costs is noise to trade; a classifier: 0, a neutral prediction
+   already takes no side), and the threshold that trades nothing when nothing beats the costs. The
+   backtest reported is the chosen threshold's on the same folds (one parameter among seven candidates,
+   said in ``report.json``). When its costs are larger than its gross return, ``TrainResult.warnings`` says so.
 3. The published model is trained on every row (early stopping on the latest 20% of periods).
 4. ONNX conversion, checked on every out-of-sample row (``training.onnx_export``); a refusal publishes
    nothing.
@@ -31,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from tqdm import tqdm
 
 from featurestore.definitions import FeatureView
 from featurestore.errors import TrainingDataError
@@ -50,7 +57,9 @@ from training.artifact import (
     write_model,
 )
 from training.evaluation import (
+    Backtest,
     backtest,
+    choose_threshold,
     classification_metrics,
     positions_for,
     regression_metrics,
@@ -109,6 +118,7 @@ class TrainResult:
     meta: ModelMeta
     report: dict[str, Any]
     created: bool
+    warnings: tuple[str, ...] = ()  # what the caller should show the user (costs dominating the backtest)
 
 
 def _target(label: LabelSpec, kind: ModelKind) -> str:
@@ -123,11 +133,12 @@ def _target(label: LabelSpec, kind: ModelKind) -> str:
 def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec, name: str, models_root: Path,
                 now: datetime, kind: ModelKind = "regressor", symbols: Sequence[str] | None = None,
                 start: datetime | None = None, end: datetime | None = None, params: ModelParams | None = None,
-                folds: int = 4, onnx_dtype: OnnxDtype = "float64", cost_bps: float = 5.0, threshold: float = 0.0,
+                folds: int = 4, onnx_dtype: OnnxDtype = "float64", cost_bps: float = 5.0, threshold: float | None = None,
                 ttl: dict | None = None, exchange: str | None = None,
-                features: Mapping[str, Sequence[str]] | None = None) -> TrainResult:
+                features: Mapping[str, Sequence[str]] | None = None, progress: bool = False) -> TrainResult:
     """Train, evaluate, export and register one model; see the module docstring. ``features``: per view, the
-    features to train on (a view not named: all of its features)."""
+    features to train on (a view not named: all of its features); ``threshold``: None chooses one;
+    ``progress``: a bar by step (training set, each fold, final model, ONNX) on a terminal."""
     params = params or ModelParams(kind=kind)
     if params.kind != kind:
         raise TrainingDataError(f"params.kind {params.kind!r} differs from kind {kind!r}")
@@ -135,7 +146,10 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
     labels = [label] if label.spec == _BAR_RETURN.spec else [label, _BAR_RETURN]
     options = ExportOptions(all_bars=True, labels=labels, symbols=symbols, start=start, end=end, ttl=ttl,
                             exchange=exchange, features=features)
+    bar = tqdm(total=folds + 3, desc=f"train {name}", unit="step", disable=None if progress else True)
+    bar.set_postfix_str("training set")
     frame = training_set(store, views, options=options)
+    bar.update()
     frame = frame.filter(pl.col(target).is_not_null()).sort("event_ts", "symbol")
     features = [feature_column(v.name, f) for v in views for f in options.features_of(v)]
     periods = frame["event_ts"].n_unique()
@@ -152,7 +166,8 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
     oos = np.concatenate([fold.test for fold in splits])
     predictions = np.zeros((frame.height, len(CLASSES)) if kind == "classifier" else frame.height)
     fold_info = []
-    for fold in splits:
+    for k, fold in enumerate(splits, start=1):
+        bar.set_postfix_str(f"fold {k}/{len(splits)}")
         booster = fit_model(X[fold.train], y[fold.train], feature_names=features, params=params,
                             weight=weight[fold.train], event_ts=event_ts.gather(fold.train),
                             label_end=label_end.gather(fold.train))
@@ -160,6 +175,7 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
         fold_info.append({"train_rows": int(fold.train.size), "test_rows": int(fold.test.size),
                           "test_first": str(event_ts[int(fold.test[0])]), "test_last": str(event_ts[int(fold.test[-1])]),
                           "trees": booster.num_trees()})
+        bar.update()
     returns = frame[label.return_column].to_numpy()[oos]
     metrics = (regression_metrics(returns, predictions[oos]) if kind == "regressor"
                else classification_metrics(y[oos], predictions[oos], returns))
@@ -167,16 +183,26 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
     periods_per_year = 365 * 86_400_000 / timeframe_ms(timeframe)
     trades = frame[oos].select("symbol", "event_ts", pl.Series("signal", signal(predictions[oos], kind)),
                                 pl.col(_BAR_RETURN.name).alias("bar_ret"))
-    result = backtest(trades, periods_per_year=periods_per_year, cost_bps=cost_bps, threshold=threshold)
+    chosen = threshold
+    if threshold is None:
+        floor = 2 * cost_bps / 1e4 if kind == "regressor" else 0.0  # a round trip, in return units
+        chosen, candidates = choose_threshold(trades, periods_per_year=periods_per_year, cost_bps=cost_bps, floor=floor)
+    result = backtest(trades, periods_per_year=periods_per_year, cost_bps=cost_bps, threshold=chosen)
+    warnings = _cost_warnings(result, cost_bps)
 
+    bar.set_postfix_str("final model")
     final = fit_model(X, y, feature_names=features, params=params, weight=weight, event_ts=event_ts, label_end=label_end)
+    bar.update()
+    bar.set_postfix_str("ONNX export")
     exported = export_onnx(final, X[oos], kind=kind, dtype=onnx_dtype)
     reference = ModelReference(
         frame.height, {name: Distribution.of(X[:, j]) for j, name in enumerate(features)},
         Distribution.of(signal(predict(final, X, kind), kind)),
         signal_figures(trades.select("symbol", pl.col("event_ts").alias("ts"), pl.col("signal").alias("score"),
-                                     pl.Series("position", positions_for(trades["signal"].to_numpy(), threshold)),
+                                     pl.Series("position", positions_for(trades["signal"].to_numpy(), chosen)),
                                      pl.Series("label_ret", returns), "bar_ret"), cost_bps=cost_bps))
+    bar.update()
+    bar.close()
     ttl_used = options.view_ttls(views)
     fingerprint = frame_fingerprint(frame.select("symbol", "event_ts", *features, target, label.end_column,
                                                  label.weight_column))
@@ -188,8 +214,12 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
     view_of = {feature_column(v.name, f): v for v in views for f in options.features_of(v)}
     report = {"name": name, "version": version, "kind": kind, "label": label.spec, "target": target,
               "metrics": metrics, "folds": fold_info, "out_of_sample_rows": int(oos.size),
-              "backtest": {"model": result.strategy, "buy_and_hold": result.buy_and_hold, **result.settings},
-              "onnx": exported.as_dict()}
+              "backtest": {"model": result.strategy, "buy_and_hold": result.buy_and_hold, **result.settings,
+                           "threshold_selection": "given" if threshold is not None else {
+                               "rule": "best out-of-sample net total return among the candidates, on the folds "
+                                       "reported here; ties: the larger threshold",
+                               "candidates": [{"threshold": c, "total_return": r} for c, r in candidates.items()]}},
+              "onnx": exported.as_dict(), "warnings": list(warnings)}
     meta = ModelMeta(
         name=name, version=version, kind=kind, trained_at=now,
         features=tuple(FeatureColumn(c, view_of[c].name, c.split("__", 1)[1], view_of[c].version, view_of[c].timeframe,
@@ -201,7 +231,7 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
                               event_ts.max(), fingerprint, label.weight_column, final.num_trees()),
         params=params.as_dict(), metrics=metrics,
         backtest=BacktestSummary(result.strategy, result.buy_and_hold),
-        onnx=OnnxInfo.from_export(exported), threshold=threshold, libraries=settings["libraries"])
+        onnx=OnnxInfo.from_export(exported), threshold=chosen, libraries=settings["libraries"])
     created = False
     with publish(models_root, name, version) as staging:
         meta = dataclasses.replace(meta, reference=ReferenceFile(REFERENCE_FILE, reference.write(staging)))
@@ -209,7 +239,18 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
         importance = dict(zip(features, final.feature_importance("gain").tolist(), strict=True))
         write_report(staging, report, curve=result.curve, importance=importance, title=f"{name} {version}")
         created = not (Path(models_root) / name / version).exists()
-    return TrainResult(name, version, Path(models_root) / name / version, meta, report, created)
+    return TrainResult(name, version, Path(models_root) / name / version, meta, report, created, warnings)
+
+
+def _cost_warnings(result: Backtest, cost_bps: float) -> tuple[str, ...]:
+    """A warning when the backtest's costs are larger than its gross return (they decide the result)."""
+    model = result.strategy
+    if not model["costs_dominate"]:
+        return ()
+    return (f"costs dominate the backtest: {model['turnover_per_period']:.2f} position changes per bar at "
+            f"{cost_bps:g} bps per side cost {model['costs']:.1%} over the out-of-sample bars, more than the "
+            f"gross return ({model['gross_return']:+.1%}); trade less (a higher --threshold, a longer label "
+            f"horizon) or use a model with more edge",)
 
 
 def summary_table(result: TrainResult) -> str:
@@ -226,7 +267,9 @@ def summary_table(result: TrainResult) -> str:
 
     lines = [f"model {result.name} version {result.version} ({result.meta.kind}, label {result.meta.label.spec})",
              f"out-of-sample backtest, {bt['cost_bps_per_side']:g} bps per side, position = sign(signal) when "
-             f"|signal| > {bt['threshold']:g}; {bt['execution']}",
+             f"|signal| > {bt['threshold']:g}"
+             + (" (chosen on these folds, cost-aware)" if bt["threshold_selection"] != "given" else "")
+             + f"; {bt['execution']}",
              f"{'':<16}{'model':>14}{'buy & hold':>14}"]
     lines += [f"{title:<16}{cell(bt['model'], key, fmt):>14}{cell(bt['buy_and_hold'], key, fmt):>14}"
               for title, key, fmt in rows]

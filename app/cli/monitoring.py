@@ -71,7 +71,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                          help="rows served (the audit log's signals), or the offline store's rows of the window "
                          "scored; auto: signals when the window has any")
     add_symbols(monitor, help="comma-separated (default: the symbols served in the window, else the training set's)")
-    monitor.add_argument("--audit", type=Path, help="audit log (default <store>/signals/signals.jsonl)")
+    monitor.add_argument("--audit", type=Path, help="audit log (default <store>/signals/signals.jsonl, else replay.jsonl)")
     monitor.add_argument("--json", type=Path, help="also write the report to this file")
     monitor.set_defaults(run=cmd_monitor)
 

@@ -38,7 +38,8 @@ def cmd_stream(args: argparse.Namespace, fs: FeatureStore) -> int:
                        jsonl=args.jsonl, offline_parts=args.offline_parts, metrics=args.metrics, model=args.model,
                        workers=args.workers, process_id=args.process_id, addresses=args.addresses,
                        join_timeout_s=args.join_timeout, recovery_dir=args.recovery_dir,
-                       snapshot_interval_s=args.snapshot_interval, backup_interval_s=args.backup_interval, **signals)
+                       snapshot_interval_s=args.snapshot_interval, backup_interval_s=args.backup_interval,
+                       progress=True, **signals)
     elapsed = time.perf_counter() - started
     if config.metrics_path.exists():  # in a cluster, only the process that ran the metrics sink has it
         print(f"{summary_line(read_metrics(config.metrics_path))} ({config.metrics_path})")

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from app.cli.options import add_definitions, add_symbols, add_time_range, comma_list
@@ -37,7 +38,7 @@ def cmd_export(args: argparse.Namespace, fs: FeatureStore) -> int:
         raise FeatureStoreError("say which rows to export: --entities FILE (symbol, event_ts[, ...]) or --all-bars")
     result = fs.export(args.out, args.entities, features=_features(args, fs), labels=args.label or [], ttl=args.ttl,
                        all_bars=args.all_bars, symbols=args.symbols, start=args.start, end=args.end,
-                       as_of_created=args.as_of_created, exchange=args.exchange, format=args.format)
+                       as_of_created=args.as_of_created, exchange=args.exchange, format=args.format, progress=True)
     span = result.meta["time_range"]
     print(f"wrote {result.rows:,} rows x {len(result.meta['views'])} view(s) to {result.path} "
           f"({span['first_event_ts']} .. {span['last_event_ts']}); sidecar {result.sidecar}")
@@ -52,8 +53,10 @@ def cmd_train(args: argparse.Namespace, fs: FeatureStore) -> int:
     result = fs.train(features=_features(args, fs), label=args.label, name=args.name, kind=args.kind, ttl=args.ttl,
                       symbols=args.symbols, start=args.start, end=args.end, params=params, folds=args.folds,
                       onnx_dtype=args.onnx_dtype, threshold=args.threshold, cost_bps=args.cost_bps,
-                      exchange=args.exchange, promote=args.promote, models_dir=args.models)
+                      exchange=args.exchange, promote=args.promote, models_dir=args.models, progress=True)
     print(summary_table(result))
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.promote:
         print(f"promoted {result.name} {result.version} to production")
     return 0
@@ -127,8 +130,9 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     train.add_argument("--threads", type=int, default=2, help="LightGBM threads (fixed for reproducible models)")
     train.add_argument("--onnx-dtype", choices=["float64", "float32"], default="float64",
                        help="published ONNX input type (float32 is refused when it misroutes)")
-    train.add_argument("--threshold", type=float, default=0.0,
-                       help="backtest: trade only when |signal| > threshold (0: the sign)")
+    train.add_argument("--threshold", type=float, help="trade only when |signal| > threshold (the backtest's, and "
+                       "the model's default in serving); default: chosen on the out-of-sample folds, at least the "
+                       "round-trip cost for a regressor, none that trades at a loss")
     train.add_argument("--cost-bps", type=float, default=5.0, help="backtest cost per side in basis points")
     train.add_argument("--promote", action="store_true", help="point production at the new version")
     train.add_argument("--models", type=Path, help="models directory (default <store>/models)")

@@ -4,8 +4,9 @@ The streaming stage leaves the newest ``research`` rows in the online store; a v
 store lacks for a symbol (one no flow runs) would first be copied from the offline store's newest row
 (``featurestore.materialize``). The demo replays history: its rows are older than their TTL against the
 wall clock, so they are scored as of the replay's own clock (the newest ``research`` row), which the stage
-prints. The flow has scored these rows already: the service returns the logged signals and appends nothing,
-as a re-run does.
+prints: decisions about a past moment, so signals marked ``replay`` in the replay log
+(``<store>/signals/replay.jsonl``). The flow has scored these rows already: the service returns the logged
+signals and appends nothing, as a re-run does.
 
 Signing needs a key: when ``$FEATURESTORE_SIGNING_KEY`` is unset the stage uses ``DEMO_SIGNING_KEY``, a
 fixed key for the demo only (public, so it proves nothing; never printed).
@@ -69,7 +70,7 @@ def run_serving_stage(store: Store, *, now: datetime, symbols: list[str]) -> Non
     print(f"scoring as of {as_of.isoformat()} (the newest {primary} row: the replay's clock) with {model.name} "
           f"{model.version}; signing with {'$' + SIGNING_KEY_ENV if configured else 'the demo key (not a secret)'}")
     scorer = Scorer(model, connect(store.online_url, readonly=True))
-    with SignalService(scorer, key=key, audit=AuditLog(store.audit_path)) as service:
+    with SignalService(scorer, audit=AuditLog(store.replay_audit_path, key=key), mode="replay") as service:
         started = time.perf_counter()
         signals = service.signals(symbols, now=as_of)
         elapsed = time.perf_counter() - started
@@ -79,4 +80,5 @@ def run_serving_stage(store: Store, *, now: datetime, symbols: list[str]) -> Non
     verified = sum(verify_signal(signal, key=key) for signal in signals)
     print(f"{len(signals)} signal(s) in {elapsed * 1e3:.1f} ms (one batch; signing and audit log included), "
           f"{verified} verify; thresholds long > {service.thresholds.long_above:g}, short < "
-          f"{service.thresholds.short_below:g}; audit log {store.audit_path}; no order is sent")
+          f"{service.thresholds.short_below:g}; audit log {store.replay_audit_path} (a replay: decisions about a past "
+          f"moment); no order is sent")

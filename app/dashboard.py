@@ -199,7 +199,8 @@ def _tail_signals(path: Path, count: int) -> list[dict]:
 
 def _signals(fs: FeatureStore) -> str:
     """The live log's newest signals; the replay log's when no live signal was ever logged."""
-    log = fs.store.audit_path if fs.store.audit_path.is_file() else fs.store.replay_audit_path
+    live = fs.store.audit_path
+    log = live if live.is_file() and live.stat().st_size else fs.store.replay_audit_path
     rows = [(s.get("ts"), s.get("symbol"), s.get("model"), s.get("model_version"), s.get("side"), s.get("score"),
              s.get("action"), s.get("quantity")) for s in _tail_signals(log, RECENT_SIGNALS)]
     return (f'<p class="muted">the newest {RECENT_SIGNALS} lines of {html.escape(str(log))}</p>'

@@ -82,7 +82,7 @@ def browser(tmp_path_factory):
 def test_every_page_loads_without_console_errors_and_shows_the_store(served, browser, monitored, tmp_path):
     port, report, consistency = served
     rv = next(f.drift for f in report.features if f.feature == f"{VIEW}__rv_24")
-    newest = monitored.store.audit_path.read_text().splitlines()[-1]
+    newest = monitored.store.replay_audit_path.read_text().splitlines()[-1]  # the fixture streamed a replay
     version = monitored.model_dir(MODEL).name
     pages = {
         "overview": ("/ui", [VIEW, monitored.view(VIEW).version, f"{monitored.views()[-1].rows:,}", MODEL, version,

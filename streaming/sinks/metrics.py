@@ -31,7 +31,7 @@ from featurestore.errors import VersionSkewError
 from streaming.clock import Clock, to_datetime
 from streaming.items import Counts, FeatureRows
 
-__all__ = ["MetricsSink", "read_metrics", "summary_line"]
+__all__ = ["MetricsSink", "read_metrics", "refuse_other_version", "summary_line"]
 
 
 Snapshot = tuple[str, dict[str, Counts]]  # (view version, counts per symbol)
@@ -48,13 +48,17 @@ class MetricsSink(FixedPartitionedSink[FeatureRows, Snapshot]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: Snapshot | None) -> _MetricsPartition:
         version, counts = resume_state or (self.view.version, {})
-        if version != self.view.version:
-            name = self.view.name
-            raise VersionSkewError(
-                f"the recovery state was built by view {name!r} version {version}, this run computes version "
-                f"{self.view.version}: delete the recovery directory (or give another) to start over, or stream "
-                f"--view {name}@{version}")
+        refuse_other_version(self.view, version)
         return _MetricsPartition(self, dict(counts))
+
+
+def refuse_other_version(view: FeatureView, version: str) -> None:
+    """Raise when recovery state built by another ``version`` of ``view`` would be resumed by this run."""
+    if version != view.version:
+        raise VersionSkewError(
+            f"the recovery state was built by view {view.name!r} version {version}, this run computes version "
+            f"{view.version}: delete the recovery directory (or give another) to start over, or stream "
+            f"--view {view.name}@{version}")
 
 
 class _MetricsPartition(StatefulSinkPartition[FeatureRows, Snapshot]):

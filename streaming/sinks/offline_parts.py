@@ -49,6 +49,7 @@ from featurestore.store import Store
 from featurestore.timeframes import timeframe_ms
 from streaming.clock import Clock
 from streaming.items import FeatureRows, RowValues
+from streaming.sinks.metrics import refuse_other_version
 
 __all__ = ["CELL_BARS", "OfflinePartsSink", "parts_dir", "scan_parts"]
 
@@ -73,11 +74,12 @@ class _Cell:
     arrays, or row tuples) with the time each was logged; ``dirty`` when some are not in the part yet."""
 
     index: int
+    version: str  # the view version whose rows these are
     chunks: list[tuple[list[int], RowValues | list | pl.DataFrame, int]] = field(default_factory=list)
     dirty: bool = False
 
     def copy(self) -> _Cell:
-        return _Cell(self.index, [(ts, rows if isinstance(rows, RowValues | pl.DataFrame) else list(rows), at)
+        return _Cell(self.index, self.version, [(ts, rows if isinstance(rows, RowValues | pl.DataFrame) else list(rows), at)
                                   for ts, rows, at in self.chunks], self.dirty)
 
 
@@ -104,6 +106,8 @@ class OfflinePartsSink(FixedPartitionedSink[FeatureRows, "_Cell | None"]):
         return self._index.get(item_key, adler32(item_key.encode()))
 
     def build_part(self, step_id: str, for_part: str, resume_state: _Cell | None) -> _PartsPartition:
+        if resume_state is not None:  # never write rows of another version under this version's path
+            refuse_other_version(self.view, resume_state.version)
         return _PartsPartition(self, self._symbol[for_part], resume_state)
 
     def part_path(self, symbol: str, index: int) -> Path:
@@ -145,7 +149,7 @@ class _PartsPartition(StatefulSinkPartition[FeatureRows, "_Cell | None"]):
                 self._write(cell)  # complete: a row of a later cell arrived
             path = self._sink.part_path(self._symbol, index)
             stored = [] if not path.exists() else [([], pl.read_parquet(path, hive_partitioning=False), 0)]
-            cell = self._cell = _Cell(index, stored)
+            cell = self._cell = _Cell(index, self._sink.view.version, stored)
         chunks = cell.chunks
         if isinstance(rows, RowValues):
             chunks.append((list(ts), rows, now))

@@ -64,7 +64,7 @@ def duckdb_parquet(sql_data) -> Iterator[duckdb.DuckDBPyConnection]:
     """A persistent in-memory connection with the catalog's own view definitions over the store's parquet."""
     con = duckdb.connect(":memory:")
     root = sql_data.store.root
-    create_views(con, view_definitions(sql_data.store), f"{root}/", hive=hive_safe(root))
+    create_views(con, view_definitions(sql_data.store), sql_data.store, f"{root}/", hive=hive_safe(root))
     yield con
     con.close()
 

@@ -31,17 +31,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import duckdb
 
 from featurestore.atomic import write_bytes_atomic
+from featurestore.damaged import REPAIR, damaged_files
 from featurestore.registry import sql_version
 from featurestore.store import Store
 
-__all__ = ["ParquetView", "create_views", "hive_safe", "refresh_catalog", "view_definitions"]
+__all__ = ["ParquetView", "create_view", "create_views", "hive_safe", "refresh_catalog", "view_definitions"]
 
 _META_TABLE = "featurestore_catalog"
 _COMMENT = ("paths relative to the store directory: open this catalog from there (cd <store>), "
@@ -69,11 +73,38 @@ class ParquetView:
     pattern: str
     path_keys: tuple[str, ...]
 
-    def select(self, root: str = "", *, hive: bool = False) -> str:
-        """The view's SELECT, its paths prefixed with ``root`` (a directory ending in ``/``, or nothing)."""
+    def select(self, root: str = "", *, hive: bool = False, files: Sequence[str] | None = None) -> str:
+        """The view's SELECT, its paths prefixed with ``root`` (a directory ending in ``/``, or nothing);
+        ``files`` (relative to the store) instead of ``pattern`` when given."""
         columns = f"* EXCLUDE ({', '.join(self.path_keys)})" if hive else "*"
-        return (f"SELECT {columns} FROM read_parquet({_quote_literal(root + self.pattern)}, "
+        paths = (f"[{', '.join(_quote_literal(root + f) for f in files)}]" if files is not None
+                 else _quote_literal(root + self.pattern))
+        return (f"SELECT {columns} FROM read_parquet({paths}, "
                 f"hive_partitioning = {str(hive).lower()}, union_by_name = true)")
+
+    def guarded_select(self, store: Store, damaged: Mapping[Path, str], root: str = "", *,
+                       hive: bool = False) -> str:
+        """The view's SELECT over its readable files, plus for each ``damaged`` file a row of its partition
+        keys that raises an error naming the file: a statement that touches that partition fails with the
+        error, one whose filters rule the partition out (``WHERE symbol = 'ETH/USDT'``) runs.
+
+        >>> view = ParquetView("kind=bars/**/*.parquet", ("kind", "year"))
+        >>> damaged = Path("/s/kind=bars/exchange=x/timeframe=1m/symbol=A%2FB/year=2024/bars.parquet")
+        >>> print(view.guarded_select(Store("/s"), {damaged: "cut short"}))  # no readable file: only the guard
+        SELECT * FROM (VALUES ('x', '1m', 'A/B')) AS damaged("exchange", "timeframe", "symbol") WHERE error('damaged file kind=bars/exchange=x/timeframe=1m/symbol=A%2FB/year=2024/bars.parquet: cut short; move it ...')
+        """
+        relative = {path: path.relative_to(store.root) for path in damaged}
+        readable = sorted(p.relative_to(store.root).as_posix() for p in store.root.glob(self.pattern)
+                          if p not in damaged)
+        parts = [self.select(root, hive=hive, files=readable)] if readable else []
+        for path, why in damaged.items():
+            keys = {key: unquote(value) for key, sep, value in (part.partition("=") for part in relative[path].parts)
+                    if sep and key not in self.path_keys}
+            message = f"damaged file {root}{relative[path].as_posix()}: {why}; {REPAIR}"
+            parts.append(f"SELECT * FROM (VALUES ({', '.join(map(_quote_literal, keys.values()))})) AS "
+                         f"damaged({', '.join(f'{chr(34)}{key}{chr(34)}' for key in keys)}) "
+                         f"WHERE error({_quote_literal(message)})")
+        return " UNION ALL BY NAME ".join(parts)
 
 
 def _relative(store: Store, directory: Path) -> str:
@@ -106,11 +137,26 @@ def hive_safe(root: Path) -> bool:
     return not any("=" in part for part in root.parts)
 
 
-def create_views(con: duckdb.DuckDBPyConnection, views: dict[str, ParquetView], root: str = "", *,
-                 hive: bool = False) -> None:
-    """Create (or replace) ``views`` on ``con``, their paths prefixed with ``root``."""
-    for name, view in views.items():
+def create_view(con: duckdb.DuckDBPyConnection, name: str, view: ParquetView, store: Store, root: str = "", *,
+                hive: bool = False) -> list[Path]:
+    """Create (or replace) the view ``name`` on ``con``, its paths prefixed with ``root``; return the damaged
+    files it had to leave out (``ParquetView.guarded_select``), [] in the usual case."""
+    try:
         con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {view.select(root, hive=hive)}')
+        return []
+    except duckdb.Error:
+        damaged = damaged_files(sorted(store.root.glob(view.pattern)))
+        if not damaged:
+            raise
+    con.execute(f'CREATE OR REPLACE VIEW "{name}" AS {view.guarded_select(store, damaged, root, hive=hive)}')
+    return sorted(damaged)
+
+
+def create_views(con: duckdb.DuckDBPyConnection, views: dict[str, ParquetView], store: Store, root: str = "", *,
+                 hive: bool = False) -> None:
+    """Create (or replace) ``views`` on ``con`` (``create_view``)."""
+    for name, view in views.items():
+        create_view(con, name, view, store, root, hive=hive)
 
 
 def _definitions_hash(views: dict[str, ParquetView]) -> str:
@@ -130,15 +176,24 @@ def _catalog_hash(store: Store) -> str | None:
     return row[0] if row else None
 
 
-def _catalog_bytes(store: Store, views: dict[str, ParquetView], definitions_hash: str) -> bytes:
-    """A catalog database holding ``views``, built aside (its relative paths bound against the store)."""
+def _catalog_bytes(store: Store, views: dict[str, ParquetView]) -> bytes:
+    """A catalog database holding ``views``, built aside (its relative paths bound against the store).
+
+    A view with damaged files leaves them out (``create_view``), with a warning; the hash it records then
+    differs from the store's, so the next refresh builds the catalog again.
+    """
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "catalog.duckdb"
+        guarded = set()
         with duckdb.connect(str(path), config={"file_search_path": str(store.root)}) as con:
             for name, view in views.items():
-                con.execute(f'CREATE VIEW "{name}" AS {view.select()}')
+                for damaged in create_view(con, name, view, store):
+                    guarded.add(name)
+                    print(f"warning: catalog view {name} leaves out the damaged file {damaged}; "
+                          "featurestore validate names every damaged file", file=sys.stderr)
                 con.execute(f'COMMENT ON VIEW "{name}" IS {_quote_literal(_COMMENT)}')
-            con.execute(f"CREATE TABLE {_META_TABLE} AS SELECT ? AS definitions_hash", [definitions_hash])
+            recorded = _definitions_hash({name: view for name, view in views.items() if name not in guarded})
+            con.execute(f"CREATE TABLE {_META_TABLE} AS SELECT ? AS definitions_hash", [recorded])
         return path.read_bytes()
 
 
@@ -152,5 +207,5 @@ def refresh_catalog(store: Store) -> bool:
     wanted = _definitions_hash(views)
     if _catalog_hash(store) == wanted:
         return False
-    write_bytes_atomic(_catalog_bytes(store, views, wanted), store.catalog_path)
+    write_bytes_atomic(_catalog_bytes(store, views), store.catalog_path)
     return True

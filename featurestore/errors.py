@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "AuditLogError",
     "BarValidationError",
+    "DamagedFileError",
     "DefinitionError",
     "ExchangeError",
     "FeatureStoreError",
@@ -53,6 +54,14 @@ class BarValidationError(FeatureStoreError):
 
 class StoreConflictError(FeatureStoreError):
     """Incoming bars disagree with bars already stored for the same (symbol, ts)."""
+
+
+class DamagedFileError(FeatureStoreError):
+    """A stored file cannot be read (truncated, overwritten, not parquet); the message names it and the fix."""
+
+    def __init__(self, path: object, reason: str, fix: str) -> None:
+        super().__init__(f"damaged file {path}: {reason}; {fix}")
+        self.path = path
 
 
 class ExchangeError(FeatureStoreError):

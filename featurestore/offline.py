@@ -25,6 +25,7 @@ from pathlib import Path
 import polars as pl
 
 from featurestore.atomic import atomic_path
+from featurestore.damaged import scan_stored
 from featurestore.definitions import FeatureView
 from featurestore.errors import FeatureStoreError, VersionSkewError
 from featurestore.store import Store, split_by_year
@@ -53,7 +54,7 @@ def stored_range(store: Store, view: FeatureView, exchange: str | None = None,
              else store.feature_files(view.name, view.version, exchange))
     if not files:
         return StoredRange(0, None, None)
-    rows, first, last = pl.scan_parquet(files, hive_partitioning=False).select(
+    rows, first, last = scan_stored(files).select(
         pl.len(), pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last")).collect().row(0)
     return StoredRange(rows, first, last)
 
@@ -61,7 +62,7 @@ def stored_range(store: Store, view: FeatureView, exchange: str | None = None,
 def read_symbol_features(store: Store, view: FeatureView, exchange: str, symbol: str) -> pl.DataFrame | None:
     """One symbol's stored rows of the view's current version, sorted by ts (None when nothing is stored)."""
     files = _files(store, view, exchange, symbol)
-    return pl.read_parquet(files, hive_partitioning=False) if files else None
+    return scan_stored(files).collect() if files else None
 
 
 def write_symbol_features(store: Store, view: FeatureView, exchange: str, symbol: str, rows: pl.DataFrame,
@@ -92,7 +93,7 @@ def write_symbol_features(store: Store, view: FeatureView, exchange: str, symbol
             for year, part in split_by_year(stamped):
                 path = store.feature_year_file(view.name, view.version, exchange, symbol, year)
                 if path.exists():
-                    stored = pl.read_parquet(path, hive_partitioning=False)
+                    stored = scan_stored([path]).collect()
                     part = pl.concat([stored, part.join(stored.select("ts"), on="ts", how="anti")]).sort("ts")
                     written += part.height - stored.height
                 else:
@@ -117,7 +118,7 @@ def read_features(store: Store, view: FeatureView, *, symbols: list[str] | None 
     wanted = version or view.version
     files = store.feature_files(view.name, wanted, symbols=symbols)
     if files:
-        return pl.scan_parquet(files, hive_partitioning=False)
+        return scan_stored(files)
     others = [v for v in store.stored_versions(view.name) if v != wanted]
     if others and version is None:
         raise VersionSkewError(

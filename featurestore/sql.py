@@ -36,7 +36,7 @@ import duckdb
 import polars as pl
 import pyarrow as pa
 
-from featurestore.catalog import ParquetView, create_views, hive_safe, view_definitions
+from featurestore.catalog import ParquetView, create_view, hive_safe, view_definitions
 from featurestore.errors import SqlError
 from featurestore.sql_errors import first_failing, one_line, sql_error
 from featurestore.sql_statement import checked_statement
@@ -73,6 +73,7 @@ class SqlSession:
         self._prefix, self._hive = f"{self._root}/", hive_safe(self._root)
         self._views: dict[str, ParquetView] = {}
         self._unreadable: dict[str, str] = {}  # view -> why DuckDB could not create it
+        self._guarded: set[str] = set()  # views that leave damaged files out (catalog.create_view)
         self._lock = threading.Lock()
         self._con = _sandboxed(self._root)
         self._con.execute("SET lock_configuration = true")
@@ -90,19 +91,22 @@ class SqlSession:
 
     def _sync_views(self) -> None:
         """Create, replace and drop views so that they match the store now. A view DuckDB cannot create (a
-        damaged file) is left out, with the reason, so that statements not naming it still run."""
+        damaged file it cannot tell apart) is left out, with the reason, so that statements not naming it still run;
+        one with damaged files it can name raises an error naming them when a statement touches them."""
         wanted = view_definitions(self.store)
         for name in self._views.keys() - wanted.keys():
             self._con.execute(f'DROP VIEW "{name}"')
-        self._unreadable = {}
+        self._unreadable, guarded = {}, set()
         for name, view in wanted.items():
-            if self._views.get(name) != view:
+            if self._views.get(name) != view or name in self._guarded:
                 try:
-                    create_views(self._con, {name: view}, self._prefix, hive=self._hive)
+                    if create_view(self._con, name, view, self.store, self._prefix, hive=self._hive):
+                        guarded.add(name)  # its files listed, not globbed: listed again before the next statement
                 except duckdb.Error as exc:
                     self._con.execute(f'DROP VIEW IF EXISTS "{name}"')
                     self._unreadable[name] = str(exc).splitlines()[0]
         self._views = {name: view for name, view in wanted.items() if name not in self._unreadable}
+        self._guarded = guarded
 
     def arrow(self, query: str) -> pa.Table:
         """Run one read-only statement over the store's views; the result as an Arrow table."""

@@ -30,9 +30,10 @@ from pathlib import Path
 
 import polars as pl
 
-from featurestore.atomic import write_parquet_atomic
+from featurestore.atomic import remove_orphans, write_parquet_atomic
 from featurestore.bars import BAR_COLUMNS, TS_DTYPE
 from featurestore.config import StoreConfig, read_config
+from featurestore.damaged import REPAIR, scan_stored
 from featurestore.errors import FeatureStoreError, StoreConflictError
 from featurestore.layout import BarSeries, Layout
 
@@ -92,27 +93,28 @@ class Store(Layout):
         files = [f for s in chosen for f in self.bar_files(s)]
         if not files:
             return pl.LazyFrame(schema=_stored_schema())
-        return pl.scan_parquet(files, hive_partitioning=False)
+        return _scan(files)
 
     def scan_series(self, series: BarSeries) -> pl.LazyFrame:
         """Lazily read one stored series (names its files directly: no listing of the store)."""
         files = self.bar_files(series)
         if not files:
             raise FeatureStoreError(f"no stored bars for {series} in {self.root}")
-        return pl.scan_parquet(files, hive_partitioning=False)
+        return _scan(files)
 
     def last_bar_ts(self, series: BarSeries) -> datetime | None:
         """Open time of the newest stored bar of the series, or None when nothing is stored."""
         files = self.bar_files(series)
         if not files:
             return None
-        return pl.scan_parquet(files[-1], hive_partitioning=False).select(pl.col("ts").max()).collect().item()
+        return _scan(files[-1:]).select(pl.col("ts").max()).collect().item()
 
     def write_bars(self, bars: pl.DataFrame, *, exchange: str, timeframe: str) -> dict[str, int]:
         """Merge validated bars into the store; return the number of new rows per symbol.
 
         Bars already stored with identical values are skipped (re-runs are idempotent). If any incoming
-        bar disagrees with a stored one, nothing at all is written. Each file is replaced atomically.
+        bar disagrees with a stored one, or a stored file it merges with is damaged, nothing at all is
+        written. Each file is replaced atomically; temporary files of killed writers are removed.
         """
         with self.write_lock():
             return self._merge_bars(bars, exchange=exchange, timeframe=timeframe)
@@ -127,7 +129,8 @@ class Store(Layout):
         for symbol, year, part in parts:
             series = BarSeries(exchange, timeframe, symbol)
             path = self.year_file(series, year)
-            stored = pl.read_parquet(path, hive_partitioning=False) if path.exists() else None
+            remove_orphans(path.parent)  # a killed writer's temporary files, also when nothing here is new
+            stored = _scan([path]).collect() if path.exists() else None
             fresh = part if stored is None else _only_new(stored, part, path)
             new_rows[symbol] = new_rows.get(symbol, 0) + fresh.height
             if fresh.height:
@@ -136,6 +139,11 @@ class Store(Layout):
         for path, frame in planned:
             write_parquet_atomic(frame, path)
         return new_rows
+
+
+def _scan(files: list[Path]) -> pl.LazyFrame:
+    """Stored bar files, read lazily once their footers are known to be readable (``featurestore.damaged``)."""
+    return scan_stored(files, fix=f"{REPAIR}; `featurestore validate` lists every damaged bar file")
 
 
 def split_by_year(frame: pl.DataFrame) -> list[tuple[int, pl.DataFrame]]:

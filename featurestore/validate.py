@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import polars as pl
 
 from featurestore.bars import find_gaps, validate_bars
-from featurestore.errors import FeatureStoreError
+from featurestore.damaged import REPAIR, damaged_files
+from featurestore.errors import DamagedFileError, FeatureStoreError
 from featurestore.store import Store
 
 __all__ = ["StoreReport", "validate_store"]
@@ -26,7 +27,8 @@ __all__ = ["StoreReport", "validate_store"]
 
 @dataclass(frozen=True)
 class StoreReport:
-    """``summary``: one row per series; ``gaps``: one row per gap; ``problems``: broken rules (should be none)."""
+    """``summary``: one row per readable series; ``gaps``: one row per gap; ``problems``: broken rules and
+    damaged files (should be none)."""
 
     summary: pl.DataFrame
     gaps: pl.DataFrame
@@ -34,14 +36,19 @@ class StoreReport:
 
 
 def validate_store(store: Store, *, symbols: list[str] | None = None) -> StoreReport:
-    """Validate every stored series (optionally only ``symbols``) and list its gaps."""
+    """Validate every stored series (optionally only ``symbols``) and list its gaps; a series with a damaged
+    file is reported as a problem naming the file, and the others are still validated."""
     chosen = store.series(symbols=symbols)
     if not chosen:
         raise FeatureStoreError(f"no stored bars{' for ' + str(symbols) if symbols else ''} in {store.root}; "
                                 "run `featurestore ingest` first")
     summaries, gaps, problems = [], [], []
     for series in chosen:
-        bars = pl.read_parquet(store.bar_files(series), hive_partitioning=False)
+        damaged = damaged_files(store.bar_files(series))
+        if damaged:
+            problems.extend(str(DamagedFileError(path, why, REPAIR)) for path, why in damaged.items())
+            continue
+        bars = store.scan_series(series).collect()
         try:
             validate_bars(bars, series.timeframe, source=f"{series.exchange} {series.timeframe}")
         except FeatureStoreError as exc:
@@ -56,4 +63,6 @@ def validate_store(store: Store, *, symbols: list[str] | None = None) -> StoreRe
             pl.lit(series_gaps.height).alias("gaps"),
             pl.lit(int(series_gaps["missing_bars"].sum() or 0)).alias("missing_bars"),
         ))
+    if not summaries:  # every chosen series is damaged: the problems say which files
+        return StoreReport(pl.DataFrame(), pl.DataFrame(), problems)
     return StoreReport(pl.concat(summaries), pl.concat(gaps), problems)

@@ -1,0 +1,63 @@
+"""Damaged stored files, found before they are read and named in a one-line error with the fix.
+
+A parquet file whose footer cannot be read (truncated, emptied, overwritten with something else) would
+fail deep inside polars or DuckDB with a message that names no file. Every read of stored files checks
+the footers of the files it is about to read first (a few hundred bytes each), so a damaged file fails
+exactly the commands that touch it, with ``DamagedFileError`` naming it; other series keep working.
+
+>>> import tempfile, pathlib, polars as pl
+>>> directory = pathlib.Path(tempfile.mkdtemp())
+>>> pl.DataFrame({"x": [1]}).write_parquet(directory / "good.parquet")
+>>> _ = (directory / "bad.parquet").write_bytes(b"PAR1 cut short")
+>>> sorted(path.name for path in damaged_files(sorted(directory.iterdir())))
+['bad.parquet']
+>>> check_readable([directory / "bad.parquet"], fix="delete it")
+Traceback (most recent call last):
+...
+featurestore.errors.DamagedFileError: damaged file .../bad.parquet: Parquet magic bytes not found in footer. ...; delete it
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from featurestore.errors import DamagedFileError
+
+__all__ = ["REPAIR", "check_readable", "damaged_files", "scan_stored"]
+
+#: What to do about a damaged file of the store.
+REPAIR = "move it out of the store (or restore it from a backup), then ingest its bars or backfill its features again"
+
+
+def _footer_problem(path: Path) -> str | None:
+    """Why ``path``'s parquet footer cannot be read, or None when it can."""
+    try:
+        pq.read_metadata(path)
+    except (pa.ArrowException, OSError) as exc:
+        return " ".join(str(exc).split()).rstrip(".")
+    return None
+
+
+def damaged_files(files: Sequence[Path]) -> dict[Path, str]:
+    """The files of ``files`` that cannot be read, each with the reason."""
+    found = {path: _footer_problem(path) for path in files}
+    return {path: problem for path, problem in found.items() if problem is not None}
+
+
+def check_readable(files: Sequence[Path], *, fix: str = REPAIR) -> Sequence[Path]:
+    """``files`` unchanged when each can be read; else ``DamagedFileError`` naming the first that cannot."""
+    for path in files:
+        problem = _footer_problem(path)
+        if problem is not None:
+            raise DamagedFileError(path, problem, fix)
+    return files
+
+
+def scan_stored(files: Sequence[Path], *, fix: str = REPAIR) -> pl.LazyFrame:
+    """Stored parquet files (their paths' partition keys not read), lazily, once each is known readable."""
+    return pl.scan_parquet(check_readable(files, fix=fix), hive_partitioning=False)

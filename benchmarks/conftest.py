@@ -213,7 +213,7 @@ def export_data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExportData
 def duckdb_native(sql_data: SqlData) -> Iterator[duckdb.DuckDBPyConnection]:
     """An in-memory DuckDB database holding the same bars as a native table ``bars`` (the limit)."""
     con = duckdb.connect(":memory:")
-    con.execute(f"CREATE TABLE bars AS SELECT * FROM read_parquet('{sql_data.glob}', hive_partitioning = false)")
+    con.execute(f"CREATE TABLE bars AS SELECT * FROM read_parquet('{sql_data.glob}', hive_partitioning = true)")
     assert con.execute("SELECT count(*) FROM bars").fetchall() == [(sql_data.bars,)]
     yield con
     con.close()

@@ -107,7 +107,7 @@ def test_baseline_duckdb_parquet_aggregation(benchmark, bench_record, sql_data, 
 def test_baseline_polars_aggregation(benchmark, bench_record, sql_data):
     def aggregate() -> pl.DataFrame:
         return (
-            pl.scan_parquet(sql_data.glob, hive_partitioning=False)
+            pl.scan_parquet(sql_data.glob, hive_partitioning=True)
             .group_by("symbol")
             .agg(pl.len(), pl.col("close").mean(), pl.col("high").max(), pl.col("low").min(), pl.col("volume").sum())
             .collect()
@@ -143,7 +143,7 @@ def test_baseline_duckdb_parquet_point_query(benchmark, bench_record, sql_data, 
 
 def test_baseline_duckdb_partition_point_query(benchmark, bench_record, sql_data, duckdb_parquet):
     files = ", ".join(f"'{path}'" for path in sql_data.point_files())
-    query = f"SELECT * FROM read_parquet([{files}], hive_partitioning = false) WHERE {_point_where(sql_data)}"
+    query = f"SELECT * FROM read_parquet([{files}], hive_partitioning = true) WHERE {_point_where(sql_data)}"
     result = benchmark.pedantic(_duckdb, args=(duckdb_parquet, query), rounds=POINT_ROUNDS, warmup_rounds=2)
     _check_point(result, sql_data)
     _point_record(benchmark, bench_record, "duckdb_partition_point", "DuckDB read_parquet(partition files)")

@@ -17,14 +17,13 @@ One set of definitions, with paths relative to the store directory, serves two p
   ``timeframe``) then opens only that partition's files, and the per-file statistics skip the row groups
   outside a ``ts`` range. DuckDB takes every ``key=value`` directory of a path for a partition, the
   store's parent directories included, so a store below such a directory is read without hive
-  partitioning (the same rows, found through the statistics alone).
+  partitioning (the same rows, the keys taken from the file names, found through the statistics alone).
+  The catalog's views read that way too, since where it will be opened from is not known.
 
 >>> import tempfile
 >>> from featurestore.store import Store
 >>> view_definitions(Store(tempfile.mkdtemp()))
 {}
->>> print(ParquetView("kind=bars/**/*.parquet", ("kind", "year")).select("/data/store/", hive=True))
-SELECT * EXCLUDE (kind, year) FROM read_parquet('/data/store/kind=bars/**/*.parquet', hive_partitioning = true, union_by_name = true)
 """
 
 from __future__ import annotations
@@ -48,6 +47,8 @@ from featurestore.store import Store
 __all__ = ["ParquetView", "create_view", "create_views", "hive_safe", "refresh_catalog", "view_definitions"]
 
 _META_TABLE = "featurestore_catalog"
+BAR_KEYS = ("kind", "exchange", "timeframe", "symbol", "year")
+FEATURE_KEYS = ("kind", "view", "version", "exchange", "symbol", "year")
 _COMMENT = ("paths relative to the store directory: open this catalog from there (cd <store>), "
             "or SET file_search_path = '<store>'")
 
@@ -65,22 +66,41 @@ def _quote_literal(text: str) -> str:
 class ParquetView:
     """A view over the parquet files matching ``pattern`` (relative to the store directory).
 
-    ``path_keys`` are the partition keys of the paths that are not columns of the files: read with hive
-    partitioning they would become columns, so they are left out and the view has the files' columns
-    either way.
+    ``keys`` are the partition keys of the files' paths below the store directory, in order; the files do
+    not hold them as columns. The view shows the ``shown`` ones first, then the files' columns: with hive
+    partitioning read from the paths by DuckDB (so a filter on them prunes files), without it extracted
+    from each file's name, anchored at the end of the path so no parent directory can be taken for a key.
     """
 
     pattern: str
-    path_keys: tuple[str, ...]
+    keys: tuple[str, ...]
+    shown: tuple[str, ...]
+
+    def _key_from_filename(self, wanted: str) -> str:
+        """``wanted``'s value, decoded, from the ``filename`` column."""
+        segments = "/".join(f"{key}=([^/]*)" if key == wanted else f"{key}=[^/]*" for key in self.keys)
+        return f"url_decode(regexp_extract(filename, {_quote_literal(segments + '/[^/]*$')}, 1)) AS \"{wanted}\""
 
     def select(self, root: str = "", *, hive: bool = False, files: Sequence[str] | None = None) -> str:
         """The view's SELECT, its paths prefixed with ``root`` (a directory ending in ``/``, or nothing);
-        ``files`` (relative to the store) instead of ``pattern`` when given."""
-        columns = f"* EXCLUDE ({', '.join(self.path_keys)})" if hive else "*"
+        ``files`` (relative to the store) instead of ``pattern`` when given.
+
+        >>> view = ParquetView("kind=features/view=v/**/*.parquet", ("kind", "view", "symbol"), ("symbol",))
+        >>> print(view.select("/data/store/", hive=True))
+        SELECT "symbol", * EXCLUDE ("kind", "view", "symbol") FROM read_parquet('/data/store/kind=features/view=v/**/*.parquet', hive_partitioning = true, union_by_name = true)
+        >>> print(view.select())
+        SELECT url_decode(regexp_extract(filename, 'kind=[^/]*/view=[^/]*/symbol=([^/]*)/[^/]*$', 1)) AS "symbol", COLUMNS(lambda c: c NOT IN ('filename', 'symbol')) FROM read_parquet('kind=features/view=v/**/*.parquet', hive_partitioning = false, union_by_name = true, filename = true)
+        """
         paths = (f"[{', '.join(_quote_literal(root + f) for f in files)}]" if files is not None
                  else _quote_literal(root + self.pattern))
-        return (f"SELECT {columns} FROM read_parquet({paths}, "
-                f"hive_partitioning = {str(hive).lower()}, union_by_name = true)")
+        shown = [f'"{key}"' for key in self.shown]
+        if hive:
+            columns = f"{', '.join(shown)}, * EXCLUDE ({', '.join(f'{chr(34)}{key}{chr(34)}' for key in self.keys)})"
+            return f"SELECT {columns} FROM read_parquet({paths}, hive_partitioning = true, union_by_name = true)"
+        hidden = ", ".join(_quote_literal(name) for name in ("filename", *self.shown))
+        columns = ", ".join([*(self._key_from_filename(key) for key in self.shown), f"COLUMNS(lambda c: c NOT IN ({hidden}))"])
+        return (f"SELECT {columns} FROM read_parquet({paths}, hive_partitioning = false, union_by_name = true, "
+                "filename = true)")
 
     def guarded_select(self, store: Store, damaged: Mapping[Path, str], root: str = "", *,
                        hive: bool = False) -> str:
@@ -88,7 +108,7 @@ class ParquetView:
         keys that raises an error naming the file: a statement that touches that partition fails with the
         error, one whose filters rule the partition out (``WHERE symbol = 'ETH/USDT'``) runs.
 
-        >>> view = ParquetView("kind=bars/**/*.parquet", ("kind", "year"))
+        >>> view = ParquetView("kind=bars/**/*.parquet", BAR_KEYS, BAR_KEYS[1:-1])
         >>> damaged = Path("/s/kind=bars/exchange=x/timeframe=1m/symbol=A%2FB/year=2024/bars.parquet")
         >>> print(view.guarded_select(Store("/s"), {damaged: "cut short"}))  # no readable file: only the guard
         SELECT * FROM (VALUES ('x', '1m', 'A/B')) AS damaged("exchange", "timeframe", "symbol") WHERE error('damaged file kind=bars/exchange=x/timeframe=1m/symbol=A%2FB/year=2024/bars.parquet: cut short; move it ...')
@@ -99,7 +119,7 @@ class ParquetView:
         parts = [self.select(root, hive=hive, files=readable)] if readable else []
         for path, why in damaged.items():
             keys = {key: unquote(value) for key, sep, value in (part.partition("=") for part in relative[path].parts)
-                    if sep and key not in self.path_keys}
+                    if sep and key in self.shown}
             message = f"damaged file {root}{relative[path].as_posix()}: {why}; {REPAIR}"
             parts.append(f"SELECT * FROM (VALUES ({', '.join(map(_quote_literal, keys.values()))})) AS "
                          f"damaged({', '.join(f'{chr(34)}{key}{chr(34)}' for key in keys)}) "
@@ -115,12 +135,11 @@ def view_definitions(store: Store) -> dict[str, ParquetView]:
     """View name -> its parquet files, for every dataset present in the store."""
     views: dict[str, ParquetView] = {}
     if any(store.bars_root.rglob("*.parquet")):
-        views["bars"] = ParquetView(_relative(store, store.bars_root), ("kind", "year"))
+        views["bars"] = ParquetView(_relative(store, store.bars_root), BAR_KEYS, ("exchange", "timeframe", "symbol"))
     for name in store.feature_views():
         shown = sql_version(store, name)
         for version in store.stored_versions(name):
-            view = ParquetView(_relative(store, store.version_dir(name, version)),
-                               ("kind", "view", "version", "exchange", "year"))
+            view = ParquetView(_relative(store, store.version_dir(name, version)), FEATURE_KEYS, ("symbol",))
             views[f"features_{name}__{version}"] = view
             if version == shown:
                 views[f"features_{name}"] = view

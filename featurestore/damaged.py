@@ -22,13 +22,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from featurestore.errors import DamagedFileError
 
-__all__ = ["REPAIR", "check_readable", "damaged_files", "scan_stored"]
+__all__ = ["REPAIR", "check_readable", "damaged_files"]
 
 #: What to do about a damaged file of the store.
 REPAIR = "move it out of the store (or restore it from a backup), then ingest its bars or backfill its features again"
@@ -57,7 +56,3 @@ def check_readable(files: Sequence[Path], *, fix: str = REPAIR) -> Sequence[Path
             raise DamagedFileError(path, problem, fix)
     return files
 
-
-def scan_stored(files: Sequence[Path], *, fix: str = REPAIR) -> pl.LazyFrame:
-    """Stored parquet files (their paths' partition keys not read), lazily, once each is known readable."""
-    return pl.scan_parquet(check_readable(files, fix=fix), hive_partitioning=False)

@@ -19,7 +19,8 @@ This module is the one place that spells out the store's paths; every other modu
       monitor/consistency-<view>.json  the latest `featurestore consistency` report of a view
       .write.lock                    writers of the parquet files take turns on it
 
-Partition values are URL-quoted (``BTC/USDT`` is ``BTC%2FUSDT``).
+Partition values are URL-quoted (``BTC/USDT`` is ``BTC%2FUSDT``). The partition keys live in the paths
+only, not in the files, so hive-aware readers (pyarrow, pandas, DuckDB, polars) agree on their types.
 
 >>> import tempfile
 >>> layout = Layout(tempfile.mkdtemp())
@@ -188,6 +189,11 @@ class Layout:
             files = [f for f in files if f.parent.parent.name in wanted]
         return files
 
+    @staticmethod
+    def feature_file_symbol(path: Path) -> str:
+        """The symbol of a feature file (``feature_year_file``), from its path."""
+        return _value(path.parent.parent.name)
+
     def feature_views(self) -> list[str]:
         """Names of the views with a directory under ``kind=features``, sorted."""
         return sorted(_value(path.name) for path in self.features_root.glob("view=*"))
@@ -204,6 +210,11 @@ class Layout:
     def stream_dir(self, view_name: str, version: str) -> Path:
         """Where the dataflow writes parquet parts of one view version (beside, not mixed into, the backfill)."""
         return self.root / "kind=stream" / f"view={view_name}" / f"version={version}"
+
+    @staticmethod
+    def stream_part_symbol(path: Path) -> str:
+        """The symbol of a stream part (``stream_part``), from its path."""
+        return _value(path.parent.name)
 
     def stream_part(self, view_name: str, version: str, exchange: str, symbol: str, first_ms: int,
                     last_ms: int) -> Path:

@@ -3,9 +3,10 @@
 Paths are ``featurestore.layout``'s:
 ``kind=features/view=<name>/version=<v>/exchange=<x>/symbol=<url-quoted>/year=<yyyy>/features.parquet``.
 
-Columns: ``symbol``, ``ts`` (the feature row's time: the close of the last bar it uses), one Float64
-column per feature, ``created_at`` (when the row was written) and ``view_version``. Versions live
-side by side, so a changed definition never mixes with rows of another version.
+Rows as read: ``symbol``, ``ts`` (the feature row's time: the close of the last bar it uses), one Float64
+column per feature, ``created_at`` (when the row was written) and ``view_version``. The files hold all
+but ``symbol``, which lives in their path like the other partition keys (``featurestore.store``). Versions
+live side by side, so a changed definition never mixes with rows of another version.
 
 >>> import tempfile
 >>> from featurestore.builtin_views import RESEARCH
@@ -18,6 +19,7 @@ featurestore.errors.FeatureStoreError: no stored features for view 'research' (v
 from __future__ import annotations
 
 import contextlib
+import itertools
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,10 +27,9 @@ from pathlib import Path
 import polars as pl
 
 from featurestore.atomic import atomic_path
-from featurestore.damaged import scan_stored
 from featurestore.definitions import FeatureView
 from featurestore.errors import FeatureStoreError, VersionSkewError
-from featurestore.store import Store, split_by_year
+from featurestore.store import Store, scan_partition, split_by_year
 
 __all__ = ["StoredRange", "read_features", "read_symbol_features", "stored_range", "write_symbol_features"]
 
@@ -54,7 +55,7 @@ def stored_range(store: Store, view: FeatureView, exchange: str | None = None,
              else store.feature_files(view.name, view.version, exchange))
     if not files:
         return StoredRange(0, None, None)
-    rows, first, last = scan_stored(files).select(
+    rows, first, last = scan_partition(files, {}).select(
         pl.len(), pl.col("ts").min().alias("first"), pl.col("ts").max().alias("last")).collect().row(0)
     return StoredRange(rows, first, last)
 
@@ -62,7 +63,7 @@ def stored_range(store: Store, view: FeatureView, exchange: str | None = None,
 def read_symbol_features(store: Store, view: FeatureView, exchange: str, symbol: str) -> pl.DataFrame | None:
     """One symbol's stored rows of the view's current version, sorted by ts (None when nothing is stored)."""
     files = _files(store, view, exchange, symbol)
-    return scan_stored(files).collect() if files else None
+    return scan_partition(files, {"symbol": symbol}).collect() if files else None
 
 
 def write_symbol_features(store: Store, view: FeatureView, exchange: str, symbol: str, rows: pl.DataFrame,
@@ -93,7 +94,7 @@ def write_symbol_features(store: Store, view: FeatureView, exchange: str, symbol
             for year, part in split_by_year(stamped):
                 path = store.feature_year_file(view.name, view.version, exchange, symbol, year)
                 if path.exists():
-                    stored = scan_stored([path]).collect()
+                    stored = scan_partition([path], {"symbol": symbol}).collect()
                     part = pl.concat([stored, part.join(stored.select("ts"), on="ts", how="anti")]).sort("ts")
                     written += part.height - stored.height
                 else:
@@ -105,7 +106,7 @@ def write_symbol_features(store: Store, view: FeatureView, exchange: str, symbol
 
 def _write_parquet(rows: pl.DataFrame, path: Path) -> None:
     # snappy: feature values are near-random floats that compress little; it writes ~2x faster than zstd
-    rows.write_parquet(path, compression="snappy", statistics=True)
+    rows.drop("symbol").write_parquet(path, compression="snappy", statistics=True)
 
 
 def read_features(store: Store, view: FeatureView, *, symbols: list[str] | None = None,
@@ -118,7 +119,8 @@ def read_features(store: Store, view: FeatureView, *, symbols: list[str] | None 
     wanted = version or view.version
     files = store.feature_files(view.name, wanted, symbols=symbols)
     if files:
-        return scan_stored(files)
+        return pl.concat([scan_partition(list(group), {"symbol": symbol})
+                          for symbol, group in itertools.groupby(files, key=store.feature_file_symbol)])
     others = [v for v in store.stored_versions(view.name) if v != wanted]
     if others and version is None:
         raise VersionSkewError(

@@ -1,8 +1,12 @@
 """The store directory's bars: hive-partitioned parquet, one sorted file per series and year.
 
-Paths are ``featurestore.layout``'s (``kind=bars/exchange=<x>/timeframe=<tf>/symbol=<s>/year=<y>/bars.parquet``),
-readable as-is by DuckDB and polars; by pandas with ``pd.read_parquet(dir, partitioning=None)``, since
-pyarrow's hive inference would clash with the key columns the files also hold. Each file holds the partition keys as columns too, sorted by ``ts``, unique on ``ts``.
+Paths are ``featurestore.layout``'s (``kind=bars/exchange=<x>/timeframe=<tf>/symbol=<s>/year=<y>/bars.parquet``).
+Each file holds ``ts`` and the bar's values, sorted by ``ts``, unique on ``ts``; the partition keys live
+in the path only, so every hive-aware reader agrees on their type: ``pyarrow.dataset(dir,
+partitioning="hive")``, ``pandas.read_parquet(dir)``, DuckDB's ``read_parquet(glob, hive_partitioning =
+true)`` and ``polars.scan_parquet(dir, hive_partitioning=True)``. Files written before held the keys as
+columns too; they read the same way here (``scan_partition``), and are rewritten without them by the next
+write of their year.
 
 >>> import tempfile, polars as pl
 >>> from datetime import datetime, timezone
@@ -24,7 +28,7 @@ import contextlib
 import fcntl
 import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 
@@ -33,13 +37,14 @@ import polars as pl
 from featurestore.atomic import remove_orphans, write_parquet_atomic
 from featurestore.bars import BAR_COLUMNS, TS_DTYPE
 from featurestore.config import StoreConfig, read_config
-from featurestore.damaged import REPAIR, scan_stored
+from featurestore.damaged import REPAIR, check_readable
 from featurestore.errors import FeatureStoreError, StoreConflictError
 from featurestore.layout import BarSeries, Layout
 
-__all__ = ["BarSeries", "Store", "default_store_root", "split_by_year"]
+__all__ = ["BarSeries", "Store", "default_store_root", "scan_partition", "split_by_year"]
 
 STORED_BAR_COLUMNS = ("exchange", "timeframe", *BAR_COLUMNS)
+_FILE_COLUMNS = BAR_COLUMNS[1:]  # a bar file's columns: the series is named by its path
 
 
 def default_store_root(explicit: str | os.PathLike | None = None) -> Path:
@@ -90,24 +95,24 @@ class Store(Layout):
                     f"no stored bars for {missing} on exchange {exchange!r}, timeframe {timeframe!r} in {self.root}; "
                     f"stored symbols: {[s.symbol for s in self.series(exchange=exchange, timeframe=timeframe)]}"
                 )
-        files = [f for s in chosen for f in self.bar_files(s)]
-        if not files:
+        scans = [_scan(s, files) for s in chosen if (files := self.bar_files(s))]
+        if not scans:
             return pl.LazyFrame(schema=_stored_schema())
-        return _scan(files)
+        return pl.concat(scans)
 
     def scan_series(self, series: BarSeries) -> pl.LazyFrame:
         """Lazily read one stored series (names its files directly: no listing of the store)."""
         files = self.bar_files(series)
         if not files:
             raise FeatureStoreError(f"no stored bars for {series} in {self.root}")
-        return _scan(files)
+        return _scan(series, files)
 
     def last_bar_ts(self, series: BarSeries) -> datetime | None:
         """Open time of the newest stored bar of the series, or None when nothing is stored."""
         files = self.bar_files(series)
         if not files:
             return None
-        return _scan(files[-1:]).select(pl.col("ts").max()).collect().item()
+        return _scan(series, files[-1:]).select(pl.col("ts").max()).collect().item()
 
     def write_bars(self, bars: pl.DataFrame, *, exchange: str, timeframe: str) -> dict[str, int]:
         """Merge validated bars into the store; return the number of new rows per symbol.
@@ -130,20 +135,35 @@ class Store(Layout):
             series = BarSeries(exchange, timeframe, symbol)
             path = self.year_file(series, year)
             remove_orphans(path.parent)  # a killed writer's temporary files, also when nothing here is new
-            stored = _scan([path]).collect() if path.exists() else None
+            stored = _scan(series, [path]).collect() if path.exists() else None
             fresh = part if stored is None else _only_new(stored, part, path)
             new_rows[symbol] = new_rows.get(symbol, 0) + fresh.height
             if fresh.height:
                 merged = fresh if stored is None else pl.concat([stored, fresh])
-                planned.append((path, merged.sort("ts")))
+                planned.append((path, merged.select(_FILE_COLUMNS).sort("ts")))
         for path, frame in planned:
             write_parquet_atomic(frame, path)
         return new_rows
 
 
-def _scan(files: list[Path]) -> pl.LazyFrame:
-    """Stored bar files, read lazily once their footers are known to be readable (``featurestore.damaged``)."""
-    return scan_stored(files, fix=f"{REPAIR}; `featurestore validate` lists every damaged bar file")
+def _scan(series: BarSeries, files: list[Path]) -> pl.LazyFrame:
+    """Files of one series, lazily, with its keys as columns (``STORED_BAR_COLUMNS``)."""
+    keys = {"exchange": series.exchange, "timeframe": series.timeframe, "symbol": series.symbol}
+    return scan_partition(files, keys, fix=f"{REPAIR}; `featurestore validate` lists every damaged bar file")
+
+
+def scan_partition(files: Sequence[Path], keys: Mapping[str, str], *, fix: str = REPAIR) -> pl.LazyFrame:
+    """Stored files of one partition, lazily, once each is known to be readable (``featurestore.damaged``),
+    with the partition's ``keys`` (from the path) as leading String columns; a file that also holds them
+    as columns (written before they lived in the path only) has those dropped."""
+    check_readable(files, fix=fix)
+    names = list(keys)
+    if set(names) & set(pl.read_parquet_schema(files[0])):  # an older first file: read each file on its own
+        scanned = pl.concat([pl.scan_parquet(path, hive_partitioning=False).drop(names, strict=False)
+                             for path in files])
+    else:  # one scan; older files later in the list have their key columns ignored
+        scanned = pl.scan_parquet(files, hive_partitioning=False, extra_columns="ignore")
+    return scanned.select(*(pl.lit(value, pl.String).alias(key) for key, value in keys.items()), pl.all())
 
 
 def split_by_year(frame: pl.DataFrame) -> list[tuple[int, pl.DataFrame]]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime
-from urllib.parse import quote
 
 import numpy as np
 import polars as pl
@@ -32,7 +31,7 @@ import polars as pl
 from featurestore.definitions import FeatureView
 from featurestore.errors import FeatureStoreError
 from featurestore.store import BarSeries, Store
-from streaming.sinks.offline_parts import parts_dir
+from streaming.sinks.offline_parts import scan_parts
 from training.codec import decode, encode
 
 __all__ = ["ConsistencyReport", "FeatureConsistency", "Mismatch", "compare_bits", "consistency"]
@@ -133,11 +132,10 @@ def compare_bits(served: pl.DataFrame, offline: pl.DataFrame, features: list[str
 
 def _served(store: Store, view: FeatureView, exchange: str, symbols: list[str] | None) -> pl.DataFrame:
     """The logged rows of ``exchange`` (each row once: the first logged), sorted by symbol and time."""
-    files = sorted((parts_dir(store, view) / f"exchange={quote(exchange, safe='')}").glob("symbol=*/part-*.parquet"))
-    if not files:
+    rows = scan_parts(store, view, exchange)
+    if not rows.collect_schema():
         raise FeatureStoreError(f"no rows logged for view {view.name!r} version {view.version} on {exchange}: run "
                                 f"`featurestore stream --view {view.name}` (the row log is on unless --no-offline-parts)")
-    rows = pl.scan_parquet(files, hive_partitioning=False)
     if symbols is not None:
         rows = rows.filter(pl.col("symbol").is_in(symbols))
     return rows.sort("symbol", "ts", "created_at").unique(["symbol", "ts"], keep="first").sort("symbol", "ts").collect()

@@ -62,45 +62,14 @@ def test_write_read_round_trip_is_exact(tmp_path):
         f"kind=bars/exchange=binance/timeframe=1h/symbol={quoted}/year=2024/bars.parquet"
         for quoted in ("BTC%2FUSDT", "BTC%2FUSDT%3AUSDT", "ETH%2FUSDT")
     ]
-    # Each file is sorted by ts and carries its partition keys as columns.
+    # Each file is sorted by ts and holds the bars' values; the partition keys live in its path only.
     for path in bar_files(store.root):
         frame = pl.read_parquet(path, hive_partitioning=False)
         assert frame["ts"].is_sorted() and frame["ts"].n_unique() == frame.height
-        assert frame["exchange"].unique().to_list() == ["binance"]
+        assert frame.columns == list(BAR_COLUMNS[1:])
     # Only the lock file is hidden: no temporary file is left behind by a completed write.
     hidden = [p.name for p in store.root.rglob(".*")]
     assert hidden == [".write.lock"]
-
-
-@pytest.mark.parametrize("hive", ["auto", "true", "false"])
-def test_duckdb_reads_the_files_with_symbols_intact(synthetic_store, hive):
-    expected = stored_bars(synthetic_store)
-    option = "" if hive == "auto" else f", hive_partitioning = {hive}"
-    got = duckdb.sql(
-        f"SELECT * FROM read_parquet('{synthetic_store.root}/kind=bars/**/*.parquet'{option}) ORDER BY symbol, ts"
-    ).pl()
-    assert sorted(set(got["symbol"])) == sorted(SYMBOLS)
-    if hive != "false":
-        assert got["year"].to_list() == [2024] * got.height
-    got = got.select(*expected.columns).with_columns(pl.col("ts").dt.convert_time_zone("UTC").cast(TS_DTYPE))
-    assert_frame_equal(got, expected, check_exact=True)
-
-
-def test_polars_reads_the_files_with_hive_partitioning_and_symbols_intact(synthetic_store):
-    expected = stored_bars(synthetic_store)
-    for source in (f"{synthetic_store.root}/kind=bars/**/*.parquet", f"{synthetic_store.root}/kind=bars/"):
-        got = pl.scan_parquet(source, hive_partitioning=True).collect()
-        assert {"exchange", "timeframe", "symbol", "year"} <= set(got.columns)
-        assert sorted(got["symbol"].unique()) == sorted(SYMBOLS)
-        assert_frame_equal(got.select(expected.columns).sort("symbol", "ts"), expected, check_exact=True)
-
-
-def test_pandas_reads_the_store_without_hive_partitioning(synthetic_store):
-    import pandas as pd
-
-    frame = pd.read_parquet(synthetic_store.root / "kind=bars", partitioning=None)
-    assert sorted(frame["symbol"].unique()) == sorted(SYMBOLS)
-    assert len(frame) == 3 * 168
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import pty
+import stat
 import struct
 import subprocess
 import sys
@@ -126,6 +127,9 @@ def test_train_list_promote(setup):
     assert "buy & hold" in done.stdout and "Sharpe" in done.stdout and "ONNX parity over" in done.stdout
     assert "(chosen on these folds, cost-aware)" in done.stdout and "%|" not in done.stderr
     (version_dir,) = [p for p in (store / "models" / "btc_reg").iterdir() if not p.name.startswith(".")]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(version_dir.stat().st_mode) == 0o777 & ~umask  # the umask's, not mkdtemp's 0700
     meta = ModelMeta.read(version_dir)
     assert meta.training.symbols == ("BTC/USDT",) and meta.onnx.input_dtype == "float64"
     assert meta.feature_names[:1] == ("hourly__ret_1",) and meta.feature_names[-1] == "daily_trend__mfi_14"

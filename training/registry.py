@@ -27,8 +27,8 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +74,8 @@ def publish(root: Path, name: str, version: str) -> Iterator[Path]:
     """
     parent = Path(root) / _check("name", name)
     parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{_check('version', version)}.", suffix=".staging", dir=parent))
+    staging = parent / f".{_check('version', version)}.{os.getpid()}.{secrets.token_hex(4)}.staging"
+    staging.mkdir()  # with the umask, as every directory of the store (tempfile.mkdtemp would force 0700)
     try:
         yield staging
         final = parent / version

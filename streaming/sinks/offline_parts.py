@@ -5,7 +5,8 @@ from the offline store after the fact (``streaming.consistency``).
 Parts live beside the backfilled ``kind=features`` files, which stay the source of truth
 (``featurestore.layout``: ``kind=stream/view=<name>/version=<v>/exchange=<x>/symbol=<s>/part-<start>-<end>.parquet``).
 Columns as in the offline store: ``symbol``, ``ts``, the features, ``created_at`` (when the flow logged the
-row: the clock of the run that first wrote it), ``view_version``.
+row: the clock of the run that first wrote it), ``view_version``; ``symbol`` lives in the path only, like
+every partition key (``featurestore.store``).
 
 A part holds one symbol's rows of one cell of a fixed grid of row times, ``CELL_BARS`` bars of the view's
 timeframe (a UTC day of 1m rows), ``start <= ts < end``. One partition per symbol keeps the rows of the
@@ -34,9 +35,11 @@ and a row logged already keeps its first values. Parts are written atomically.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 from zlib import adler32
 
 import polars as pl
@@ -45,7 +48,7 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 from featurestore.atomic import write_parquet_atomic
 from featurestore.bars import TS_DTYPE
 from featurestore.definitions import FeatureView
-from featurestore.store import Store
+from featurestore.store import Store, scan_partition
 from featurestore.timeframes import timeframe_ms
 from streaming.clock import Clock
 from streaming.items import FeatureRows, RowValues
@@ -62,10 +65,14 @@ def parts_dir(store: Store, view: FeatureView) -> Path:
     return store.stream_dir(view.name, view.version)
 
 
-def scan_parts(store: Store, view: FeatureView) -> pl.LazyFrame:
-    """Every part of the view's current version (any order; sort by ``symbol``, ``ts`` if needed)."""
-    return pl.scan_parquet(sorted(parts_dir(store, view).glob("exchange=*/symbol=*/part-*.parquet")),
-                           hive_partitioning=False)
+def scan_parts(store: Store, view: FeatureView, exchange: str | None = None) -> pl.LazyFrame:
+    """Every part of the view's current version (of one ``exchange``, or all), with ``symbol`` from the
+    paths (any order; sort by ``symbol``, ``ts`` if needed); an empty frame when there is none."""
+    exchanges = "exchange=*" if exchange is None else f"exchange={quote(exchange, safe='')}"
+    files = sorted(parts_dir(store, view).glob(f"{exchanges}/symbol=*/part-*.parquet"))
+    scans = [scan_partition(list(group), {"symbol": symbol})
+             for symbol, group in itertools.groupby(files, key=store.stream_part_symbol)]
+    return pl.concat(scans) if scans else pl.LazyFrame()
 
 
 @dataclass
@@ -148,7 +155,7 @@ class _PartsPartition(StatefulSinkPartition[FeatureRows, "_Cell | None"]):
             if cell is not None and cell.dirty:
                 self._write(cell)  # complete: a row of a later cell arrived
             path = self._sink.part_path(self._symbol, index)
-            stored = [] if not path.exists() else [([], pl.read_parquet(path, hive_partitioning=False), 0)]
+            stored = [] if not path.exists() else [([], scan_partition([path], {"symbol": self._symbol}).collect(), 0)]
             cell = self._cell = _Cell(index, self._sink.view.version, stored)
         chunks = cell.chunks
         if isinstance(rows, RowValues):
@@ -182,7 +189,7 @@ class _PartsPartition(StatefulSinkPartition[FeatureRows, "_Cell | None"]):
         frame = pl.concat(frames)
         if len(frames) > 1 and isinstance(cell.chunks[0][1], pl.DataFrame):  # a stored part: its rows stay first
             frame = frame.unique("ts", keep="first", maintain_order=True).sort("ts")
-        write_parquet_atomic(frame, sink.part_path(self._symbol, cell.index), compression="snappy")
+        write_parquet_atomic(frame.drop("symbol"), sink.part_path(self._symbol, cell.index), compression="snappy")
         cell.dirty = False
 
     def snapshot(self) -> _Cell | None:

@@ -255,9 +255,10 @@ sys.exit(main())
 """
 
 # moment -> (audit event, its n-th occurrence, 1m bar files visible after the kill); the run writes 4 files,
-# each as mkstemp (an empty temporary file), write, fsync, os.replace ("os.rename"), unlink ("os.remove").
+# each as os.open of an empty temporary file ("open"), write, fsync, os.replace ("os.rename"), unlink
+# ("os.remove").
 KILL_MOMENTS = {
-    "a temporary file created, nothing written to it": ("tempfile.mkstemp", 1, 0),
+    "a temporary file created, nothing written to it": ("open", 1, 0),
     "the first file written, not yet renamed": ("os.rename", 1, 0),
     "the first file renamed into place": ("os.remove", 1, 1),
     "every file in place, the catalog not yet refreshed": ("os.remove", 4, 4),
@@ -298,6 +299,7 @@ def test_a_killed_ingest_leaves_a_readable_store_and_a_rerun_completes_it(tmp_pa
     assert [p.relative_to(root) for p in bar_files(root) if "timeframe=1m" in str(p)] == [
         p.relative_to(uninterrupted.root) for p in bar_files(uninterrupted.root)]
     assert run_sql("SELECT count(*) AS n FROM bars WHERE timeframe = '1m'", Store(root))["n"].item() == expected.height
+    assert not list(root.rglob("*.tmp"))  # the killed writer's temporary file, removed by the re-run
 
 
 def test_a_rerun_repairs_the_catalog_of_an_ingest_killed_before_its_catalog_refresh(tmp_path, monkeypatch):

@@ -23,7 +23,11 @@ difference has decayed, which takes 5-10 windows: e.g. ema_48 from bar ~313, RSI
   with its signal), %K at 15 (TA-Lib: 17, aligned with %D), ATR at 13 (TA-Lib: 14; bar 0's true range
   is taken as high - low).
 - Where a ratio's denominator is zero (flat market), RSI, MFI, %K and Williams %R follow TA-Lib and
-  give 0; Bollinger %B gives null.
+  give 0; Bollinger %B and the z-score give null.
+- MFI counts ties as TA-Lib does: a typical price within 1e-14 relative of the previous one did not move
+  (``money_flow_index``). The other comparisons compare stored prices (a close with the previous close, a
+  close with the window's high and low) or a deviation polars computes exactly 0 on a flat window, so a
+  decimal tie is an exact tie there.
 - ``log_volume`` is ``log1p(volume)``: zero-volume bars are legal and stay finite.
 
 >>> sorted(view.name for view in BUILTIN_VIEWS)
@@ -86,14 +90,24 @@ def rsi(period: int) -> pl.Expr:
 
 
 def money_flow_index(period: int) -> pl.Expr:
+    """TA-Lib's MFI, ties and empty windows included.
+
+    A typical price ``(h + l + c) / 3`` that moved by no more than 1e-14 of the two prices' magnitudes (TA-Lib's
+    dead zone, about 90 ulps) did not move: two bars whose prices sum to the same decimal can differ by an ulp
+    in floats, and neither direction gets their flow. A direction without any flow in the window sums to 0,
+    not to the running sum's rounding residue, so a window without any flow gives 0 as TA-Lib does.
+    """
     typical = (high + low + close) / 3.0
     previous = typical.shift(1)
+    change = typical - previous
+    tie = change.abs() <= 1e-14 * (typical.abs() + previous.abs())
     flow = typical * volume
 
     def directed(up: bool) -> pl.Expr:
         # null for the first bar (no direction yet), so the window holds `period` price changes
-        moved = typical > previous if up else typical < previous
-        return pl.when(previous.is_null()).then(None).when(moved).then(flow).otherwise(0.0).rolling_sum(period)
+        moved = change > 0.0 if up else change < 0.0
+        flows = pl.when(previous.is_null()).then(None).when(tie).then(0.0).when(moved).then(flow).otherwise(0.0)
+        return pl.when(flows.sign().rolling_sum(period) == 0.0).then(0.0).otherwise(flows.rolling_sum(period))
 
     positive, negative = directed(True), directed(False)
     return 100.0 * ratio_or_zero(positive, positive + negative)
@@ -140,6 +154,7 @@ _bb_sd = close.rolling_std(20, ddof=0)
 _highest, _lowest = high.rolling_max(14), low.rolling_min(14)
 _fast_k = 100.0 * ratio_or_zero(close - _lowest, _highest - _lowest)
 _stoch_k = _fast_k.rolling_mean(3)
+_zscore_sd = close.rolling_std(20)
 _hour = pl.col("close_ts").dt.hour()
 _weekday = pl.col("close_ts").dt.weekday()
 _INDICATORS = ViewTemplate(
@@ -156,7 +171,7 @@ _INDICATORS = ViewTemplate(
         "stoch_d": _stoch_k.rolling_mean(3),
         "obv": (close.diff().sign().fill_null(1.0) * volume).cum_sum(),
         "willr_14": -100.0 * ratio_or_zero(_highest - close, _highest - _lowest),
-        "zscore_20": (close - close.rolling_mean(20)) / close.rolling_std(20),
+        "zscore_20": pl.when(_zscore_sd == 0.0).then(None).otherwise((close - close.rolling_mean(20)) / _zscore_sd),
         "hour": _hour.cast(pl.Float64),
         "weekday": _weekday.cast(pl.Float64),
         **_cyclic(_hour, 24.0, "hour"),

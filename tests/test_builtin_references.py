@@ -269,8 +269,10 @@ def _obv(b: Bars) -> np.ndarray:
 
 
 def _zscore(b: Bars) -> np.ndarray:
+    """Null where the window is flat (the deviation is 0), as %B."""
+    sd = _std(b.close, 20, ddof=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        return (b.close - _mean(b.close, 20)) / _std(b.close, 20, ddof=1)
+        return np.where(sd == 0, np.nan, (b.close - _mean(b.close, 20)) / sd)
 
 
 def _calendar(b: Bars) -> dict[str, np.ndarray]:
@@ -461,17 +463,6 @@ REFERENCES: dict[tuple[str, str], list[Reference]] = {
     ],
 }
 
-# Known disagreements, each a bug left to its owner: the test stays, strict, so the fix is noticed.
-KNOWN = {
-    ("grid_ties", "mfi_14", "TA-Lib MFI"): (
-        "mfi_14 counts a tie as a move: (h + l + c) / 3 of two bars whose prices sum to the same decimal can "
-        "differ by an ulp, and ours compares them exactly where TA-Lib takes them as equal"),
-    ("flat_stretch", "mfi_14", "TA-Lib MFI"): (
-        "mfi_14 is 100 instead of 0 on a window with no price change after volatile bars: polars' rolling_sum "
-        "of the positive flows leaves -4.4e-11 where the sum is 0, so the zero-denominator rule never applies"),
-}
-
-
 @cache
 def _view_name(template: str, timeframe: str) -> str:
     return builtin_view(template, timeframe).name
@@ -481,12 +472,8 @@ def _reference_cases():
     for case in CASES:
         for (template, feature), references in REFERENCES.items():
             for reference in references:
-                marks = []
-                known = KNOWN.get((case, feature, reference.source))
-                if known:
-                    marks.append(pytest.mark.xfail(reason=known, strict=True))
                 view = _view_name(template, CASES[case][0])
-                yield pytest.param(case, template, feature, reference, marks=marks,
+                yield pytest.param(case, template, feature, reference,
                                    id=f"{case}-{view}.{feature}-{reference.source.split(':')[0].split(' ')[0]}")
 
 
@@ -550,20 +537,10 @@ def test_cases_are_legal_bar_series(case):
     validate_bars(_frame(case), CASES[case][0])
 
 
-NAN_BUGS = {("constant", "zscore_20"), ("flat_stretch", "zscore_20")}
-
-
-def _nan_cases():
-    for case in CASES:
-        for name, template in BUILTIN_TEMPLATES.items():
-            for feature in template.features:
-                marks = [pytest.mark.xfail(strict=True, reason=(
-                    "zscore_20 is NaN, not null, on a flat window: (close - mean) / std is 0 / 0 there; bb_pctb, "
-                    "the same ratio, is null by design"))] if (case, feature) in NAN_BUGS else []
-                yield pytest.param(case, name, feature, marks=marks, id=f"{case}-{name}.{feature}")
-
-
-@pytest.mark.parametrize(("case", "template", "feature"), list(_nan_cases()))
+@pytest.mark.parametrize(("case", "template", "feature"),
+                         [(case, name, feature) for case in CASES for name, template in BUILTIN_TEMPLATES.items()
+                          for feature in template.features],
+                         ids=lambda value: value)
 def test_a_feature_is_null_or_finite(case, template, feature):
     column = _ours(case, template)[feature].drop_nulls()
     assert column.is_finite().all(), f"{(~column.is_finite()).sum()} non-finite values"

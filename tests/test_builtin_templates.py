@@ -27,10 +27,10 @@ from featurestore.timeframes import timeframe_ms
 
 # Pinned: stored feature data records these versions. A different value means every stored dataset of that
 # view silently becomes another version; change only together with a migration note.
-DEFAULT_VERSIONS = {"research": "dd3bf15104ac5bd6", "indicators": "6e5fac7d415d543a",
-                    "daily_trend": "8696e43fb45e0982"}
-BOUND_VERSIONS = {("research", "1h"): "1af7c0e76f179f7b", ("indicators", "4h"): "8b3e3dcf770de8e8",
-                  ("daily_trend", "1w"): "9521b8a6e4f6c377"}
+DEFAULT_VERSIONS = {"research": "dd3bf15104ac5bd6", "indicators": "864cb782f9429de1",
+                    "daily_trend": "46c0d008376e73a0"}
+BOUND_VERSIONS = {("research", "1h"): "1af7c0e76f179f7b", ("indicators", "4h"): "0b63fc929029c4fe",
+                  ("daily_trend", "1w"): "ed8f68f326d13924"}
 
 
 def test_templates_are_the_three_builtin_sets_with_their_default_timeframes():

@@ -160,17 +160,21 @@ def test_engine_equals_backfill_for_every_operation(all_ops_engine, data, n):
 @pytest.mark.parametrize("view", BUILTIN_VIEWS, ids=lambda view: view.name)
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), cuts=st.lists(st.integers(0, 400), max_size=5),
-       kind=st.sampled_from(["walk", "constant", "zero_volume", "huge", "tiny"]))
+       kind=st.sampled_from(["walk", "constant", "zero_volume", "huge", "tiny", "ticks"]))
 def test_engine_equals_backfill_for_builtin_views(view, seed, cuts, kind):
     rng = np.random.default_rng(seed)
     close = 100 * np.exp(np.cumsum(rng.standard_normal(400) * 0.01))
     if kind == "constant":
         close = np.full(400, 42.0)
     scale = {"huge": 1e9, "tiny": 1e-8}.get(kind, 1.0)
+    if kind == "ticks":  # FX-like quotes on a 1e-5 grid moving a few ticks: many typical prices tie
+        close = (100_000 + np.cumsum(rng.integers(-2, 3, 400))) * 1e-5
     open_ = np.concatenate([[close[0]], close[:-1]])
+    high, low = np.maximum(open_, close) * 1.001, np.minimum(open_, close) * 0.999
+    if kind == "ticks":
+        high, low = np.maximum(open_, close) + rng.integers(0, 3, 400) * 1e-5, np.minimum(open_, close) - 1e-5
     bars = _bars({
-        "open": open_ * scale, "high": np.maximum(open_, close) * 1.001 * scale,
-        "low": np.minimum(open_, close) * 0.999 * scale, "close": close * scale,
+        "open": open_ * scale, "high": high * scale, "low": low * scale, "close": close * scale,
         "volume": np.zeros(400) if kind == "zero_volume" else rng.random(400) * 1000,
     })
     if view.timeframe == "1d":

@@ -18,6 +18,8 @@ import pandas as pd
 import polars as pl
 import pytest
 import talib
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
 from featurestore.bars import TS_DTYPE
@@ -195,3 +197,46 @@ def test_flat_market_ratios_are_zero_like_talib(volume):
 def test_flat_market_bollinger_pctb_is_null():
     out = INDICATORS.compute_symbol(_flat())
     assert out["bb_pctb"].slice(19).is_null().all(), out["bb_pctb"].slice(19, 3).to_list()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Prices on a 1e-5 grid (FX quotes): typical prices equal as decimals are ties, as in TA-Lib.
+
+
+@st.composite
+def _grid_bars(draw) -> pl.DataFrame:
+    """40-80 bars in ticks of 1e-5 around 0.5-2.0; about half repeat the previous bar's h + l + c with another
+    split between high, low and close (equal typical prices as decimals, often an ulp apart as floats); some
+    bars have no volume."""
+    n = draw(st.integers(40, 80))
+    level = draw(st.integers(50_000, 200_000))
+    rows, previous_sum = [], None
+    for _ in range(n):
+        below = draw(st.integers(1, 24))
+        if previous_sum is not None and draw(st.booleans()):
+            level, rest = divmod(previous_sum, 3)
+            above = draw(st.integers(max(1, -(-(rest + below) // 2)), rest + 2 * below))
+            close_ticks = previous_sum - (level - below) - (level + above)
+        else:
+            level += draw(st.integers(-4, 4))
+            above = draw(st.integers(1, 24))
+            close_ticks = draw(st.integers(level - below, level + above))
+        high_ticks, low_ticks = level + above, level - below
+        previous_sum = high_ticks + low_ticks + close_ticks
+        volume = draw(st.sampled_from([0.0, 1.0, 2.5, 1234.5]))
+        rows.append((high_ticks * 1e-5, low_ticks * 1e-5, close_ticks * 1e-5, volume))
+    high_, low_, close_, volume_ = (list(column) for column in zip(*rows, strict=True))
+    start = datetime(2021, 1, 1, tzinfo=UTC)
+    return pl.DataFrame({
+        "symbol": ["EUR/USD"] * n, "ts": pl.Series([start + timedelta(days=i) for i in range(n)], dtype=TS_DTYPE),
+        "open": close_, "high": high_, "low": low_, "close": close_, "volume": volume_})
+
+
+@given(bars=_grid_bars())
+@settings(max_examples=40, deadline=None)
+def test_mfi_counts_decimal_ties_as_talib_does_on_a_price_grid(bars):
+    h, lo, c, v = (bars[name].to_numpy() for name in ("high", "low", "close", "volume"))
+    ours = DAILY_TREND.compute_symbol(bars)["mfi_14"].fill_null(np.nan).to_numpy()
+    reference = talib.MFI(h, lo, c, v, 14)
+    np.testing.assert_array_equal(np.isnan(ours), np.isnan(reference))
+    np.testing.assert_allclose(ours[14:], reference[14:], rtol=0.0, atol=100 * RTOL)

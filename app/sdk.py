@@ -145,14 +145,17 @@ class FeatureStore:
     def ingest(self, source: str = "synthetic", *, symbols: Sequence[str] | None = None,
                timeframe: str | None = None, since: datetime | None = None, until: datetime | None = None,
                exchange: str | None = None, seed: int = 7, path: str | Path | None = None,
-               from_timeframe: str = "1m", regime: Regime | None = None) -> dict[str, int]:
+               from_timeframe: str = "1m", regime: Regime | None = None, allow_partial: bool = False) -> dict[str, int]:
         """Bring bars in from ``synthetic`` (default; the market switches to ``regime`` at its time), ``ccxt``,
-        ``csv`` (``path``, one symbol) or ``resample`` (``from_timeframe`` bars already stored); return new bars
-        per symbol."""
+        ``csv`` (``path``, one symbol) or ``resample`` (``from_timeframe`` bars already stored: complete periods
+        only, unless ``allow_partial``, which stores and records the others too); return new bars per symbol."""
         from featurestore import ingest
 
         now, timeframe = self.clock(), timeframe or self.config.timeframe
         since = since or _DEFAULT_SINCE
+        if allow_partial and source != "resample":
+            raise FeatureStoreError("allow_partial (--allow-partial) is for --source resample: other sources store "
+                                    "the bars they are given")
         if source == "synthetic":
             return ingest.ingest_synthetic(self.store, list(symbols or ["BTC/USDT"]), timeframe, since=since,
                                            until=until, now=now, seed=seed, regime=regime)
@@ -161,7 +164,7 @@ class FeatureStore:
         if source == "resample":
             return ingest.ingest_resampled(self.store, exchange=exchange or self.config.exchange or "synthetic",
                                            from_timeframe=from_timeframe, timeframe=timeframe, now=now,
-                                           symbols=list(symbols) if symbols else None)
+                                           symbols=list(symbols) if symbols else None, allow_partial=allow_partial)
         if source == "csv":
             if path is None or not symbols or len(symbols) != 1:
                 raise FeatureStoreError("a CSV import needs path=FILE and exactly one symbol (--path FILE --symbol S)")

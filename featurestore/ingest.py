@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from featurestore.bars import validate_bars
 from featurestore.catalog import refresh_catalog
-from featurestore.errors import ExchangeError, FeatureStoreError
+from featurestore.errors import ExchangeError, FeatureStoreError, StoreConflictError
 from featurestore.sources.csv_file import read_csv_bars
-from featurestore.sources.resample import resample_bars
+from featurestore.sources.resample import expected_fine_bars, resample_bars
 from featurestore.sources.synthetic import Regime, synthetic_bars
 from featurestore.store import BarSeries, Store
 from featurestore.timeframes import timeframe_ms
@@ -37,10 +37,12 @@ def closed_bars(bars: pl.DataFrame, timeframe: str, now: datetime) -> pl.DataFra
     return bars.filter(pl.col("ts") + pl.duration(milliseconds=timeframe_ms(timeframe)) <= now)
 
 
-def ingest_bars(store: Store, bars: pl.DataFrame, *, exchange: str, timeframe: str, source: str) -> dict[str, int]:
-    """Validate ``bars`` whole (raising before anything is written), store them, return new rows per symbol."""
+def ingest_bars(store: Store, bars: pl.DataFrame, *, exchange: str, timeframe: str, source: str,
+                partial: pl.DataFrame | None = None) -> dict[str, int]:
+    """Validate ``bars`` whole (raising before anything is written), store them (``partial``: those built from
+    incomplete periods, see ``Store.write_bars``), return the rows written per symbol."""
     checked = validate_bars(bars, timeframe, source=source)
-    new_rows = store.write_bars(checked, exchange=exchange, timeframe=timeframe)
+    new_rows = store.write_bars(checked, exchange=exchange, timeframe=timeframe, partial=partial)
     refresh_catalog(store)  # also when nothing was new: a re-run repairs a catalog a killed run left stale
     return new_rows
 
@@ -138,9 +140,26 @@ def _ingest_exchange_symbol(store: Store, client: ccxt.Exchange, symbol: str, ti
 
 
 def ingest_resampled(store: Store, *, exchange: str, from_timeframe: str, timeframe: str, now: datetime,
-                     symbols: list[str] | None = None) -> dict[str, int]:
-    """Derive ``timeframe`` bars from stored ``from_timeframe`` bars of the same exchange."""
+                     symbols: list[str] | None = None, allow_partial: bool = False) -> dict[str, int]:
+    """Derive ``timeframe`` bars of complete periods from stored ``from_timeframe`` bars of the same exchange
+    (``featurestore.sources.resample``); return the rows written per symbol.
+
+    ``allow_partial`` also stores ended periods with missing fine bars, recorded as such
+    (``featurestore.partial_bars``); fine bars that complete such a period later replace its bar.
+    """
+    expected = expected_fine_bars(from_timeframe, timeframe)
     fine = store.scan_bars(exchange, from_timeframe, symbols)
-    bars = closed_bars(resample_bars(fine, from_timeframe, timeframe), timeframe, now)
-    return ingest_bars(store, bars, exchange=exchange, timeframe=timeframe,
-                       source=f"{exchange} {from_timeframe} bars resampled to {timeframe}")
+    coarse = closed_bars(resample_bars(fine, from_timeframe, timeframe, allow_partial=allow_partial), timeframe, now)
+    partial = (coarse.filter(pl.col("fine_bars") < expected)
+               .select("symbol", "ts", from_timeframe=pl.lit(from_timeframe), fine_bars=pl.col("fine_bars").cast(pl.Int64),
+                       expected=pl.lit(expected, pl.Int64)))
+    source = f"{exchange} {from_timeframe} bars resampled to {timeframe}"
+    try:
+        return ingest_bars(store, coarse.drop("fine_bars"), exchange=exchange, timeframe=timeframe, source=source,
+                           partial=partial)
+    except StoreConflictError as exc:
+        raise StoreConflictError(
+            f"{exc} Resampled bars are derived from the {from_timeframe} bars: a {timeframe} bar stored from an "
+            f"incomplete period before partial bars were recorded is refused, not replaced. To rebuild the "
+            f"{timeframe} bars, remove {store.series_dir(BarSeries(exchange, timeframe, '-')).parent} "
+            f"and resample again.") from None

@@ -5,6 +5,7 @@ This module is the one place that spells out the store's paths; every other modu
 
     <root>/
       kind=bars/exchange=<x>/timeframe=<tf>/symbol=<url-quoted>/year=<yyyy>/bars.parquet
+      kind=bars/exchange=<x>/timeframe=<tf>/symbol=<url-quoted>/partial-bars.json   bars from incomplete periods
       kind=features/view=<name>/version=<v>/exchange=<x>/symbol=<url-quoted>/year=<yyyy>/features.parquet
       kind=stream/view=<name>/version=<v>/exchange=<x>/symbol=<url-quoted>/part-<first>-<last>.parquet
       featurestore.toml              the store's settings (``featurestore.config``)
@@ -127,6 +128,10 @@ class Layout:
 
     def year_file(self, series: BarSeries, year: int) -> Path:
         return self.series_dir(series) / f"year={year}" / _BAR_FILE
+
+    def partial_bars_file(self, series: BarSeries) -> Path:
+        """The record of the series' bars built from incomplete periods (``featurestore.partial_bars``)."""
+        return self.series_dir(series) / "partial-bars.json"
 
     def bar_files(self, series: BarSeries) -> list[Path]:
         """The series' files in time order (one per year); naming the partition keeps look-ups cheap."""

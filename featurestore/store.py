@@ -40,6 +40,7 @@ from featurestore.config import StoreConfig, read_config
 from featurestore.damaged import REPAIR, check_readable
 from featurestore.errors import FeatureStoreError, StoreConflictError
 from featurestore.layout import BarSeries, Layout
+from featurestore.partial_bars import PARTIAL_SCHEMA, partial_frame, read_partial_bars, write_partial_bars
 
 __all__ = ["BarSeries", "Store", "default_store_root", "scan_partition", "split_by_year"]
 
@@ -114,35 +115,54 @@ class Store(Layout):
             return None
         return _scan(series, files[-1:]).select(pl.col("ts").max()).collect().item()
 
-    def write_bars(self, bars: pl.DataFrame, *, exchange: str, timeframe: str) -> dict[str, int]:
-        """Merge validated bars into the store; return the number of new rows per symbol.
+    def write_bars(self, bars: pl.DataFrame, *, exchange: str, timeframe: str,
+                   partial: pl.DataFrame | None = None) -> dict[str, int]:
+        """Merge validated bars into the store; return the number of rows written (new or replacing) per symbol.
 
         Bars already stored with identical values are skipped (re-runs are idempotent). If any incoming
         bar disagrees with a stored one, or a stored file it merges with is damaged, nothing at all is
-        written. Each file is replaced atomically; temporary files of killed writers are removed.
+        written, unless the stored bar is recorded as built from an incomplete period
+        (``featurestore.partial_bars``): the incoming bar replaces it. ``partial`` lists the incoming bars
+        built from incomplete periods (``symbol`` and the record's columns): they are recorded; a recorded
+        bar replaced by a complete one leaves the record. Each file is replaced atomically (a bar is
+        recorded before it is written and unrecorded after); temporary files of killed writers are removed.
         """
         with self.write_lock():
-            return self._merge_bars(bars, exchange=exchange, timeframe=timeframe)
+            return self._merge_bars(bars, exchange=exchange, timeframe=timeframe, partial=partial)
 
-    def _merge_bars(self, bars: pl.DataFrame, *, exchange: str, timeframe: str) -> dict[str, int]:
+    def _merge_bars(self, bars: pl.DataFrame, *, exchange: str, timeframe: str,
+                    partial: pl.DataFrame | None) -> dict[str, int]:
         planned: list[tuple[Path, pl.DataFrame]] = []
+        records: list[tuple[BarSeries, pl.DataFrame, pl.DataFrame]] = []  # (series, while writing, after)
         new_rows: dict[str, int] = {}
         incoming = bars.with_columns(exchange=pl.lit(exchange), timeframe=pl.lit(timeframe)).select(
             STORED_BAR_COLUMNS)
-        parts = [(symbol, year, part) for symbol in incoming["symbol"].unique(maintain_order=True)
-                 for year, part in split_by_year(incoming.filter(pl.col("symbol") == symbol))]
-        for symbol, year, part in parts:
+        for symbol in incoming["symbol"].unique(maintain_order=True):
             series = BarSeries(exchange, timeframe, symbol)
-            path = self.year_file(series, year)
-            remove_orphans(path.parent)  # a killed writer's temporary files, also when nothing here is new
-            stored = _scan(series, [path]).collect() if path.exists() else None
-            fresh = part if stored is None else _only_new(stored, part, path)
-            new_rows[symbol] = new_rows.get(symbol, 0) + fresh.height
-            if fresh.height:
-                merged = fresh if stored is None else pl.concat([stored, fresh])
-                planned.append((path, merged.select(_FILE_COLUMNS).sort("ts")))
+            mine = incoming.filter(pl.col("symbol") == symbol)
+            recorded = read_partial_bars(self, series)
+            for year, part in split_by_year(mine):
+                path = self.year_file(series, year)
+                remove_orphans(path.parent)  # a killed writer's temporary files, also when nothing here is new
+                stored = _scan(series, [path]).collect() if path.exists() else None
+                fresh = part if stored is None else _to_write(stored, part, path, recorded["ts"])
+                new_rows[symbol] = new_rows.get(symbol, 0) + fresh.height
+                if fresh.height:
+                    kept = None if stored is None else stored.join(fresh.select("ts"), on="ts", how="anti")
+                    merged = fresh if kept is None else pl.concat([kept, fresh])
+                    planned.append((path, merged.select(_FILE_COLUMNS).sort("ts")))
+            arriving = (partial_frame([]) if partial is None else
+                        partial.filter(pl.col("symbol") == symbol).select(list(PARTIAL_SCHEMA)))
+            after = pl.concat([recorded.join(mine.select("ts"), on="ts", how="anti"), arriving]).sort("ts")
+            if not after.equals(recorded):
+                during = pl.concat([recorded.join(arriving.select("ts"), on="ts", how="anti"), arriving]).sort("ts")
+                records.append((series, during, after))
+        for series, during, _ in records:
+            write_partial_bars(self, series, during)
         for path, frame in planned:
             write_parquet_atomic(frame, path)
+        for series, _, after in records:
+            write_partial_bars(self, series, after)
         return new_rows
 
 
@@ -180,12 +200,13 @@ def _stored_schema() -> dict[str, pl.DataType]:
             **{name: pl.Float64() for name in BAR_COLUMNS[2:]}}
 
 
-def _only_new(stored: pl.DataFrame, incoming: pl.DataFrame, path: Path) -> pl.DataFrame:
-    """Rows of ``incoming`` not stored yet; raise if an overlapping row disagrees with the stored one."""
+def _to_write(stored: pl.DataFrame, incoming: pl.DataFrame, path: Path, replaceable: pl.Series) -> pl.DataFrame:
+    """Rows of ``incoming`` not stored with the same values; raise if one disagrees with a stored row whose ``ts``
+    is not ``replaceable``."""
     value_columns = list(BAR_COLUMNS[2:])
     overlap = incoming.join(stored, on="ts", how="inner", suffix="_stored")
-    differs = pl.any_horizontal(pl.col(c) != pl.col(f"{c}_stored") for c in value_columns)
-    conflicts = overlap.filter(differs)
+    differs = overlap.filter(pl.any_horizontal(pl.col(c) != pl.col(f"{c}_stored") for c in value_columns))
+    conflicts = differs.filter(~pl.col("ts").is_in(replaceable.implode()))
     if conflicts.height:
         row = conflicts.row(0, named=True)
         fields = ", ".join(f"{c}: stored {row[c + '_stored']} vs incoming {row[c]}"
@@ -194,5 +215,5 @@ def _only_new(stored: pl.DataFrame, incoming: pl.DataFrame, path: Path) -> pl.Da
             f"{conflicts.height} incoming bar(s) disagree with stored bars in {path}; first: symbol "
             f"{row['symbol']}, ts {row['ts']} ({fields}). Nothing was written."
         )
-    return incoming.join(stored.select("ts"), on="ts", how="anti")
-
+    unchanged = overlap.join(differs.select("ts"), on="ts", how="anti").select("ts")
+    return incoming.join(unchanged, on="ts", how="anti")

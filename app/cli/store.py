@@ -2,6 +2,7 @@
 
     featurestore init [--online-store URL] [--exchange X] [--timeframe 1m] [--definitions my_views.py]
     featurestore ingest --source synthetic|ccxt|csv|resample [--symbols ..] [--timeframe 1m] [--since ..]
+    featurestore ingest --source resample --from-timeframe 1h --timeframe 1d [--allow-partial]
     featurestore validate [--symbols ..]
     featurestore sql "SELECT ..." [--format table|csv|json|parquet] [--output FILE]
 """
@@ -43,7 +44,7 @@ def cmd_ingest(args: argparse.Namespace, fs: FeatureStore) -> int:
         raise FeatureStoreError("--source csv needs --path FILE.csv and one --symbol SYMBOL")
     new_rows = fs.ingest(args.source, symbols=args.symbols, timeframe=args.timeframe, since=args.start, until=args.end,
                          exchange=args.exchange, seed=args.seed, path=args.path, from_timeframe=args.from_timeframe,
-                         regime=regime_from_args(args))
+                         regime=regime_from_args(args), allow_partial=args.allow_partial)
     for symbol, count in new_rows.items():
         print(f"{symbol}: {count} new bars")
     print(f"stored {sum(new_rows.values())} new bars in {fs.root}")
@@ -59,6 +60,9 @@ def cmd_validate(args: argparse.Namespace, fs: FeatureStore) -> int:
             print(report.gaps)
         else:
             print("\nno gaps")
+        if report.partial.height:
+            print(f"\n{report.partial.height} bar(s) built from incomplete periods (ingest --allow-partial):")
+            print(report.partial)
     for problem in report.problems:
         print(f"error: {problem}", file=sys.stderr)
     return 1 if report.problems else 0
@@ -86,6 +90,9 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     ingest.add_argument("--source", choices=["synthetic", "ccxt", "csv", "resample"], default="synthetic",
                         help="where the bars come from")
     ingest.add_argument("--from-timeframe", default="1m", help="resample: the stored timeframe to aggregate")
+    ingest.add_argument("--allow-partial", action="store_true",
+                        help="resample: also store periods with missing fine bars, recorded as partial (featurestore "
+                             "validate lists them; the fine bars that complete a period replace its bar)")
     ingest.add_argument("--exchange", help="ccxt exchange id (ccxt source, default binance) or a label (csv)")
     add_symbols(ingest, help="comma-separated, e.g. BTC/USDT,ETH/USDT (default BTC/USDT; resample: all stored)")
     ingest.add_argument("--path", type=Path, help="CSV file to import")

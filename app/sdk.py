@@ -145,13 +145,22 @@ class FeatureStore:
     def ingest(self, source: str = "synthetic", *, symbols: Sequence[str] | None = None,
                timeframe: str | None = None, since: datetime | None = None, until: datetime | None = None,
                exchange: str | None = None, seed: int = 7, path: str | Path | None = None,
-               from_timeframe: str = "1m", regime: Regime | None = None) -> dict[str, int]:
+               from_timeframe: str = "1m", regime: Regime | None = None,
+               timezone: str | None = None) -> dict[str, int]:
         """Bring bars in from ``synthetic`` (default; the market switches to ``regime`` at its time), ``ccxt``,
-        ``csv`` (``path``, one symbol) or ``resample`` (``from_timeframe`` bars already stored); return new bars
-        per symbol."""
+        ``csv`` (``path``, one symbol, naive times in ``timezone``; every row from ``since`` to ``until``, by
+        default the whole file) or ``resample`` (``from_timeframe`` bars already stored); return new bars per
+        symbol. ``since`` defaults to 2024-01-01 for the synthetic market and ccxt."""
         from featurestore import ingest
 
         now, timeframe = self.clock(), timeframe or self.config.timeframe
+        if timezone is not None and source != "csv":
+            raise FeatureStoreError("--timezone reads the naive times of a CSV file; other sources are in UTC")
+        if source == "csv":
+            if path is None or not symbols or len(symbols) != 1:
+                raise FeatureStoreError("a CSV import needs path=FILE and exactly one symbol (--path FILE --symbol S)")
+            return ingest.ingest_csv(self.store, path, symbol=symbols[0], timeframe=timeframe, now=now,
+                                     exchange=exchange or "csv", since=since, until=until, timezone=timezone)
         since = since or _DEFAULT_SINCE
         if source == "synthetic":
             return ingest.ingest_synthetic(self.store, list(symbols or ["BTC/USDT"]), timeframe, since=since,
@@ -162,11 +171,6 @@ class FeatureStore:
             return ingest.ingest_resampled(self.store, exchange=exchange or self.config.exchange or "synthetic",
                                            from_timeframe=from_timeframe, timeframe=timeframe, now=now,
                                            symbols=list(symbols) if symbols else None)
-        if source == "csv":
-            if path is None or not symbols or len(symbols) != 1:
-                raise FeatureStoreError("a CSV import needs path=FILE and exactly one symbol (--path FILE --symbol S)")
-            return ingest.ingest_csv(self.store, path, symbol=symbols[0], timeframe=timeframe, now=now,
-                                     exchange=exchange or "csv")
         if source == "ccxt":
             return ingest.ingest_exchange(self.store, exchange or self.config.exchange or "binance",
                                           list(symbols or ["BTC/USDT"]), timeframe, since=since, until=until, now=now)

@@ -105,8 +105,8 @@ def test_csv_iso_time_without_offset_is_refused_naming_the_line(run_cli, tmp_pat
 
     result = ingest_cli(run_cli, path, tmp_path / "store")
 
-    assert_refused(result, tmp_path / "store", f"source {path} line 4", "time='2024-01-03T00:00:00'",
-                   "rule 'time is epoch seconds/ms or ISO-8601 with a UTC offset' broken")
+    assert_refused(result, tmp_path / "store", f"source {path} line 4", "time='2024-01-03T00:00:00' has no UTC offset",
+                   "pass --timezone ZONE")
 
 
 def test_csv_missing_column_is_named(run_cli, tmp_path):

@@ -23,13 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from featurestore.durations import parse_duration, parse_utc, parse_view_durations
+from featurestore.durations import parse_duration, parse_timezone, parse_utc, parse_view_durations
 from featurestore.errors import FeatureStoreError
 from featurestore.sources.synthetic import Regime
 from featurestore.timeframes import canonical_timeframe
 
 __all__ = ["HelpFormatter", "add_cluster_options", "add_definitions", "add_regime", "add_symbols", "add_time_range", "add_views", "check_ranges",
-           "comma_list", "common_options", "duration", "regime_from_args", "symbols", "timeframe", "utc",
+           "comma_list", "common_options", "duration", "regime_from_args", "symbols", "timeframe", "timezone", "utc",
            "view_durations"]
 
 T = TypeVar("T")
@@ -54,6 +54,7 @@ utc = _argument_type(parse_utc, "utc")
 duration = _argument_type(parse_duration, "duration")
 view_durations = _argument_type(parse_view_durations, "view_durations")
 timeframe = _argument_type(canonical_timeframe, "timeframe")
+timezone = _argument_type(parse_timezone, "timezone")
 
 
 def comma_list(text: str) -> list[str]:

@@ -509,6 +509,13 @@ class FeatureStore:
                                         "polls only the symbols it is given)")
             stored = self.store.resolve_exchange(resolved.timeframe, exchange or self.config.exchange)
             symbols = [s.symbol for s in self.store.series(exchange=stored, timeframe=resolved.timeframe)]
+        resumes = recovery_dir is not None and any(Path(recovery_dir).glob("part-*.sqlite3"))
+        if source == "ccxt" and start is None and not resumes:
+            from streaming.sources.live import exchange_id, first_bar_after_stored
+
+            for symbol in symbols:  # checked here: raised inside the flow, Bytewax would panic first
+                first_bar_after_stored(self.store, exchange_id(exchange or self.config.exchange), resolved.timeframe,
+                                       symbol)
         config = StreamConfig(  # the view as asked: name@version streams that version, not the current one
             store=str(self.root), view=view, symbols=list(symbols), source=source,
             exchange=exchange or self.config.exchange, start=start.isoformat() if start else None,

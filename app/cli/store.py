@@ -19,6 +19,8 @@ from app.cli.options import (
     add_symbols,
     add_time_range,
     comma_list,
+    count,
+    output_file,
     regime_from_args,
     timeframe,
     timezone,
@@ -44,9 +46,9 @@ def cmd_ingest(args: argparse.Namespace, fs: FeatureStore) -> int:
     new_rows = fs.ingest(args.source, symbols=args.symbols, timeframe=args.timeframe, since=args.start, until=args.end,
                          exchange=args.exchange, seed=args.seed, path=args.path, from_timeframe=args.from_timeframe,
                          regime=regime_from_args(args), timezone=args.timezone)
-    for symbol, count in new_rows.items():
-        print(f"{symbol}: {count} new bars" + (f" (every bar of {args.path} in range is stored already)"
-                                                if args.source == "csv" and not count else ""))
+    for symbol, new in new_rows.items():
+        print(f"{symbol}: {new} new bars" + (f" (every bar of {args.path} in range is stored already)"
+                                              if args.source == "csv" and not new else ""))
     print(f"stored {sum(new_rows.values())} new bars in {fs.root}")
     return 0
 
@@ -95,7 +97,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     ingest.add_argument("--timeframe", type=timeframe, help="1m, 5m, 1h, 4h, 1d, 1w, ... (default: the store's, 1m)")
     add_time_range(ingest, "first bar open time (UTC) (default: 2024-01-01; csv: the file's first)",
                    "stop before this open time (default: now)")
-    ingest.add_argument("--seed", type=int, default=7, help="synthetic market seed")
+    ingest.add_argument("--seed", type=count(0), default=7, help="synthetic market seed")
     add_regime(ingest)
     ingest.set_defaults(run=cmd_ingest)
 
@@ -106,5 +108,5 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     sql = commands.add_parser("sql", parents=[common], help="read-only SQL over the offline store (DuckDB)")
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
-    sql.add_argument("--output", type=Path, help="write the result to this file instead of stdout (outside the store)")
+    sql.add_argument("--output", type=output_file, help="write the result to this file instead of stdout (outside the store)")
     sql.set_defaults(run=cmd_sql)

@@ -158,11 +158,24 @@ def _parse_time(text: pl.Series, path: Path, timezone: str | None) -> pl.Series:
     return _text_times(text, path, timezone).cast(TS_DTYPE)
 
 
+def _check_utf8(path: Path, sample: int = 1 << 16) -> None:
+    """Refuse a file whose first ``sample`` bytes are not UTF-8 text (a binary file, another encoding)."""
+    with path.open("rb") as file:
+        head = file.read(sample)
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.reason != "unexpected end of data" or len(head) < sample:  # else: a character cut by the sample
+            raise BarValidationError("readable CSV", source=str(path), detail=(
+                f"not UTF-8 text (byte {exc.start}); save it as UTF-8 (any spreadsheet's 'CSV UTF-8')")) from None
+
+
 def read_csv_bars(path: str | Path, symbol: str, *, timezone: str | None = None) -> pl.DataFrame:
     """Read one symbol's bars from ``path`` (naive text times in ``timezone``); errors name file, line and field."""
     path = Path(path)
     if not path.is_file():
         raise FeatureStoreError(f"CSV file {path} " + ("is a directory" if path.is_dir() else "does not exist"))
+    _check_utf8(path)
     try:
         raw = pl.read_csv(path, infer_schema=False)
     except (OSError, pl.exceptions.PolarsError) as exc:

@@ -24,6 +24,7 @@ LONG_SYMBOL = "A" + "B" * 300 + "/USDT"
 CSV_HEAD = "time,open,high,low,close,volume"
 INPUTS = {  # name -> the bytes of a damaged input the cases pass
     "nan.csv": f"{CSV_HEAD}\n1704067200,1,2,0.5,nan,10\n".encode(),
+    "ok.csv": f"{CSV_HEAD}\n1704067200,1,2,0.5,1.5,10\n".encode(),
     "two_volumes.csv": f"{CSV_HEAD},Volume\n1704067200,1,2,0.5,1,10,10\n".encode(),
     "not_bars.csv": b"a,b\n1,2\n",
     "garbage.bin": bytes(range(128, 256)) * 4 + b"\n",  # one line, not UTF-8
@@ -46,6 +47,8 @@ CASES: dict[str, list[tuple[str, ...] | tuple]] = {
                 "columns 'volume' and 'Volume' both read as volume"),
                (["--source", "csv", "--path", "{inputs}/garbage.bin", "--symbol", "BTC/USDT"], 1, "not UTF-8 text (byte 0)"),
                (["--source", "csv", "--path", "{inputs}/missing.csv", "--symbol", "BTC/USDT"], 1, "does not exist"),
+               (["--source", "csv", "--path", "{inputs}/ok.csv", "--symbol", "BTC/USDT", "--timeframe", "1h",
+                 "--exchange", "x" * 300], 1, "is too long to store"),
                (["--source", "csv", "--path", "{inputs}/nan.csv", "--symbol", "X/USDT", "--timezone", "CEST"], 2,
                 "unknown time zone 'CEST'")],
     "validate": [(["--symbols", "BTCUSDT"], 2, "did you mean 'BTC/USDT'?"),
@@ -138,11 +141,12 @@ def inputs(tmp_path_factory) -> Path:
     return directory
 
 
-def stored(store: Path, hash_tree) -> tuple[dict[str, str], list[str]]:
-    """Every file's hash, the online store's by its rows (opening SQLite in WAL mode rewrites its side files)."""
+def stored(store: Path, hash_tree) -> tuple[dict[str, str], list[Path], list[str]]:
+    """Every file's hash, every directory (none left empty), the online store by its rows (opening SQLite in WAL
+    mode rewrites its side files)."""
     files = {name: digest for name, digest in hash_tree(store).items() if not name.startswith("online.sqlite")}
     with sqlite3.connect(store / "online.sqlite") as online:
-        return files, list(online.iterdump())
+        return files, sorted(path for path in store.rglob("*") if path.is_dir()), list(online.iterdump())
 
 
 def argv(verb: str, args: list[str], store: Path, inputs: Path) -> list[str]:

@@ -5,9 +5,9 @@ Columns are found by name, case-insensitively, ignoring spaces, dots and dashes 
 that read as the same field are refused. The time column holds either
 
 - Unix epoch numbers, all in one unit told by magnitude: below 1e11 seconds, below 1e14 milliseconds,
-  below 1e17 microseconds, else nanoseconds (each range holds every date from 1973 to 5138); a float
-  that is a whole number (``1704067200.0``, as pandas writes a column that held a NaN) is that number,
-  a fractional one is refused rather than rounded; or
+  below 1e17 microseconds, else nanoseconds (so each unit reads the dates from 1973 to 5138; nanoseconds
+  end in 2262, with 64-bit counts); a float that is a whole number (``1704067200.0``, as pandas writes a
+  column that held a NaN) is that number, a fractional one is refused rather than rounded; or
 - dates and times as text (ISO-8601 or ``2024-01-01 00:00:00``): with a UTC offset (``Z``, ``+02:00``),
   or without one when ``timezone`` says what zone they are in (a time that zone skips or repeats at a
   daylight-saving change is refused). Naive text without ``timezone`` is refused: its zone would be a guess.
@@ -184,7 +184,7 @@ def read_csv_bars(path: str | Path, symbol: str, *, timezone: str | None = None)
     if raw.is_empty():
         raise BarValidationError("at least one bar", source=str(path), detail="the file has no rows after its header")
     return pl.DataFrame([
-        pl.Series("symbol", [symbol] * raw.height, pl.String),
+        pl.repeat(symbol, raw.height, dtype=pl.String, eager=True).alias("symbol"),
         _parse_time(raw[columns["time"]], path, timezone).alias("ts"),
         *(_numbers(raw[columns[field]], field, path).alias(field) for field in (*PRICE_COLUMNS, "volume")),
     ])

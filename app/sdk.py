@@ -162,6 +162,9 @@ class FeatureStore:
             return ingest.ingest_csv(self.store, path, symbol=symbols[0], timeframe=timeframe, now=now,
                                      exchange=exchange or "csv", since=since, until=until, timezone=timezone)
         since = since or _DEFAULT_SINCE
+        if until is not None and until <= since:
+            raise FeatureStoreError(f"--end {until.isoformat()} is not after --start {since.isoformat()} (the default "
+                                    f"start of the {source} source); give an --end after it, or an earlier --start")
         if source == "synthetic":
             return ingest.ingest_synthetic(self.store, list(symbols or ["BTC/USDT"]), timeframe, since=since,
                                            until=until, now=now, seed=seed, regime=regime)

@@ -41,6 +41,7 @@ CASES: dict[str, list[tuple[str, ...] | tuple]] = {
     "ingest": [(["--seed", "-1"], 2, "'-1' is not a whole number >= 0"),
                (["--symbols", LONG_SYMBOL], 2, "characters long; a market symbol has at most 64"),
                (["--start", "2024-02-01", "--end", "2024-01-01"], 2, "is not after --start"),
+               (["--end", "2023-06-01"], 1, "is not after --start 2024-01-01T00:00:00+00:00 (the default start"),
                (["--source", "csv", "--path", "{inputs}/nan.csv", "--symbol", "BTC/USDT", "--timeframe", "1h"], 1,
                 "line 2): rule 'numeric field' broken: close='nan' is not a finite number"),
                (["--source", "csv", "--path", "{inputs}/two_volumes.csv", "--symbol", "BTC/USDT"], 1,

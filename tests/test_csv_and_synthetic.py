@@ -304,4 +304,4 @@ def test_a_regime_switch_through_the_cli_raises_volatility_after_it(run_cli, tmp
                                                                       ).agg(pl.col("r").std()).sort("ts")["r"]
     assert vol[1] > 2.5 * vol[0]
     refused = run_cli("ingest", "--store", store, "--regime-at", "2024-02-01", "--regime-volatility", "0")
-    assert refused.returncode == 1 and "a regime needs volatility > 0" in refused.stderr
+    assert refused.returncode == 2 and "--regime-volatility: '0' is not a finite number > 0" in refused.stderr

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from featurestore.atomic import check_writable
 from featurestore.durations import parse_duration, parse_timezone, parse_utc, parse_view_durations
 from featurestore.errors import FeatureStoreError
 from featurestore.sources.synthetic import Regime
@@ -65,6 +66,7 @@ duration = _argument_type(parse_duration, "duration")
 view_durations = _argument_type(parse_view_durations, "view_durations")
 timeframe = _argument_type(canonical_timeframe, "timeframe")
 timezone = _argument_type(parse_timezone, "timezone")
+output_file = _argument_type(lambda text: check_writable(Path(text)), "output_file")  # a file to write
 
 
 def comma_list(text: str) -> list[str]:
@@ -129,17 +131,6 @@ def number(*, above: float | None = None, at_least: float | None = None) -> Call
 
     convert.__name__ = f"number{bound}"
     return convert
-
-
-def output_file(text: str) -> Path:
-    """An argparse type: a file to write, which is no directory and whose parents are no files."""
-    path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{path} is a directory; name a file in it")
-    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
-    if blocking is not None:
-        raise argparse.ArgumentTypeError(f"cannot write {path}: {blocking} is a file, not a directory")
-    return path
 
 
 def directory(text: str) -> Path:

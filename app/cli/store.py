@@ -20,7 +20,6 @@ from app.cli.options import (
     add_time_range,
     comma_list,
     count,
-    output_file,
     regime_from_args,
     timeframe,
     timezone,
@@ -108,5 +107,5 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     sql = commands.add_parser("sql", parents=[common], help="read-only SQL over the offline store (DuckDB)")
     sql.add_argument("query")
     sql.add_argument("--format", choices=["table", "csv", "json", "parquet"], default="table")
-    sql.add_argument("--output", type=output_file, help="write the result to this file instead of stdout (outside the store)")
+    sql.add_argument("--output", type=Path, help="write the result to this file instead of stdout (outside the store)")
     sql.set_defaults(run=cmd_sql)

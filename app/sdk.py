@@ -145,17 +145,30 @@ class FeatureStore:
     def ingest(self, source: str = "synthetic", *, symbols: Sequence[str] | None = None,
                timeframe: str | None = None, since: datetime | None = None, until: datetime | None = None,
                exchange: str | None = None, seed: int = 7, path: str | Path | None = None,
-               from_timeframe: str = "1m", regime: Regime | None = None, allow_partial: bool = False) -> dict[str, int]:
+               from_timeframe: str = "1m", regime: Regime | None = None, allow_partial: bool = False,
+               timezone: str | None = None) -> dict[str, int]:
         """Bring bars in from ``synthetic`` (default; the market switches to ``regime`` at its time), ``ccxt``,
-        ``csv`` (``path``, one symbol) or ``resample`` (``from_timeframe`` bars already stored: complete periods
-        only, unless ``allow_partial``, which stores and records the others too); return new bars per symbol."""
+        ``csv`` (``path``, one symbol, naive times in ``timezone``; every row from ``since`` to ``until``, by
+        default the whole file) or ``resample`` (``from_timeframe`` bars already stored: complete periods only,
+        unless ``allow_partial``, which stores and records the others too); return new bars per symbol.
+        ``since`` defaults to 2024-01-01 for the synthetic market and ccxt."""
         from featurestore import ingest
 
         now, timeframe = self.clock(), timeframe or self.config.timeframe
-        since = since or _DEFAULT_SINCE
+        if timezone is not None and source != "csv":
+            raise FeatureStoreError("--timezone reads the naive times of a CSV file; other sources are in UTC")
         if allow_partial and source != "resample":
             raise FeatureStoreError("allow_partial (--allow-partial) is for --source resample: other sources store "
                                     "the bars they are given")
+        if source == "csv":
+            if path is None or not symbols or len(symbols) != 1:
+                raise FeatureStoreError("a CSV import needs path=FILE and exactly one symbol (--path FILE --symbol S)")
+            return ingest.ingest_csv(self.store, path, symbol=symbols[0], timeframe=timeframe, now=now,
+                                     exchange=exchange or "csv", since=since, until=until, timezone=timezone)
+        since = since or _DEFAULT_SINCE
+        if until is not None and until <= since:
+            raise FeatureStoreError(f"--end {until.isoformat()} is not after --start {since.isoformat()} (the default "
+                                    f"start of the {source} source); give an --end after it, or an earlier --start")
         if source == "synthetic":
             return ingest.ingest_synthetic(self.store, list(symbols or ["BTC/USDT"]), timeframe, since=since,
                                            until=until, now=now, seed=seed, regime=regime)
@@ -165,11 +178,6 @@ class FeatureStore:
             return ingest.ingest_resampled(self.store, exchange=exchange or self.config.exchange or "synthetic",
                                            from_timeframe=from_timeframe, timeframe=timeframe, now=now,
                                            symbols=list(symbols) if symbols else None, allow_partial=allow_partial)
-        if source == "csv":
-            if path is None or not symbols or len(symbols) != 1:
-                raise FeatureStoreError("a CSV import needs path=FILE and exactly one symbol (--path FILE --symbol S)")
-            return ingest.ingest_csv(self.store, path, symbol=symbols[0], timeframe=timeframe, now=now,
-                                     exchange=exchange or "csv")
         if source == "ccxt":
             return ingest.ingest_exchange(self.store, exchange or self.config.exchange or "binance",
                                           list(symbols or ["BTC/USDT"]), timeframe, since=since, until=until, now=now)
@@ -508,6 +516,13 @@ class FeatureStore:
                                         "polls only the symbols it is given)")
             stored = self.store.resolve_exchange(resolved.timeframe, exchange or self.config.exchange)
             symbols = [s.symbol for s in self.store.series(exchange=stored, timeframe=resolved.timeframe)]
+        resumes = recovery_dir is not None and any(Path(recovery_dir).glob("part-*.sqlite3"))
+        if source == "ccxt" and start is None and not resumes:
+            from streaming.sources.live import exchange_id, first_bar_after_stored
+
+            for symbol in symbols:  # checked here: raised inside the flow, Bytewax would panic first
+                first_bar_after_stored(self.store, exchange_id(exchange or self.config.exchange), resolved.timeframe,
+                                       symbol)
         config = StreamConfig(  # the view as asked: name@version streams that version, not the current one
             store=str(self.root), view=view, symbols=list(symbols), source=source,
             exchange=exchange or self.config.exchange, start=start.isoformat() if start else None,

@@ -32,7 +32,10 @@ from pathlib import Path
 
 import polars as pl
 
-__all__ = ["PendingFile", "atomic_path", "remove_orphans", "write_bytes_atomic", "write_parquet_atomic"]
+from featurestore.errors import FeatureStoreError
+
+__all__ = ["PendingFile", "atomic_path", "check_writable", "remove_orphans", "write_bytes_atomic",
+           "write_parquet_atomic"]
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
 _TMP = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
@@ -55,6 +58,22 @@ def _orphan(entry: os.DirEntry, now: float) -> bool:
     if match is not None:
         return match["host"] == _HOST and not _alive(int(match["pid"]))
     return bool(_LEGACY_TMP.match(entry.name)) and now - entry.stat().st_mtime > _LEGACY_AGE_S
+
+
+def check_writable(path: Path) -> Path:
+    """``path`` if a file can be written there: it is no directory, and none of its parents is a file.
+
+    >>> check_writable(Path("/"))
+    Traceback (most recent call last):
+    ...
+    featurestore.errors.FeatureStoreError: / is a directory; name a file in it
+    """
+    if path.is_dir():
+        raise FeatureStoreError(f"{path} is a directory; name a file in it")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise FeatureStoreError(f"cannot write {path}: {blocking} is a file, not a directory")
+    return path
 
 
 def remove_orphans(directory: Path) -> list[Path]:

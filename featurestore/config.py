@@ -40,7 +40,8 @@ class StoreConfig:
 
     def __post_init__(self) -> None:
         timeframe_ms(self.timeframe)
-        if "://" not in self.online_store:
+        scheme, sep, rest = self.online_store.partition("://")
+        if not sep or scheme not in ("sqlite", "redis", "rediss") or (scheme == "sqlite" and not rest.startswith("/")):
             raise FeatureStoreError(f"online_store must be a URL such as {DEFAULT_ONLINE_STORE!r} or "
                                     f"'redis://localhost:6379/0', got {self.online_store!r}")
 

@@ -15,11 +15,12 @@ import re
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from featurestore.errors import FeatureStoreError
 from featurestore.timeframes import timeframe_ms
 
-__all__ = ["parse_duration", "parse_ttl", "parse_utc", "parse_view_durations"]
+__all__ = ["parse_duration", "parse_timezone", "parse_ttl", "parse_utc", "parse_view_durations"]
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d|w)$")
 _UNIT = {"ms": timedelta(milliseconds=1), "s": timedelta(seconds=1), "m": timedelta(minutes=1),
@@ -38,6 +39,25 @@ def parse_utc(text: str) -> datetime:
     except ValueError:
         raise FeatureStoreError(f"not an ISO-8601 date/time: {text!r} (e.g. 2024-01-01 or 2024-01-01T12:00Z)") from None
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def parse_timezone(text: str) -> str:
+    """An IANA time zone name (``UTC``, ``Europe/Berlin``), checked against the zone database.
+
+    >>> parse_timezone("Europe/Berlin")
+    'Europe/Berlin'
+    >>> parse_timezone("CEST")
+    Traceback (most recent call last):
+    ...
+    featurestore.errors.FeatureStoreError: unknown time zone 'CEST'; use an IANA name such as UTC, Europe/Berlin or America/New_York
+    """
+    name = text.strip()
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file name
+        raise FeatureStoreError(f"unknown time zone {text!r}; use an IANA name such as UTC, Europe/Berlin or "
+                                "America/New_York") from None
+    return name
 
 
 def parse_duration(text: str) -> timedelta:

@@ -58,11 +58,43 @@ def ingest_synthetic(store: Store, symbols: list[str], timeframe: str, *, since:
 
 
 def ingest_csv(store: Store, path: str | Path, *, symbol: str, timeframe: str, now: datetime,
-               exchange: str = "csv") -> dict[str, int]:
-    """Import one symbol's CSV export; an in-progress last candle is dropped."""
-    bars = validate_bars(read_csv_bars(path, symbol), timeframe, source=str(path), first_line=2)  # errors name lines
-    return ingest_bars(store, closed_bars(bars, timeframe, now), exchange=exchange, timeframe=timeframe,
-                       source=str(path))
+               exchange: str = "csv", since: datetime | None = None, until: datetime | None = None,
+               timezone: str | None = None) -> dict[str, int]:
+    """Import one symbol's CSV export (``featurestore.sources.csv_file``; naive text times in ``timezone``): the
+    whole file is validated, then its closed bars with ``since <= ts < until`` are stored. A file of which no
+    bar is left to store is an error saying why, with the count of each reason."""
+    bars = validate_bars(read_csv_bars(path, symbol, timezone=timezone), timeframe, source=str(path),
+                         first_line=2)  # errors name lines
+    in_range = bars.filter(pl.lit(True) if since is None else pl.col("ts") >= since,
+                           pl.lit(True) if until is None else pl.col("ts") < until)
+    closed = closed_bars(in_range, timeframe, now)
+    if closed.is_empty():
+        raise FeatureStoreError(_nothing_to_store(path, bars, timeframe, now, since, until))
+    return ingest_bars(store, closed, exchange=exchange, timeframe=timeframe, source=str(path))
+
+
+def _nothing_to_store(path: str | Path, bars: pl.DataFrame, timeframe: str, now: datetime, since: datetime | None,
+                      until: datetime | None) -> str:
+    """Why none of ``bars`` can be stored: how many rows fall before ``since``, from ``until`` on, open after
+    ``now`` or are still open at ``now``."""
+    step = timedelta(milliseconds=timeframe_ms(timeframe))
+    ts = bars["ts"]
+    before = ts < since if since else pl.repeat(False, len(ts), eager=True)
+    after = ~before & (ts >= until) if until else pl.repeat(False, len(ts), eager=True)
+    future = ~before & ~after & (ts >= now)
+    still_open = ~before & ~after & ~future
+    reasons = [
+        (before, f"before --start {since:%Y-%m-%dT%H:%M:%SZ}; pass an earlier --start" if since else ""),
+        (after, f"at or after --end {until:%Y-%m-%dT%H:%M:%SZ}; pass a later --end" if until else ""),
+        (future, f"in the future (now is {now:%Y-%m-%dT%H:%M:%SZ}); check the file's time zone (--timezone) "
+                 "or its epoch unit (seconds, ms, µs and ns are told apart by magnitude)"),
+        (still_open, f"the {timeframe} candle still open at {now:%Y-%m-%dT%H:%M:%SZ} (it closes at "
+                     f"{ts.max() + step:%Y-%m-%dT%H:%M:%SZ}; import again after that)"),
+    ]
+    why = "; ".join(f"{int(mask.sum())} {'is' if mask.sum() == 1 else 'are'} {reason}"
+                    for mask, reason in reasons if mask.any())
+    return (f"nothing to store from {path}: of its {len(ts)} row(s), from {ts.min():%Y-%m-%dT%H:%M:%SZ} to "
+            f"{ts.max():%Y-%m-%dT%H:%M:%SZ}, {why}")
 
 
 def _epoch_ms(moment: datetime, name: str) -> int:

@@ -48,8 +48,15 @@ _BAR_FILE = "bars.parquet"
 _FEATURE_FILE = "features.parquet"
 
 
+_NAME_MAX = 255  # bytes in one directory name on the usual file systems (ext4, APFS, NTFS)
+
+
 def _key(name: str, value: str) -> str:
-    return f"{name}={quote(value, safe='')}"
+    key = f"{name}={quote(value, safe='')}"
+    if len(key.encode()) > _NAME_MAX:
+        raise FeatureStoreError(f"{name} {value[:20]!r}... ({len(value)} characters) is too long to store: its "
+                                f"directory name would be {len(key.encode())} bytes, over the file system's {_NAME_MAX}")
+    return key
 
 
 def _value(part: str) -> str:

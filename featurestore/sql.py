@@ -125,6 +125,11 @@ class SqlSession:
 
 def _polars(table: pa.Table) -> pl.DataFrame:
     """``table`` as a polars DataFrame; an error naming the first column polars cannot hold."""
+    names = table.column_names
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated is not None:
+        raise SqlError(f"the result has {names.count(repeated)} columns named {repeated!r}; name them apart with AS, "
+                       f"e.g. SELECT a.ts AS a_ts, b.ts AS b_ts")
     try:
         return pl.from_arrow(table)
     except _UNCONVERTIBLE as error:

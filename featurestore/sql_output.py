@@ -23,7 +23,7 @@ from typing import Literal
 
 import polars as pl
 
-from featurestore.atomic import write_bytes_atomic
+from featurestore.atomic import check_writable, write_bytes_atomic
 from featurestore.errors import FeatureStoreError
 from featurestore.sql_errors import first_failing, one_line
 
@@ -126,6 +126,8 @@ def check_output(output: Path | None, fmt: OutputFormat, store_root: Path) -> No
     if output is not None and output.resolve().is_relative_to(store_root.resolve()):
         raise FeatureStoreError(f"--output {output} is inside the store {store_root.resolve()}: write results "
                                 "outside it (the store's files are written only by ingest and backfill)")
+    if output is not None:
+        check_writable(output)
 
 
 def write_result(result: pl.DataFrame, fmt: OutputFormat, output: Path | None) -> None:

@@ -147,9 +147,9 @@ def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
                                              batch=config.batch, speed=config.speed, clock=clock)
     else:
         from featurestore.sources.exchange import make_client  # imports ccxt (slow): only for live runs
-        from streaming.sources.live import LiveSource
+        from streaming.sources.live import LiveSource, exchange_id
 
-        exchange = (config.exchange or "binance").strip().lower()  # the ccxt id: the stored series' exchange
+        exchange = exchange_id(config.exchange)
         factory = client_factory or (lambda: make_client(exchange))
         bars_source = source or LiveSource(store, factory, view.timeframe, local, clock=clock,
                                            since_ms=_moment(config.start), until_ms=_moment(config.until),

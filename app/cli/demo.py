@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from datetime import timedelta
 
-from app.cli.options import add_regime, add_time_range, regime_from_args, symbols, utc
+from app.cli.options import add_regime, add_time_range, count, regime_from_args, symbols, utc
 from app.sdk import FeatureStore
 
 __all__ = ["add_commands"]
@@ -27,7 +27,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     add_time_range(demo, "first bar of the synthetic market", "end of the synthetic market",
                    start_default=utc("2024-01-01"))
     demo.set_defaults(end=utc("2025-01-01"))
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--seed", type=count(0), default=7)
     add_regime(demo, at_help="the market's regime switch, the model trained before it, streamed and monitored "
                "after it (default: 2 days before --end)", volatility=3.0, drift=-0.02)
     demo.set_defaults(run=cmd_demo)

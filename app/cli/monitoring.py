@@ -17,7 +17,7 @@ from pathlib import Path
 
 import polars as pl
 
-from app.cli.options import add_symbols, add_time_range, add_views, duration, utc
+from app.cli.options import add_symbols, add_time_range, add_views, directory, duration, output_file, utc
 from app.sdk import FeatureStore
 from featurestore.atomic import write_bytes_atomic
 
@@ -63,7 +63,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     monitor.add_argument("--model", help="registry name (its production version) or a model directory "
                          "(default: the only production model)")
     monitor.add_argument("--version", help="a registry version instead of production")
-    monitor.add_argument("--models", type=Path, help="models directory (default <store>/models)")
+    monitor.add_argument("--models", type=directory, help="models directory (default <store>/models)")
     monitor.add_argument("--window", type=duration, default=timedelta(days=1), help="how far back from --end "
                          "(e.g. 6h, 1d; default 1d)")
     monitor.add_argument("--end", type=utc, help="end of the window (default: now)")
@@ -72,7 +72,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                          "scored; auto: signals when the window has any")
     add_symbols(monitor, help="comma-separated (default: the symbols served in the window, else the training set's)")
     monitor.add_argument("--audit", type=Path, help="audit log (default <store>/signals/signals.jsonl, else replay.jsonl)")
-    monitor.add_argument("--json", type=Path, help="also write the report to this file")
+    monitor.add_argument("--json", type=output_file, help="also write the report to this file")
     monitor.set_defaults(run=cmd_monitor)
 
     consistency = commands.add_parser("consistency", parents=[common], help="rows the dataflow served against the "
@@ -82,5 +82,5 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                    "stop before this row time (default: after the last row logged)")
     add_symbols(consistency, help="comma-separated (default: every symbol logged)")
     consistency.add_argument("--exchange", help="default: the only exchange with bars of the view's timeframe")
-    consistency.add_argument("--json", type=Path, help="also write the report to this file")
+    consistency.add_argument("--json", type=output_file, help="also write the report to this file")
     consistency.set_defaults(run=cmd_consistency)

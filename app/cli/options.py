@@ -13,27 +13,38 @@ user. One spelling per option everywhere: ``--start``/``--end`` for time ranges,
 Traceback (most recent call last):
 ...
 argparse.ArgumentTypeError: symbol 'BTCUSDT' is not in ccxt's BASE/QUOTE form; did you mean 'BTC/USDT'?
+>>> count(1)("0")
+Traceback (most recent call last):
+...
+argparse.ArgumentTypeError: '0' is not a whole number >= 1
+>>> number(above=0)("nan")
+Traceback (most recent call last):
+...
+argparse.ArgumentTypeError: 'nan' is not a finite number > 0
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from featurestore.durations import parse_duration, parse_utc, parse_view_durations
+from featurestore.atomic import check_writable
+from featurestore.durations import parse_duration, parse_timezone, parse_utc, parse_view_durations
 from featurestore.errors import FeatureStoreError
 from featurestore.sources.synthetic import Regime
 from featurestore.timeframes import canonical_timeframe
 
-__all__ = ["HelpFormatter", "add_cluster_options", "add_definitions", "add_regime", "add_symbols", "add_time_range", "add_views", "check_ranges",
-           "comma_list", "common_options", "duration", "regime_from_args", "symbols", "timeframe", "utc",
-           "view_durations"]
+__all__ = ["HelpFormatter", "add_cluster_options", "add_definitions", "add_regime", "add_symbols", "add_time_range",
+           "add_views", "check_ranges", "comma_list", "common_options", "count", "directory", "duration", "number",
+           "output_file", "regime_from_args", "symbols", "timeframe", "timezone", "utc", "view_durations"]
 
 T = TypeVar("T")
 _SYMBOL = re.compile(r"^[A-Z0-9][A-Z0-9._-]*/[A-Z0-9][A-Z0-9._-]*(:[A-Z0-9._-]+)?$")
+_SYMBOL_MAX = 64  # longer than any listed market; a partition directory name must stay under 255 bytes
 _QUOTES = ("USDT", "USDC", "FDUSD", "BUSD", "TUSD", "USD", "EUR", "GBP", "JPY", "TRY", "BTC", "ETH", "BNB")
 
 
@@ -54,6 +65,8 @@ utc = _argument_type(parse_utc, "utc")
 duration = _argument_type(parse_duration, "duration")
 view_durations = _argument_type(parse_view_durations, "view_durations")
 timeframe = _argument_type(canonical_timeframe, "timeframe")
+timezone = _argument_type(parse_timezone, "timezone")
+output_file = _argument_type(lambda text: check_writable(Path(text)), "output_file")  # a file to write
 
 
 def comma_list(text: str) -> list[str]:
@@ -76,11 +89,56 @@ def symbols(text: str) -> list[str]:
     """Comma-separated symbols in ccxt's unified form ``BASE/QUOTE[:SETTLE]`` (``BTC/USDT``, ``ETH/USDT:USDT``)."""
     items = comma_list(text)
     for item in items:
+        if len(item) > _SYMBOL_MAX:
+            raise argparse.ArgumentTypeError(f"symbol {item[:20]}... is {len(item)} characters long; a market symbol "
+                                             f"has at most {_SYMBOL_MAX}")
         if not _SYMBOL.match(item):
             hint = _symbol_hint(item)
             raise argparse.ArgumentTypeError(f"symbol {item!r} is not in ccxt's BASE/QUOTE form"
                                              + (f"; did you mean {hint!r}?" if hint else ", e.g. BTC/USDT"))
     return items
+
+
+def count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number ``>= minimum``."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {minimum}")
+        return value
+
+    convert.__name__ = f"count >= {minimum}"
+    return convert
+
+
+def number(*, above: float | None = None, at_least: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite float, ``> above`` and ``>= at_least`` when given."""
+    bound = f" > {above:g}" if above is not None else f" >= {at_least:g}" if at_least is not None else ""
+
+    def convert(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if (not math.isfinite(value) or (above is not None and value <= above)
+                or (at_least is not None and value < at_least)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number{bound}")
+        return value
+
+    convert.__name__ = f"number{bound}"
+    return convert
+
+
+def directory(text: str) -> Path:
+    """An argparse type: a directory, existing or not, that is no file."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a file, not a directory")
+    return path
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -152,11 +210,11 @@ def add_definitions(parser: argparse.ArgumentParser) -> None:
 
 def add_cluster_options(parser: argparse.ArgumentParser) -> None:
     """``--workers`` and the flags of a multi-process run (``stream``, ``backfill``)."""
-    parser.add_argument("--workers", type=int, default=1, help="worker threads in this process")
-    parser.add_argument("--process-id", type=int, help="cluster: this process's index in --addresses")
+    parser.add_argument("--workers", type=count(1), default=1, help="worker threads in this process")
+    parser.add_argument("--process-id", type=count(0), help="cluster: this process's index in --addresses")
     parser.add_argument("--addresses", type=lambda text: text.split(";"),
                         help='cluster: "host:port;host:port;..." of every process, the same on every process')
-    parser.add_argument("--join-timeout", type=float, default=120.0,
+    parser.add_argument("--join-timeout", type=number(above=0), default=120.0,
                         help="cluster: seconds to wait for every process to start")
 
 
@@ -164,9 +222,9 @@ def add_regime(parser: argparse.ArgumentParser, *, at_help: str = "synthetic mar
                volatility: float = 1.0, drift: float = 0.0) -> None:
     """``--regime-at``, ``--regime-volatility`` and ``--regime-drift``: the synthetic market's regime switch."""
     parser.add_argument("--regime-at", type=utc, help=at_help)
-    parser.add_argument("--regime-volatility", type=float, default=volatility,
+    parser.add_argument("--regime-volatility", type=number(above=0), default=volatility,
                         help="volatility multiplier from --regime-at on")
-    parser.add_argument("--regime-drift", type=float, default=drift,
+    parser.add_argument("--regime-drift", type=number(), default=drift,
                         help="log return per day added from --regime-at on (e.g. -0.02)")
 
 

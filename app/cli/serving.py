@@ -24,7 +24,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.cli.options import add_definitions, add_symbols, add_views, utc, view_durations
+from app.cli.options import (
+    add_definitions,
+    add_symbols,
+    add_views,
+    count,
+    directory,
+    number,
+    utc,
+    view_durations,
+)
 from app.sdk import FeatureStore
 from featurestore.errors import FeatureStoreError
 
@@ -149,13 +158,13 @@ def model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="registry name (its production version) or a model directory (contains '/'); "
                         "score and serve: default the only production model")
     parser.add_argument("--version", help="a registry version instead of production")
-    parser.add_argument("--models", type=Path, help="models directory (default <store>/models)")
+    parser.add_argument("--models", type=directory, help="models directory (default <store>/models)")
     parser.add_argument("--max-age", type=view_durations, help="refuse rows older than this: 90s (every view) or "
                         "research=90s,daily_trend=2d (default: each view's TTL in the model's meta.json)")
-    parser.add_argument("--long-above", type=float, help="LONG when the score is above (default: the model's "
+    parser.add_argument("--long-above", type=number(), help="LONG when the score is above (default: the model's "
                         "backtest threshold, else 0)")
-    parser.add_argument("--short-below", type=float, help="SHORT when the score is below (default: minus it)")
-    parser.add_argument("--size", type=float, default=1.0, help="position size of a signal's transition")
+    parser.add_argument("--short-below", type=number(), help="SHORT when the score is below (default: minus it)")
+    parser.add_argument("--size", type=number(above=0), default=1.0, help="position size of a signal's transition")
     parser.add_argument("--audit", type=Path, help="audit log (default <store>/signals/signals.jsonl; a replay or "
                         "--as-of: <store>/signals/replay.jsonl)")
 
@@ -176,7 +185,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                        help="serve the online store's features alone: no model, no /score, no signing key")
     serve.add_argument("--token-env", default="FEATURESTORE_API_TOKEN",
                        help="environment variable holding the bearer token (auth is off when it is unset)")
-    serve.add_argument("--max-batch", type=int, default=256, help="most symbols in one POST /score")
+    serve.add_argument("--max-batch", type=count(1), default=256, help="most symbols in one POST /score")
     model_options(serve)
     serve.set_defaults(run=cmd_serve)
 

@@ -20,9 +20,10 @@ from app.cli.options import (
     add_symbols,
     add_time_range,
     comma_list,
+    count,
     regime_from_args,
     timeframe,
-    utc,
+    timezone,
 )
 from app.sdk import FeatureStore
 from featurestore.errors import FeatureStoreError
@@ -44,9 +45,10 @@ def cmd_ingest(args: argparse.Namespace, fs: FeatureStore) -> int:
         raise FeatureStoreError("--source csv needs --path FILE.csv and one --symbol SYMBOL")
     new_rows = fs.ingest(args.source, symbols=args.symbols, timeframe=args.timeframe, since=args.start, until=args.end,
                          exchange=args.exchange, seed=args.seed, path=args.path, from_timeframe=args.from_timeframe,
-                         regime=regime_from_args(args), allow_partial=args.allow_partial)
-    for symbol, count in new_rows.items():
-        print(f"{symbol}: {count} new bars")
+                         regime=regime_from_args(args), allow_partial=args.allow_partial, timezone=args.timezone)
+    for symbol, new in new_rows.items():
+        print(f"{symbol}: {new} new bars" + (f" (every bar of {args.path} in range is stored already)"
+                                              if args.source == "csv" and not new else ""))
     print(f"stored {sum(new_rows.values())} new bars in {fs.root}")
     return 0
 
@@ -95,11 +97,13 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                              "validate lists them; the fine bars that complete a period replace its bar)")
     ingest.add_argument("--exchange", help="ccxt exchange id (ccxt source, default binance) or a label (csv)")
     add_symbols(ingest, help="comma-separated, e.g. BTC/USDT,ETH/USDT (default BTC/USDT; resample: all stored)")
-    ingest.add_argument("--path", type=Path, help="CSV file to import")
+    ingest.add_argument("--path", type=Path, help="CSV file to import (format: docs/csv.md)")
+    ingest.add_argument("--timezone", type=timezone, help="csv: the zone of times written without a UTC offset, "
+                        "e.g. UTC or Europe/Berlin (default: such times are refused)")
     ingest.add_argument("--timeframe", type=timeframe, help="1m, 5m, 1h, 4h, 1d, 1w, ... (default: the store's, 1m)")
-    add_time_range(ingest, "first bar open time (UTC)", "stop before this open time (default: now)",
-                   start_default=utc("2024-01-01"))
-    ingest.add_argument("--seed", type=int, default=7, help="synthetic market seed")
+    add_time_range(ingest, "first bar open time (UTC) (default: 2024-01-01; csv: the file's first)",
+                   "stop before this open time (default: now)")
+    ingest.add_argument("--seed", type=count(0), default=7, help="synthetic market seed")
     add_regime(ingest)
     ingest.set_defaults(run=cmd_ingest)
 

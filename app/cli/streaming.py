@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import polars as pl
 
-from app.cli.options import add_cluster_options, add_definitions, add_symbols, add_time_range, add_views
+from app.cli.options import (
+    add_cluster_options,
+    add_definitions,
+    add_symbols,
+    add_time_range,
+    add_views,
+    count,
+    directory,
+    number,
+    output_file,
+)
 from app.cli.serving import model_options, signal_options
 from app.sdk import FeatureStore
 
@@ -71,18 +80,18 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     add_definitions(stream)
     add_time_range(stream, "replay bars opening at or after this time (state warmed on the bars before); ccxt: start "
                    "here instead of after the newest stored bar", "stop before bars opening at this time")
-    stream.add_argument("--speed", type=float, default=0.0,
+    stream.add_argument("--speed", type=number(at_least=0), default=0.0,
                         help="replay pacing: market seconds per wall second (0 = as fast as possible)")
-    stream.add_argument("--batch", type=int, default=1000, help="replay window in bars (1 = bar by bar)")
-    stream.add_argument("--poll-interval", type=float, default=5.0, help="ccxt: seconds between polls at most")
-    stream.add_argument("--jsonl", type=Path, help="also write every row to this JSON-lines file")
+    stream.add_argument("--batch", type=count(1), default=1000, help="replay window in bars (1 = bar by bar)")
+    stream.add_argument("--poll-interval", type=number(above=0), default=5.0, help="ccxt: seconds between polls at most")
+    stream.add_argument("--jsonl", type=output_file, help="also write every row to this JSON-lines file")
     stream.add_argument("--offline-parts", action=argparse.BooleanOptionalAction, default=True,
                         help="log every row as parquet parts under <store>/kind=stream/ (the row log `featurestore "
                         "consistency` checks; default on)")
-    stream.add_argument("--metrics", type=Path, help="counters JSON (default <store>/stream/metrics-<view>.json)")
-    stream.add_argument("--recovery-dir", type=Path, help="enable Bytewax recovery with this directory")
-    stream.add_argument("--snapshot-interval", type=float, default=10.0, help="seconds between recovery snapshots")
-    stream.add_argument("--backup-interval", type=float, default=0.0, help="seconds to keep old snapshots")
+    stream.add_argument("--metrics", type=output_file, help="counters JSON (default <store>/stream/metrics-<view>.json)")
+    stream.add_argument("--recovery-dir", type=directory, help="enable Bytewax recovery with this directory")
+    stream.add_argument("--snapshot-interval", type=number(above=0), default=10.0, help="seconds between recovery snapshots")
+    stream.add_argument("--backup-interval", type=number(at_least=0), default=0.0, help="seconds to keep old snapshots")
     add_cluster_options(stream)
     model_options(stream)  # --model: score every row, signed signals to the audit log
     stream.set_defaults(run=cmd_stream)
@@ -93,6 +102,6 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     add_symbols(parity)
     add_time_range(parity, "replay from here (engine warmed before)")
     parity.add_argument("--exchange", help="default: the only exchange with bars of the view's timeframe")
-    parity.add_argument("--batch", type=int, default=1000, help="bars per engine batch")
+    parity.add_argument("--batch", type=count(1), default=1000, help="bars per engine batch")
     add_definitions(parity)
     parity.set_defaults(run=cmd_parity)

@@ -13,7 +13,16 @@ import argparse
 import sys
 from pathlib import Path
 
-from app.cli.options import add_definitions, add_symbols, add_time_range, comma_list
+from app.cli.options import (
+    add_definitions,
+    add_symbols,
+    add_time_range,
+    comma_list,
+    count,
+    directory,
+    number,
+    output_file,
+)
 from app.sdk import FeatureStore
 from featurestore.errors import FeatureStoreError, ModelRegistryError
 
@@ -114,7 +123,7 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     export.add_argument("--label", action="append", help="label spec (repeatable): future_ret:h=1, bucket:h=12,x=0.01, "
                         "triple_barrier:h=24,pt=2,sl=2,atr=14")
     export.add_argument("--as-of-created", action="store_true", help="ignore feature rows written after event_ts")
-    export.add_argument("--out", type=Path, required=True, help="output file (.parquet, .csv, .arrow)")
+    export.add_argument("--out", type=output_file, required=True, help="output file (.parquet, .csv, .arrow)")
     export.add_argument("--format", choices=["parquet", "csv", "arrow"], help="default: from --out's extension")
     export.set_defaults(run=cmd_export)
 
@@ -124,23 +133,23 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                        "triple_barrier:h=24,pt=2,sl=2,atr=14 (classifier or regressor on its return)")
     train.add_argument("--name", required=True, help="model name in the registry")
     train.add_argument("--kind", choices=["regressor", "classifier"], default="regressor")
-    train.add_argument("--folds", type=int, default=4, help="walk-forward test blocks")
-    train.add_argument("--rounds", type=int, default=300, help="max boosting rounds (early stopping decides)")
+    train.add_argument("--folds", type=count(1), default=4, help="walk-forward test blocks")
+    train.add_argument("--rounds", type=count(1), default=300, help="max boosting rounds (early stopping decides)")
     train.add_argument("--seed", type=int, default=7)
-    train.add_argument("--threads", type=int, default=2, help="LightGBM threads (fixed for reproducible models)")
+    train.add_argument("--threads", type=count(1), default=2, help="LightGBM threads (fixed for reproducible models)")
     train.add_argument("--onnx-dtype", choices=["float64", "float32"], default="float64",
                        help="published ONNX input type (float32 is refused when it misroutes)")
-    train.add_argument("--threshold", type=float, help="trade only when |signal| > threshold (the backtest's, and "
+    train.add_argument("--threshold", type=number(at_least=0), help="trade only when |signal| > threshold (the backtest's, and "
                        "the model's default in serving); default: chosen on the out-of-sample folds, at least the "
                        "round-trip cost for a regressor, none that trades at a loss")
-    train.add_argument("--cost-bps", type=float, default=5.0, help="backtest cost per side in basis points")
+    train.add_argument("--cost-bps", type=number(at_least=0), default=5.0, help="backtest cost per side in basis points")
     train.add_argument("--promote", action="store_true", help="point production at the new version")
-    train.add_argument("--models", type=Path, help="models directory (default <store>/models)")
+    train.add_argument("--models", type=directory, help="models directory (default <store>/models)")
     train.set_defaults(run=cmd_train)
 
     models = commands.add_parser("models", parents=[common], help="list model versions or promote one")
     models.add_argument("action", choices=["list", "promote"])
     models.add_argument("name", nargs="?")
     models.add_argument("version", nargs="?")
-    models.add_argument("--models", type=Path, help="models directory (default <store>/models)")
+    models.add_argument("--models", type=directory, help="models directory (default <store>/models)")
     models.set_defaults(run=cmd_models)

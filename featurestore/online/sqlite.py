@@ -65,6 +65,14 @@ class SqliteOnlineStore(OnlineStore):
 
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False, timeout_s: float = 30.0) -> None:
         self.path = Path(path)
+        try:
+            self._open(readonly, timeout_s)
+            self._con.execute("SELECT 1 FROM online_features LIMIT 0")  # a damaged file fails here, not mid-command
+        except sqlite3.DatabaseError as exc:
+            raise FeatureStoreError(f"online store {self.path} cannot be read ({exc}); move it aside and rebuild it "
+                                    "(featurestore stream or materialize)") from None
+
+    def _open(self, readonly: bool, timeout_s: float) -> None:
         if readonly:
             if not self.path.exists():
                 raise FeatureStoreError(f"no online store at {self.path}; run `featurestore stream` to fill it")

@@ -34,9 +34,27 @@ from featurestore.timeframes import timeframe_ms
 from streaming.clock import Clock, to_datetime, to_ms
 from streaming.items import Bar
 
-__all__ = ["LiveSource"]
+__all__ = ["LiveSource", "exchange_id", "first_bar_after_stored"]
 
 log = logging.getLogger(__name__)
+
+
+def exchange_id(exchange: str | None) -> str:
+    """The ccxt id of ``exchange`` (default binance): the exchange its stored series are kept under."""
+    return (exchange or "binance").strip().lower()
+
+
+def first_bar_after_stored(store: Store, exchange: str, timeframe: str, symbol: str) -> int:
+    """Open time (ms) of the bar after the newest stored ``timeframe`` bar of ``symbol`` on ``exchange``: where a
+    partition without a resume state and without a start begins. No stored bar is an error naming the fix;
+    ``featurestore stream`` checks it before the flow starts, so no Rust panic precedes it."""
+    newest = store.last_bar_ts(BarSeries(exchange, timeframe, symbol))
+    if newest is None:
+        raise FeatureStoreError(
+            f"no stored {timeframe} bars of {symbol} from {exchange} to start the live stream after; "
+            f"ingest some history first (featurestore ingest --source ccxt --exchange {exchange} "
+            f"--symbols {symbol} --timeframe {timeframe}) or give a start time (--start)")
+    return to_ms(newest) + timeframe_ms(timeframe)
 
 
 class LiveSource(FixedPartitionedSource[Bar, int]):
@@ -57,19 +75,12 @@ class LiveSource(FixedPartitionedSource[Bar, int]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _LivePartition:
         client = self.client_factory()
-        step = timeframe_ms(self.timeframe)
         if resume_state is not None:
-            cursor = resume_state + step
+            cursor = resume_state + timeframe_ms(self.timeframe)
         elif self.since_ms is not None:
             cursor = self.since_ms
         else:
-            newest = self.store.last_bar_ts(BarSeries(client.id, self.timeframe, for_part))
-            if newest is None:
-                raise FeatureStoreError(
-                    f"no stored {self.timeframe} bars of {for_part} from {client.id} to start the live stream after; "
-                    f"ingest some history first (featurestore ingest --source ccxt --exchange {client.id} "
-                    f"--symbols {for_part} --timeframe {self.timeframe}) or give a start time")
-            cursor = to_ms(newest) + step
+            cursor = first_bar_after_stored(self.store, client.id, self.timeframe, for_part)
         return _LivePartition(self, client, for_part, cursor=cursor, last_emitted=resume_state)
 
 

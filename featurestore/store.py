@@ -124,7 +124,11 @@ class Store(Layout):
         with self.write_lock():
             return self._merge_bars(bars, exchange=exchange, timeframe=timeframe)
 
-    def _merge_bars(self, bars: pl.DataFrame, *, exchange: str, timeframe: str) -> dict[str, int]:
+    def check_bars(self, bars: pl.DataFrame, *, exchange: str, timeframe: str) -> dict[str, int]:
+        """What ``write_bars`` would return, writing nothing: the new rows per symbol, or its conflict error."""
+        return self._merge_bars(bars, exchange=exchange, timeframe=timeframe, write=False)
+
+    def _merge_bars(self, bars: pl.DataFrame, *, exchange: str, timeframe: str, write: bool = True) -> dict[str, int]:
         planned: list[tuple[Path, pl.DataFrame]] = []
         new_rows: dict[str, int] = {}
         incoming = bars.with_columns(exchange=pl.lit(exchange), timeframe=pl.lit(timeframe)).select(
@@ -134,14 +138,15 @@ class Store(Layout):
         for symbol, year, part in parts:
             series = BarSeries(exchange, timeframe, symbol)
             path = self.year_file(series, year)
-            remove_orphans(path.parent)  # a killed writer's temporary files, also when nothing here is new
+            if write:
+                remove_orphans(path.parent)  # a killed writer's temporary files, also when nothing here is new
             stored = _scan(series, [path]).collect() if path.exists() else None
             fresh = part if stored is None else _only_new(stored, part, path)
             new_rows[symbol] = new_rows.get(symbol, 0) + fresh.height
             if fresh.height:
                 merged = fresh if stored is None else pl.concat([stored, fresh])
                 planned.append((path, merged.select(_FILE_COLUMNS).sort("ts")))
-        for path, frame in planned:
+        for path, frame in planned if write else ():
             write_parquet_atomic(frame, path)
         return new_rows
 

@@ -173,11 +173,13 @@ def scan_partition(files: Sequence[Path], keys: Mapping[str, str], *, fix: str =
 
 def split_by_year(frame: pl.DataFrame) -> list[tuple[int, pl.DataFrame]]:
     """The rows of each calendar year of ``ts``, in order of appearance (filters: ~20x faster than group_by)."""
+    if frame.is_empty():
+        return []
+    first, last = frame["ts"].min().year, frame["ts"].max().year
+    if first == last:  # the common case, without a year per row
+        return [(first, frame)]
     years = frame["ts"].dt.year()
-    distinct = years.unique(maintain_order=True).to_list()
-    if len(distinct) == 1:
-        return [(distinct[0], frame)]
-    return [(year, frame.filter(years == year)) for year in distinct]
+    return [(year, frame.filter(years == year)) for year in years.unique(maintain_order=True).to_list()]
 
 
 def _stored_schema() -> dict[str, pl.DataType]:

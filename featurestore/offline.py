@@ -105,15 +105,15 @@ def write_symbol_features(store: Store, view: FeatureView, exchange: str, symbol
 
 def _stamped(rows: pl.DataFrame, now: datetime, version: str) -> pl.DataFrame:
     """``rows`` with ``created_at`` and ``view_version``: one row computed, then repeated (a cast or a string
-    per row cost as much as a fifth of computing the features)."""
+    per row cost about a quarter of computing the features)."""
     stamp = pl.select(created_at=pl.lit(now).cast(pl.Datetime("us", "UTC")), view_version=pl.lit(version))
     return rows.hstack([column.new_from_index(0, rows.height) for column in stamp.iter_columns()])
 
 
 def _write_parquet(rows: pl.DataFrame, path: Path) -> None:
-    # Uncompressed: feature values are near-random floats that no codec shrinks (snappy: 0.0%, lz4: 0.0%;
-    # byte-stream-split + zstd: 21% smaller but 1.4x the CPU), so a codec only costs time: files are 1.8% larger
-    # than with snappy (the ts column), written with 0.76x its CPU. Polars writes floats PLAIN, no dictionary.
+    # Uncompressed: feature values are near-random floats that no codec shrinks, so a codec only costs time:
+    # files 1.8% larger than with snappy (its gain was the ts column), written with 0.76x its CPU. The study of
+    # encodings and codecs: docs/storage.md.
     rows.drop("symbol").write_parquet(path, compression="uncompressed", statistics=True)
 
 

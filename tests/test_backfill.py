@@ -113,7 +113,8 @@ def test_stored_rows_read_by_duckdb_are_the_computed_rows_bit_for_bit(full_store
         con.execute("SET TimeZone = 'UTC'")
         for view in VIEWS:
             files = [str(path) for path in full_store.feature_files(view.name, view.version)]
-            got = con.sql(f"SELECT * FROM read_parquet({files}, hive_partitioning = false) ORDER BY symbol, ts").pl()
+            names = ", ".join(["symbol", "ts", *view.feature_names, "created_at", "view_version"])
+            got = con.sql(f"SELECT {names} FROM read_parquet({files}, hive_partitioning = true) ORDER BY symbol, ts").pl()
             expected = pl.concat([view.compute_symbol(bars.filter(pl.col("symbol") == s)) for s in SYMBOLS]).with_columns(
                 pl.col("ts").cast(pl.Datetime("us", "UTC")), created_at=pl.lit(NOW).cast(pl.Datetime("us", "UTC")),
                 view_version=pl.lit(view.version))

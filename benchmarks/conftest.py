@@ -255,6 +255,7 @@ HEADLINE: tuple[Line, ...] = (
     Line("cluster_replay_2proc", "cluster_replay_1proc", Target(1 / 1.3, of="ratio", why="1.3x one process's bars/s")),
     Line("flow_replay_per_bar", "flow_replay_per_bar_no_log", Target(1.1, of="ratio", why="the row log costs < 10%")),
     Line("monitor_signals", target=Target(72_000 / 5.0, why="a day of 50 symbols' 1m rows in under 5 s")),
+    Line("ingest_peak_memory_50", "ingest_peak_memory_5", Target(1.2, of="ratio", why="memory bounded by one symbol")),
 )
 
 # Every other comparison: (figure key, baseline key), both measured in the same session.
@@ -338,6 +339,18 @@ def bench_latency(benchmark) -> Callable[..., None]:
             values = [float(np.percentile(ns, q)) / 1e3 for ns in rounds]
             MEASURED[f"{key}:p{q}"] = Measured.of_rounds(f"{label}, p{q}", "latency", values)
             benchmark.extra_info[f"p{q}_us_per_round"] = values
+
+    return record
+
+
+@pytest.fixture
+def bench_memory(benchmark) -> Callable[..., None]:
+    """``bench_memory(key, label, peaks)``: a peak memory in bytes per round -> the figure ``key``."""
+
+    def record(key: str, label: str, peaks: list[int]) -> None:
+        if not benchmark.disabled:
+            MEASURED[key] = Measured.of_rounds(label, "memory", [float(peak) for peak in peaks])
+            benchmark.extra_info["peak_bytes_per_round"] = peaks
 
     return record
 

@@ -1,8 +1,8 @@
 """The benchmark report: each figure with its baseline from the same run, its target and a verdict, in Markdown.
 
 A benchmark's rounds give a ``Measured``: the fastest and the median round of a time (lower is better), a
-throughput (higher is better), a latency percentile (lower is better) or a count (lower is better, summed over
-every round). A ``Line`` puts one figure beside an optional baseline and target; ``evaluate`` turns it into
+throughput (higher is better), a latency percentile (lower is better), a peak memory (lower is better) or a count
+(lower is better, summed over every round). A ``Line`` puts one figure beside an optional baseline and target; ``evaluate`` turns it into
 table cells. Conventions, the same on every line:
 
 - ratio = the figure's time (per bar, per call) / the baseline's, fastest round to fastest round and median
@@ -35,14 +35,14 @@ from typing import Literal
 
 __all__ = ["Line", "Measured", "Target", "evaluate", "machine", "render", "results"]
 
-Kind = Literal["time", "throughput", "latency", "count"]
-_BETTER = {"time": "lower", "throughput": "higher", "latency": "lower", "count": "lower"}
+Kind = Literal["time", "throughput", "latency", "memory", "count"]
+_BETTER = {"time": "lower", "throughput": "higher", "latency": "lower", "memory": "lower", "count": "lower"}
 
 
 @dataclass(frozen=True)
 class Measured:
     """One figure of one benchmark: its fastest and median round (time in s, throughput in ``unit``/s, latency
-    in us; a count: its total over every round, in both fields)."""
+    in us, memory in bytes; a count: its total over every round, in both fields)."""
 
     label: str
     kind: Kind
@@ -67,6 +67,8 @@ class Measured:
             return f"{value / 1e3:.2f} ms" if value >= 1000 else f"{value:.1f} us"
         if self.kind == "count":
             return f"{value:g}"
+        if self.kind == "memory":
+            return f"{value / 2**20:.0f} MiB"
         return f"{value:.2f} s" if value >= 1 else f"{value * 1e3:.1f} ms"
 
     def cell(self) -> str:
@@ -77,7 +79,7 @@ class Measured:
 
 @dataclass(frozen=True)
 class Target:
-    """At least (throughput) or at most (time, latency, count) ``limit`` for the figure, or at most ``limit``
+    """At least (throughput) or at most (time, latency, memory, count) ``limit`` for the figure, or at most ``limit``
     for its time ratio to the baseline (``of="ratio"``); ``why`` says what the limit means, if not obvious."""
 
     limit: float

@@ -151,7 +151,7 @@ _PHASES = (  # (phase, what it covers); indented phases are part of the one abov
     ("diff against stored", "_rows_to_write"),
     ("write features", "write_symbol_features, in 2 writer threads: overlaps the phases above"),
     ("  split_by_year", "filter per year of the stamped rows"),
-    ("  encode parquet", "_write_parquet: snappy encode to the temporary file (before the store's write lock)"),
+    ("  encode parquet", "_write_parquet: encode (uncompressed) to the temporary file (before the store's write lock)"),
     ("register view", "register_view"),
     ("refresh catalog", "refresh_catalog"),
 )

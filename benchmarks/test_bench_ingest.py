@@ -5,6 +5,8 @@
 - Baselines: ``df.write_parquet`` of the same frame to one file (the I/O floor) and ``synthetic_bars``
   generating the frame (what a source costs).
 - Components, for attributing the ratio: ``validate_bars`` alone and ``Store.write_bars`` alone.
+- Peak memory (the largest resident set) of ``featurestore ingest`` in a subprocess, 5 and 50 symbols x one year of
+  one-minute bars from the synthetic source: ingest holds one symbol at a time, so the ratio should be ~1x.
 - Appending one new minute (one bar per symbol) to a store that already holds a year of bars per symbol
   (a copy of the SQL benchmarks' store), against the same call into an empty store: the cost of a streaming
   increment as the stored history grows.
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,13 +27,18 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from conftest import BENCH_SCALE, SINCE
 from featurestore.bars import validate_bars
 from featurestore.ingest import ingest_bars
 from featurestore.sources.synthetic import synthetic_bars
 from featurestore.store import Store
 
+SCRIPT = str(Path(sys.executable).parent / "featurestore")
+
 ROUNDS = 9
 APPEND_ROUNDS = 5
+MEMORY_ROUNDS = 1  # deterministic enough: the resident set does not depend on the machine's load
+MEMORY_DAYS = max(2, round(365 * BENCH_SCALE))
 TIMEFRAME = "1m"  # the timeframe of the ``ingest_frame`` fixture
 
 
@@ -145,3 +154,29 @@ def test_baseline_ingest_one_minute_empty_store(benchmark, bench_record, sql_dat
                                   rounds=ROUNDS, warmup_rounds=1)
     assert new_rows == dict.fromkeys(sql_data.symbols, 1)
     bench_record("ingest_small_empty", "the same call, empty store")
+
+
+# -- peak memory of a whole ingest ----------------------------------------------------------------------
+
+def _peak_rss(args: list[str]) -> int:
+    """Bytes: the peak resident set of ``featurestore *args``, measured by a parent process of its own."""
+    code = ("import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL); "
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    done = subprocess.run([sys.executable, "-c", code, SCRIPT, *args], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout) * 1024  # ru_maxrss is in KiB on Linux
+
+
+@pytest.mark.parametrize("symbols", [5, 50])
+def test_ingest_peak_memory(benchmark, bench_memory, tmp_path: Path, symbols: int):
+    names = ",".join(f"S{i:02d}/USDT" for i in range(symbols))
+    until = SINCE + timedelta(days=MEMORY_DAYS)
+    peaks: list[int] = []
+
+    def ingest(root: Path) -> None:
+        peaks.append(_peak_rss(["ingest", "--store", str(root), "--symbols", names, "--timeframe", TIMEFRAME,
+                                "--start", SINCE.isoformat(), "--end", until.isoformat()]))
+
+    benchmark.pedantic(ingest, setup=RoundDirs(tmp_path).setup, rounds=MEMORY_ROUNDS, iterations=1)
+    bench_memory(f"ingest_peak_memory_{symbols}", f"featurestore ingest peak memory, {symbols} symbols x "
+                 f"{MEMORY_DAYS} days of 1m bars", peaks)

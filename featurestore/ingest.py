@@ -1,5 +1,8 @@
 """Bars in: validate a batch, keep only closed bars, merge it into the store, refresh the catalog.
 
+Sources are read one symbol at a time (a ccxt fetch: in flushes of ``flush_every`` bars; a CSV file holds one
+symbol), so memory holds one symbol's bars however many symbols are ingested.
+
 >>> import tempfile
 >>> from datetime import datetime, timezone
 >>> store = Store(tempfile.mkdtemp())
@@ -10,6 +13,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +33,8 @@ from featurestore.timeframes import timeframe_ms
 if TYPE_CHECKING:
     import ccxt
 
-__all__ = ["closed_bars", "ingest_bars", "ingest_csv", "ingest_exchange", "ingest_resampled", "ingest_synthetic"]
+__all__ = ["closed_bars", "ingest_bars", "ingest_csv", "ingest_exchange", "ingest_resampled", "ingest_symbols",
+           "ingest_synthetic"]
 
 
 def closed_bars(bars: pl.DataFrame, timeframe: str, now: datetime) -> pl.DataFrame:
@@ -47,14 +52,40 @@ def ingest_bars(store: Store, bars: pl.DataFrame, *, exchange: str, timeframe: s
     return new_rows
 
 
+def ingest_symbols(store: Store, symbols: list[str], bars_of: Callable[[str], pl.DataFrame], *, exchange: str,
+                   timeframe: str, source: str) -> dict[str, int]:
+    """Store ``bars_of(symbol)`` for each symbol in turn, so memory holds one symbol's bars; return new rows.
+
+    ``bars_of`` must give the same bars when called again: each symbol that already has stored bars is built,
+    validated and checked against them first, so that a conflict anywhere raises before anything is written
+    (as ``ingest_bars`` does for one batch).
+    """
+    symbols = list(dict.fromkeys(symbols))
+    for symbol in symbols:
+        if store.last_bar_ts(BarSeries(exchange, timeframe, symbol)) is not None:
+            store.check_bars(validate_bars(bars_of(symbol), timeframe, source=source), exchange=exchange,
+                             timeframe=timeframe)
+    new_rows: dict[str, int] = {}
+    for symbol in symbols:
+        checked = validate_bars(bars_of(symbol), timeframe, source=source)
+        new_rows.update(store.write_bars(checked, exchange=exchange, timeframe=timeframe))
+    refresh_catalog(store)
+    return new_rows
+
+
 def ingest_synthetic(store: Store, symbols: list[str], timeframe: str, *, since: datetime,
                      until: datetime | None = None, now: datetime, seed: int = 7,
                      regime: Regime | None = None) -> dict[str, int]:
-    """Generate the synthetic market (see ``featurestore.sources.synthetic``) into exchange ``synthetic``."""
+    """Generate the synthetic market (see ``featurestore.sources.synthetic``) into exchange ``synthetic``,
+    one symbol at a time (``ingest_symbols``)."""
     until = min(until or now, now)
-    bars = synthetic_bars(symbols, timeframe, since=since, until=until, seed=seed, regime=regime)
-    return ingest_bars(store, closed_bars(bars, timeframe, now), exchange="synthetic", timeframe=timeframe,
-                       source=f"synthetic seed {seed}" + (f", {regime}" if regime else ""))
+
+    def bars_of(symbol: str) -> pl.DataFrame:
+        bars = synthetic_bars([symbol], timeframe, since=since, until=until, seed=seed, regime=regime)
+        return closed_bars(bars, timeframe, now)
+
+    return ingest_symbols(store, symbols, bars_of, exchange="synthetic", timeframe=timeframe,
+                          source=f"synthetic seed {seed}" + (f", {regime}" if regime else ""))
 
 
 def ingest_csv(store: Store, path: str | Path, *, symbol: str, timeframe: str, now: datetime,

@@ -130,8 +130,12 @@ class Store(Layout):
         with self.write_lock():
             return self._merge_bars(bars, exchange=exchange, timeframe=timeframe, partial=partial)
 
+    def check_bars(self, bars: pl.DataFrame, *, exchange: str, timeframe: str) -> dict[str, int]:
+        """What ``write_bars`` would return, writing nothing: the new rows per symbol, or its conflict error."""
+        return self._merge_bars(bars, exchange=exchange, timeframe=timeframe, partial=None, write=False)
+
     def _merge_bars(self, bars: pl.DataFrame, *, exchange: str, timeframe: str,
-                    partial: pl.DataFrame | None) -> dict[str, int]:
+                    partial: pl.DataFrame | None, write: bool = True) -> dict[str, int]:
         planned: list[tuple[Path, pl.DataFrame]] = []
         records: list[tuple[BarSeries, pl.DataFrame, pl.DataFrame]] = []  # (series, while writing, after)
         new_rows: dict[str, int] = {}
@@ -143,7 +147,8 @@ class Store(Layout):
             recorded = read_partial_bars(self, series)
             for year, part in split_by_year(mine):
                 path = self.year_file(series, year)
-                remove_orphans(path.parent)  # a killed writer's temporary files, also when nothing here is new
+                if write:
+                    remove_orphans(path.parent)  # a killed writer's temporary files, also when nothing here is new
                 stored = _scan(series, [path]).collect() if path.exists() else None
                 fresh = part if stored is None else _to_write(stored, part, path, recorded["ts"])
                 new_rows[symbol] = new_rows.get(symbol, 0) + fresh.height
@@ -157,6 +162,8 @@ class Store(Layout):
             if not after.equals(recorded):
                 during = pl.concat([recorded.join(arriving.select("ts"), on="ts", how="anti"), arriving]).sort("ts")
                 records.append((series, during, after))
+        if not write:
+            return new_rows
         for series, during, _ in records:
             write_partial_bars(self, series, during)
         for path, frame in planned:
@@ -188,11 +195,13 @@ def scan_partition(files: Sequence[Path], keys: Mapping[str, str], *, fix: str =
 
 def split_by_year(frame: pl.DataFrame) -> list[tuple[int, pl.DataFrame]]:
     """The rows of each calendar year of ``ts``, in order of appearance (filters: ~20x faster than group_by)."""
+    if frame.is_empty():
+        return []
+    first, last = frame["ts"].min().year, frame["ts"].max().year
+    if first == last:  # the common case, without a year per row
+        return [(first, frame)]
     years = frame["ts"].dt.year()
-    distinct = years.unique(maintain_order=True).to_list()
-    if len(distinct) == 1:
-        return [(distinct[0], frame)]
-    return [(year, frame.filter(years == year)) for year in distinct]
+    return [(year, frame.filter(years == year)) for year in years.unique(maintain_order=True).to_list()]
 
 
 def _stored_schema() -> dict[str, pl.DataType]:

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from tempfile import TemporaryDirectory
 
+import duckdb
 import numpy as np
 import polars as pl
 import pytest
@@ -104,6 +105,20 @@ def test_full_backfill_is_the_view_computed_over_the_stored_bars(full_store):
         assert_identical(got.drop("view_version"), expected, view.name)
     years = sorted(p.parent.name for p in (full_store.root / "kind=features").rglob("features.parquet"))
     assert years == sorted(["year=2024", "year=2025"] * (len(SYMBOLS) * len(VIEWS)))
+
+
+def test_stored_rows_read_by_duckdb_are_the_computed_rows_bit_for_bit(full_store):
+    bars = full_store.scan_bars("synthetic", "1m").collect()
+    with duckdb.connect() as con:
+        con.execute("SET TimeZone = 'UTC'")
+        for view in VIEWS:
+            files = [str(path) for path in full_store.feature_files(view.name, view.version)]
+            names = ", ".join(["symbol", "ts", *view.feature_names, "created_at", "view_version"])
+            got = con.sql(f"SELECT {names} FROM read_parquet({files}, hive_partitioning = true) ORDER BY symbol, ts").pl()
+            expected = pl.concat([view.compute_symbol(bars.filter(pl.col("symbol") == s)) for s in SYMBOLS]).with_columns(
+                pl.col("ts").cast(pl.Datetime("us", "UTC")), created_at=pl.lit(NOW).cast(pl.Datetime("us", "UTC")),
+                view_version=pl.lit(view.version))
+            assert_identical(got, expected, view.name)
 
 
 # ---------------------------------------------------------------------------------------------------------

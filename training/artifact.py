@@ -11,8 +11,8 @@ missing, unknown or ill-typed field with a ``ModelRegistryError`` naming the fil
 (``training.codec``). Format 3 is format 4 without ``validation`` (models published before the
 cross-validation was recorded: read as none), format 2 also without ``reference`` (before reference
 distributions); a file without ``format`` is the layout written before this module, read by
-``_upgrade_legacy`` (the only place that guesses). ``reference`` points to ``reference.json``, the training set's distributions
-(``training.reference``), by name and sha256.
+``_upgrade_legacy`` (the only place that guesses). ``reference`` points to ``reference.json``, the training
+set's distributions (``training.reference``), by name and sha256.
 
 >>> meta = ModelMeta(name="toy", version="t0", kind="regressor", views=(ViewInfo("toy", "v1", "1h"),),
 ...                  features=(FeatureColumn("toy__a", "toy", "a", "v1", "1h", 3600.0),),

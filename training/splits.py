@@ -101,7 +101,7 @@ def walk_forward(event_ts: object, *, initial: int, step: int, test_size: int | 
     gap = _embargo_ns(embargo)
     if gap < 0:
         raise TrainingDataError(f"walk_forward: the embargo must not be negative, got {embargo}")
-    end = ts if label_end is None and gap > 0 else None if label_end is None else to_ns(label_end)
+    end = to_ns(label_end) if label_end is not None else ts if gap > 0 else None
     periods, period_of = np.unique(ts, return_inverse=True)
     size = step if test_size is None else test_size
     folds = []

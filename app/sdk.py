@@ -37,6 +37,7 @@ import polars as pl
 from featurestore.backfill import BackfillReport, backfill
 from featurestore.config import StoreConfig, with_overrides, write_config
 from featurestore.definitions import FeatureView
+from featurestore.durations import parse_bars_or_duration
 from featurestore.entities import EntitySource
 from featurestore.errors import DefinitionError, FeatureStoreError
 from featurestore.export import ExportFormat, ExportOptions, ExportResult, training_set, write_training_set
@@ -55,6 +56,7 @@ from featurestore.store import Store, default_store_root
 from featurestore.validate import StoreReport, validate_store
 from training.model import ModelKind, ModelParams
 from training.onnx_export import OnnxDtype
+from training.splits import CvScheme
 
 if TYPE_CHECKING:
     from app.monitoring import MonitorSource
@@ -381,22 +383,27 @@ class FeatureStore:
               start: datetime | None = None, end: datetime | None = None, params: ModelParams | None = None,
               folds: int = 4, onnx_dtype: OnnxDtype = "float64", threshold: float | None = None,
               cost_bps: float = 5.0, exchange: str | None = None, promote: bool = False,
-              models_dir: str | Path | None = None, progress: bool = False) -> TrainResult:
+              models_dir: str | Path | None = None, progress: bool = False, cv: CvScheme = "walk-forward",
+              embargo: int | str | timedelta = 0) -> TrainResult:
         """Train a LightGBM model on ``features`` (as for ``get_historical_features``; every feature row of the first
-        view is a sample), evaluate it walk-forward, export it to ONNX behind the parity gate and publish it to
-        the model registry (``promote``: make it production). ``threshold``: None chooses one on the
-        out-of-sample folds, cost-aware; ``TrainResult.warnings`` says when costs dominate the backtest."""
+        view is a sample), evaluate it out of sample (``cv``: walk-forward or purged-kfold, ``folds`` test blocks,
+        purged on each label's end and embargoed for ``embargo``: bars, ``"3"``, or a span, ``"2h"``), export it
+        to ONNX behind the parity gate and publish it to the model registry (``promote``: make it production).
+        ``threshold``: None chooses one on the out-of-sample folds, cost-aware; ``TrainResult.warnings`` says
+        when costs dominate the backtest."""
         from training.registry import models_root
         from training.registry import promote as promote_version
         from training.train import train_model
 
+        if isinstance(embargo, str):
+            embargo = parse_bars_or_duration(embargo)
         views, options = self._export(features, [label], ttl=ttl)
         result = train_model(self.store, views=views, label=options.labels[0], name=name,
                              models_root=models_root(self.store, models_dir), now=self.clock(), kind=kind,
                              symbols=symbols, start=start, end=end, params=params or ModelParams(kind=kind),
                              folds=folds, onnx_dtype=onnx_dtype, cost_bps=cost_bps, threshold=threshold,
                              ttl=options.ttl, exchange=exchange or self.config.exchange, features=options.features,
-                             progress=progress)
+                             progress=progress, cv=cv, embargo=embargo)
         if promote:
             promote_version(models_root(self.store, models_dir), result.name, result.version)
         return result

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from featurestore.errors import FeatureStoreError
 from featurestore.timeframes import timeframe_ms
 
-__all__ = ["parse_duration", "parse_timezone", "parse_ttl", "parse_utc", "parse_view_durations"]
+__all__ = ["parse_bars_or_duration", "parse_duration", "parse_timezone", "parse_ttl", "parse_utc", "parse_view_durations"]
 
 _DURATION = re.compile(r"^([0-9]+)(ms|s|m|h|d|w)$")
 _UNIT = {"ms": timedelta(milliseconds=1), "s": timedelta(seconds=1), "m": timedelta(minutes=1),
@@ -66,6 +66,21 @@ def parse_duration(text: str) -> timedelta:
     if match is None:
         raise FeatureStoreError(f"not a duration: {text!r}; use a count and a unit ms, s, m, h, d or w, e.g. 2h or 90m")
     return int(match.group(1)) * _UNIT[match.group(2)]
+
+
+def parse_bars_or_duration(text: str) -> int | timedelta:
+    """A count of bars (``3``) or a duration (``2h``), as ``train --embargo`` takes it.
+
+    >>> parse_bars_or_duration("3"), parse_bars_or_duration("2h")
+    (3, datetime.timedelta(seconds=7200))
+    """
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        return parse_duration(text)
+    except FeatureStoreError:
+        raise FeatureStoreError(f"not a count of bars or a duration: {text!r}; use e.g. 3 (bars) or 2h") from None
 
 
 def parse_view_durations(text: str) -> timedelta | dict[str, timedelta]:

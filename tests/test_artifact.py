@@ -25,6 +25,7 @@ from training.artifact import (
     OnnxInfo,
     ReferenceFile,
     TrainingInfo,
+    Validation,
     ViewInfo,
 )
 from training.onnx_export import ParityReport, export_onnx
@@ -49,6 +50,7 @@ def classifier_meta() -> ModelMeta:
                               "tb_h6__weight", 40),
         params={"kind": "classifier", "seed": 7, "extra": {}}, metrics={"accuracy": 0.41, "log_loss": 1.07},
         backtest=BacktestSummary({"sharpe": 0.8, "trades": 120}, {"sharpe": 0.2, "trades": 1}),
+        validation=Validation("purged-kfold", 5, 10800.0, 3.0),
         onnx=OnnxInfo({"": 21, "ai.onnx.ml": 5}, "input", "float64", ("label", "probabilities"), PARITY, PARITY32),
         threshold=2e-4, libraries={"lightgbm": "4.7.0", "onnxruntime": "1.31.1"})
 
@@ -59,7 +61,7 @@ def test_round_trip_through_json_and_a_directory(tmp_path):
     meta.write(tmp_path)
     assert ModelMeta.read(tmp_path) == meta
     written = json.loads((tmp_path / "meta.json").read_text())
-    assert next(iter(written)) == "format" and written["format"] == 3
+    assert next(iter(written)) == "format" and written["format"] == 4
     assert written["trained_at"] == "2024-05-01T12:00:00+00:00" and written["onnx"]["input_dtype"] == "float64"
     assert json.loads((tmp_path / "features.json").read_text()) == {
         "features": [{"name": "hourly__ret_1", "view": "hourly", "feature": "ret_1", "view_version": "h1",
@@ -219,7 +221,7 @@ def current(**changes) -> dict:
     ({"threshold": ..., "libraries": ...}, "field 'threshold' is missing (and libraries)"),
     ({"onnx__input_dtype": "float16"}, "field 'onnx.input_dtype' must be one of 'float64', 'float32', got 'float16'"),
     ({"kind": "ranker"}, "field 'kind' must be one of 'regressor', 'classifier', got 'ranker'"),
-    ({"onnx__input_dtpye": "float64"}, "field 'onnx.input_dtpye' is not part of format 3; did you mean 'onnx.input_dtype'?"),
+    ({"onnx__input_dtpye": "float64"}, "field 'onnx.input_dtpye' is not part of format 4; did you mean 'onnx.input_dtype'?"),
     ({"training__rows": "2160"}, "field 'training.rows' must be an integer, got '2160'"),
     ({"training__trees": True}, "field 'training.trees' must be an integer, got True"),
     ({"features__1__ttl_seconds": None}, "field 'features[1].ttl_seconds' is null, expected a number"),
@@ -234,7 +236,8 @@ def current(**changes) -> dict:
     ({"classes": None}, "field 'classes' is None: a classifier needs its classes"),
     ({"onnx__outputs": ["variable"]}, "field 'onnx.outputs' is ['variable'], a classifier graph outputs ['label', "
                                       "'probabilities']"),
-    ({"format": 4}, "field 'format' is 4: this version of featurestore reads formats 2 and 3 and the legacy layout"),
+    ({"format": 5}, "field 'format' is 5: this version of featurestore reads formats 2 to 4 and the legacy layout"),
+    ({"validation__scheme": "kfold"}, "field 'validation.scheme' must be one of 'walk-forward', 'purged-kfold', got"),
 ])
 def test_a_malformed_meta_names_the_file_and_the_field(tmp_path, changes, message):
     write_json(tmp_path, current(**changes))
@@ -278,10 +281,19 @@ def test_unreadable_files_and_directories(tmp_path):
 
 def test_a_format_2_meta_published_before_reference_distributions_loads_without_one(tmp_path):
     old = json.loads(classifier_meta().to_json())
-    del old["reference"]
+    del old["reference"], old["validation"]
     old["format"] = 2
     meta = ModelMeta.read(write_json(tmp_path, old))
-    assert meta == classifier_meta() and meta.reference is None and meta.read_reference(tmp_path) is None
+    assert meta == replace(classifier_meta(), validation=None)
+    assert meta.reference is None and meta.read_reference(tmp_path) is None
+
+
+def test_a_format_3_meta_published_before_the_cross_validation_was_recorded_loads_without_it(tmp_path):
+    old = json.loads(replace(classifier_meta(), reference=ReferenceFile("reference.json", "ab" * 32)).to_json())
+    del old["validation"]
+    old["format"] = 3
+    meta = ModelMeta.read(write_json(tmp_path, old))
+    assert meta.validation is None and meta.reference == ReferenceFile("reference.json", "ab" * 32)
 
 
 def test_the_reference_file_is_read_through_meta_and_refused_when_changed(tmp_path):

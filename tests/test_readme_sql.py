@@ -1,18 +1,19 @@
 """Every README line that runs SQL runs as written, from the directory holding ``./store``: the
 ``featurestore sql`` lines, the line that opens ``store/catalog.duckdb`` with DuckDB's Python API, and the SDK's
 ``fs.sql(...)`` lines. The store holds what the README has built by then (bars, ``research_1h``, the README's
-own ``momentum`` view from its ``my_views.py``)."""
+own ``momentum`` view from its ``my_views.py``). The quick start's lines run in ``tests/test_readme.py``, on the
+store the quick start builds."""
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from fixtures.readme import blocks
 
 from conftest import NOW, SINCE, store_with_bars
 from featurestore.backfill import backfill
@@ -20,18 +21,10 @@ from featurestore.builtin_views import builtin_view
 from featurestore.ingest import ingest_synthetic
 from featurestore.registry import load_definitions
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-_BLOCK = re.compile(r"```(\w+)\n(.*?)```", re.DOTALL)
-
-
-def _blocks(language: str) -> list[str]:
-    return [body for lang, body in _BLOCK.findall(README.read_text()) if lang == language]
-
-
-SHELL_LINES = [line.strip() for body in _blocks("sh") for line in body.splitlines()
+SHELL_LINES = [line.strip() for body in blocks("sh", quickstart=False) for line in body.splitlines()
                if "featurestore sql" in line or "catalog.duckdb" in line]
-PYTHON_LINES = [line.strip() for body in _blocks("python") for line in body.splitlines() if "fs.sql(" in line]
-MY_VIEWS = next(body for body in _blocks("python") if body.startswith("# my_views.py"))
+PYTHON_LINES = [line.strip() for body in blocks("python") for line in body.splitlines() if "fs.sql(" in line]
+MY_VIEWS = next(body for body in blocks("python") if body.startswith("# my_views.py"))
 
 
 @pytest.fixture(scope="module")

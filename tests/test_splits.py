@@ -1,4 +1,4 @@
-"""Walk-forward and purged k-fold: coverage, ordering, purge by each label's real end, embargo."""
+"""Walk-forward and purged k-fold: coverage, ordering, purge by each label's real end, embargo (both schemes)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from featurestore.errors import TrainingDataError
-from training.splits import purged_kfold, to_ns, walk_forward
+from training.splits import cv_folds, purged_kfold, to_ns, walk_forward
 
 
 @st.composite
@@ -70,6 +70,42 @@ def test_embargo_drops_rows_after_the_test_block():
     assert first.train.tolist() == list(range(9, 20))
 
 
+@given(rows=labelled_rows(), scheme=st.sampled_from(["walk-forward", "purged-kfold"]), folds=st.integers(2, 5),
+       embargo_min=st.integers(0, 8))
+@settings(max_examples=120, deadline=None)
+def test_no_training_label_window_meets_a_test_block_or_its_embargo(rows, scheme, folds, embargo_min):
+    """What ``train --cv`` uses, for both schemes: each training row's [event_ts, label end] stays clear of its
+    fold's test block widened by the embargo after it (walk-forward, which trains only on the past: and before
+    it); and only such rows are dropped, nothing else."""
+    start, end = rows
+    assume(np.unique(start).size >= folds)
+    embargo = embargo_min * 60e9
+    splits = cv_folds(scheme, start, end, folds=folds, embargo=timedelta(minutes=embargo_min))
+    assert splits
+    for fold in splits:
+        zone_start = start[fold.test].min() - (embargo if scheme == "walk-forward" else 0.0)
+        zone_end = end[fold.test].max() + embargo
+        for i in fold.train:
+            assert not overlaps(start[i], end[i], zone_start, zone_end), (i, scheme)
+        if scheme == "walk-forward":
+            candidates = np.flatnonzero(start < start[fold.test].min())
+        else:
+            candidates = np.setdiff1d(np.arange(start.size), fold.test)
+        for i in np.setdiff1d(candidates, fold.train):
+            assert overlaps(start[i], end[i], zone_start, zone_end), (i, scheme)  # dropped for a reason
+
+
+def test_walk_forward_embargo_keeps_a_gap_before_each_test_block():
+    minute = 60e9
+    start = np.arange(12) * minute
+    plain = walk_forward(start, initial=6, step=3, label_end=start + minute)
+    gapped = walk_forward(start, initial=6, step=3, label_end=start + minute, embargo=timedelta(minutes=2))
+    assert [f.train.tolist() for f in plain] == [[0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 6, 7]]
+    # rows 3 and 4 end at minutes 4 and 5, within 2 minutes of the test starting at minute 6 (touching counts)
+    assert [f.train.tolist() for f in gapped] == [[0, 1, 2], [0, 1, 2, 3, 4, 5]]
+    assert [f.test.tolist() for f in gapped] == [f.test.tolist() for f in plain]
+
+
 @given(rows=labelled_rows(), initial=st.integers(1, 10), step=st.integers(1, 10),
        window=st.sampled_from(["expanding", "rolling"]))
 @settings(max_examples=80, deadline=None)
@@ -113,6 +149,9 @@ def test_rows_of_several_symbols_at_one_time_stay_together():
     (lambda: walk_forward(np.arange(5), initial=0, step=1), "must be >= 1"),
     (lambda: walk_forward(np.arange(5), initial=1, step=1, window="sliding"), "'expanding' or 'rolling'"),
     (lambda: purged_kfold(np.arange(3), np.arange(3), n_splits=4), "n_splits must be between 2 and the 3"),
+    (lambda: purged_kfold(np.arange(3), np.arange(3), n_splits=2, embargo=-1), "embargo must not be negative"),
+    (lambda: walk_forward(np.arange(5), initial=1, step=1, embargo=timedelta(minutes=-1)), "must not be negative"),
+    (lambda: cv_folds("kfold", np.arange(5), np.arange(5), folds=2), "unknown cross-validation 'kfold'"),
 ])
 def test_bad_split_arguments(call, message):
     with pytest.raises(TrainingDataError, match=message):

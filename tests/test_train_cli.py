@@ -17,12 +17,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from featurestore import FeatureStore
 from featurestore.backfill import backfill
 from featurestore.builtin_views import DAILY_TREND
 from featurestore.ingest import ingest_resampled, ingest_synthetic
 from featurestore.registry import load_definitions
 from featurestore.store import Store
-from training.artifact import ModelMeta
+from training.artifact import ModelMeta, Validation
+from training.model import ModelParams
 
 SCRIPT = str(Path(sys.executable).parent / "featurestore")
 T0 = datetime(2024, 1, 1, tzinfo=UTC)
@@ -133,6 +135,7 @@ def test_train_list_promote(setup):
     meta = ModelMeta.read(version_dir)
     assert meta.training.symbols == ("BTC/USDT",) and meta.onnx.input_dtype == "float64"
     assert meta.feature_names[:1] == ("hourly__ret_1",) and meta.feature_names[-1] == "daily_trend__mfi_14"
+    assert meta.validation == Validation("walk-forward", 2, 0.0, 0.0)  # the default, recorded
 
     listed = featurestore("models", "list", "--store", store, cwd=work)
     assert listed.returncode == 0 and version_dir.name in listed.stdout and "production" not in listed.stdout
@@ -147,7 +150,47 @@ def test_train_list_promote(setup):
     assert done.returncode == 0 and "no models under" in done.stdout
 
 
+def test_train_with_purged_kfold_and_an_embargo_from_the_cli_and_the_sdk(setup):
+    """``--cv purged-kfold --embargo 3`` (bars of the label's 1h timeframe) is recorded in meta.json and report.json
+    and shown; the SDK with ``embargo="3h"`` is the same model (the same version)."""
+    store, definitions, work = setup
+    args = ["--views", "hourly", "--label", "future_ret:h=4", "--symbols", "BTC/USDT", "--folds", "3", "--threads", "1",
+            "--rounds", "20", "--cv", "purged-kfold"]
+    done = featurestore("train", "--store", store, "--definitions", definitions, *args, "--embargo", "3",
+                        "--name", "kfold", cwd=work)
+    assert done.returncode == 0, done.stderr
+    assert "cross-validation: purged-kfold, 3 test block(s), purged on future_ret_h4__end_ts, embargo 3 bar(s) " \
+           "(3:00:00) after each test block" in done.stdout
+    (version_dir,) = [p for p in (store / "models" / "kfold").iterdir() if not p.name.startswith(".")]
+    meta = ModelMeta.read(version_dir)
+    assert meta.validation == Validation("purged-kfold", 3, 10800.0, 3.0)
+    report = json.loads((version_dir / "report.json").read_text())
+    assert report["validation"]["scheme"] == "purged-kfold" and report["validation"]["embargo_seconds"] == 10800.0
+    assert len(report["folds"]) == 3 and report["out_of_sample_rows"] == meta.training.rows  # every row tested once
+    # purged and embargoed: each fold trains on fewer rows than the others' tests hold
+    assert all(f["train_rows"] < meta.training.rows - f["test_rows"] for f in report["folds"])
+
+    fs = FeatureStore(store)
+    result = fs.train(features=["hourly"], label="future_ret:h=4", name="kfold", symbols=["BTC/USDT"], folds=3,
+                      params=ModelParams(num_boost_round=20, num_threads=1), cv="purged-kfold", embargo="3h")
+    assert (result.version, result.created, result.meta.validation) == (version_dir.name, False, meta.validation)
+
+
 @pytest.mark.parametrize(("args", "message"), [
+    (["train", "--views", "hourly", "--label", "future_ret:h=1", "--name", "m", "--embargo", "soon"],
+     "argument --embargo: not a count of bars or a duration: 'soon'; use e.g. 3 (bars) or 2h"),
+    (["train", "--views", "hourly", "--label", "future_ret:h=1", "--name", "m", "--cv", "kfold"],
+     "argument --cv: invalid choice: 'kfold' (choose from 'walk-forward', 'purged-kfold')"),
+])
+def test_bad_cross_validation_arguments_are_usage_errors(setup, args, message):
+    store, definitions, work = setup
+    done = featurestore(*args, "--store", store, "--definitions", definitions, cwd=work)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["train", "--views", "hourly", "--label", "future_ret:h=1", "--name", "m", "--cv", "purged-kfold", "--folds", "1"],
+     "error: purged k-fold needs at least 2 folds (each the test block once), got 1"),
     (["export", "--views", "hourly", "--entities", "{bad_entities}", "--out", "{out}"],
      "error: entity file {bad_entities}: missing column(s) ['event_ts']"),
     (["export", "--views", "hourly", "--entities", "{naive_entities}", "--out", "{out}"],

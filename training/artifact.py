@@ -4,14 +4,15 @@
 (``model.onnx``, ``model.txt``, ``meta.json``, ``features.json``); ``serving.scorer`` reads it back with
 ``ModelMeta.read``. Nothing else parses ``meta.json``.
 
-``meta.json`` holds ``"format": 3`` and every field below; a field typed ``X | None`` is written as
-``null`` when it was not recorded (``label``, ``training``, ``backtest`` and ``reference`` for a model not
-trained by ``training.train``; ``classes`` for a regressor). ``from_json`` refuses a missing, unknown or
-ill-typed field with a ``ModelRegistryError`` naming the file and the field (``training.codec``). Format 2
-is format 3 without ``reference`` (models published before reference distributions: read as none); a
-file without ``format`` is the layout written before this module, read by ``_upgrade_legacy`` (the only
-place that guesses). ``reference`` points to ``reference.json``, the training set's distributions
-(``training.reference``), by name and sha256.
+``meta.json`` holds ``"format": 4`` and every field below; a field typed ``X | None`` is written as
+``null`` when it was not recorded (``label``, ``training``, ``backtest``, ``validation`` and ``reference``
+for a model not trained by ``training.train``; ``classes`` for a regressor). ``from_json`` refuses a
+missing, unknown or ill-typed field with a ``ModelRegistryError`` naming the file and the field
+(``training.codec``). Format 3 is format 4 without ``validation`` (models published before the
+cross-validation was recorded: read as none), format 2 also without ``reference`` (before reference
+distributions); a file without ``format`` is the layout written before this module, read by
+``_upgrade_legacy`` (the only place that guesses). ``reference`` points to ``reference.json``, the training
+set's distributions (``training.reference``), by name and sha256.
 
 >>> meta = ModelMeta(name="toy", version="t0", kind="regressor", views=(ViewInfo("toy", "v1", "1h"),),
 ...                  features=(FeatureColumn("toy__a", "toy", "a", "v1", "1h", 3600.0),),
@@ -41,13 +42,14 @@ from training.codec import decode, encode
 from training.model import ModelKind
 from training.onnx_export import OnnxDtype, OnnxExport, ParityReport
 from training.reference import ModelReference, read_reference
+from training.splits import CvScheme
 
 __all__ = ["META_FORMAT", "BacktestSummary", "FeatureColumn", "LabelInfo", "ModelMeta", "OnnxInfo", "ReferenceFile",
-           "TrainingInfo", "ViewInfo", "write_model"]
+           "TrainingInfo", "Validation", "ViewInfo", "write_model"]
 
-#: The ``format`` written in ``meta.json``; 2 is read too (no ``reference``), a file without one is the legacy
-#: layout (``_upgrade_legacy``).
-META_FORMAT = 3
+#: The ``format`` written in ``meta.json``; 3 (no ``validation``) and 2 (nor ``reference``) are read too, a file
+#: without one is the legacy layout (``_upgrade_legacy``).
+META_FORMAT = 4
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,18 @@ class TrainingInfo:
     data_fingerprint: str  # sha256 of the training frame (``training.train.frame_fingerprint``)
     weights_column: str
     trees: int
+
+
+@dataclass(frozen=True)
+class Validation:
+    """How the out-of-sample figures (metrics, backtest, threshold) were measured (``training.splits.cv_folds``):
+    the scheme, its test blocks, and the embargo around each, as a span and in bars of the label's timeframe.
+    Training rows are purged on the label's end column (``LabelInfo.end_column``)."""
+
+    scheme: CvScheme
+    folds: int
+    embargo_seconds: float
+    embargo_bars: float
 
 
 @dataclass(frozen=True)
@@ -156,6 +170,7 @@ class ModelMeta:
     params: dict[str, Any] = dataclasses.field(default_factory=dict)  # ``training.model.ModelParams.as_dict()``
     metrics: dict[str, Any] = dataclasses.field(default_factory=dict)  # out-of-sample prediction metrics
     backtest: BacktestSummary | None = None
+    validation: Validation | None = None  # the cross-validation behind metrics and backtest; None: not recorded
     onnx: OnnxInfo
     threshold: float | None = None  # |score| above which a signal is LONG / SHORT (the backtest's); None: 0
     libraries: dict[str, str] = dataclasses.field(default_factory=dict)  # package -> version at training
@@ -210,11 +225,12 @@ class ModelMeta:
                 raise ModelRegistryError(f"must hold a JSON object, got {type(data).__name__}")
             if "format" not in data:
                 data = _upgrade_legacy(data, None if path is None else Path(path).parent)
-            elif data["format"] == 2:  # published before reference distributions
-                data = {**data, "reference": None}
+            elif data["format"] in (2, 3):  # published before the cross-validation (2: and reference) was recorded
+                data = {"reference": None, **data, "validation": None}
             elif data["format"] != META_FORMAT:
                 raise ModelRegistryError(f"field 'format' is {data['format']!r}: this version of featurestore reads "
-                                         f"formats 2 and {META_FORMAT} and the legacy layout; upgrade it to read this model")
+                                         f"formats 2 to {META_FORMAT} and the legacy layout; upgrade it to read this "
+                                         f"model")
             return decode(cls, {k: v for k, v in data.items() if k != "format"}, "", error=ModelRegistryError,
                           schema=f"format {META_FORMAT}")
         except ModelRegistryError as exc:
@@ -305,7 +321,7 @@ def _check(meta: ModelMeta) -> None:
 # --- the legacy layout ---------------------------------------------------------------------------
 
 def _upgrade_legacy(old: dict[str, Any], directory: Path | None) -> dict[str, Any]:
-    """The ``meta.json`` layout written before ``ModelMeta`` (no ``format``), as a format-2 dict.
+    """The ``meta.json`` layout written before ``ModelMeta`` (no ``format``), as a current-format dict.
 
     Legacy reader, kept so that model directories published before ``ModelMeta`` still load: it accepts
     what the old ``serving.scorer.load_model`` accepted, with its defaults, and nothing here is written any
@@ -349,6 +365,7 @@ def _upgrade_legacy(old: dict[str, Any], directory: Path | None) -> dict[str, An
         "training": training if not isinstance(training, dict) else {
             **{k: v for k, v in training.items() if k != "weights"}, "weights_column": training.get("weights")},
         "params": old.get("params") or {}, "metrics": old.get("metrics") or {}, "backtest": old.get("backtest"),
+        "validation": None,
         "onnx": {"opsets": onnx.get("opset", {}), "input_name": onnx.get("input_name", "input"),
                  "input_dtype": dtype,
                  "outputs": onnx.get("outputs", list(_expected_outputs(old["kind"]))),

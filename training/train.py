@@ -2,9 +2,13 @@
 
 1. Export every feature row of the first view (``--all-bars``) with the other views joined as of it, the
    label, and ``future_ret:h=1`` (the bar return the backtest trades).
-2. Walk-forward (expanding): the first half of the periods trains the first fold, ``folds`` test blocks
-   follow; training rows whose label reaches into a test block are purged. Out-of-sample predictions
-   give the metrics and the backtest beside buy-and-hold. Unless a ``threshold`` is given, the trading
+2. Cross-validation (``cv``, ``training.splits.cv_folds``): walk-forward (expanding, the default: the first
+   half of the periods trains the first fold, ``folds`` test blocks follow) or purged k-fold (``folds``
+   blocks of every period, each the test once). Training rows whose label window (up to the label's end
+   column) reaches into a test block are purged, and those within ``embargo`` (bars of the label's
+   timeframe, or a timedelta) after it, or, walk-forward, before it. Out-of-sample predictions give the
+   metrics and the backtest beside buy-and-hold; ``meta.json`` (``validation``) and ``report.json`` record
+   the scheme and the embargo. Unless a ``threshold`` is given, the trading
    threshold is chosen on those out-of-sample folds (``training.evaluation.choose_threshold``), cost-aware:
    never below a floor (a regressor: the round-trip cost, ``2 * cost_bps``, in return units: a predicted
    move smaller than entering and leaving costs is noise to trade; a classifier: 0, a neutral prediction
@@ -31,7 +35,7 @@ import math
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,7 @@ from training.artifact import (
     OnnxInfo,
     ReferenceFile,
     TrainingInfo,
+    Validation,
     ViewInfo,
     write_model,
 )
@@ -71,7 +76,7 @@ from training.model import CLASSES, ModelKind, ModelParams, fit_model, predict, 
 from training.onnx_export import OnnxDtype, export_onnx
 from training.reference import REFERENCE_FILE, Distribution, ModelReference
 from training.registry import model_version, publish
-from training.splits import walk_forward
+from training.splits import CV_SCHEMES, CvScheme, cv_folds
 
 __all__ = ["TrainResult", "frame_fingerprint", "library_versions", "summary_table", "train_model"]
 
@@ -135,13 +140,16 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
                 start: datetime | None = None, end: datetime | None = None, params: ModelParams | None = None,
                 folds: int = 4, onnx_dtype: OnnxDtype = "float64", cost_bps: float = 5.0, threshold: float | None = None,
                 ttl: dict | None = None, exchange: str | None = None,
-                features: Mapping[str, Sequence[str]] | None = None, progress: bool = False) -> TrainResult:
+                features: Mapping[str, Sequence[str]] | None = None, progress: bool = False,
+                cv: CvScheme = "walk-forward", embargo: int | timedelta = 0) -> TrainResult:
     """Train, evaluate, export and register one model; see the module docstring. ``features``: per view, the
     features to train on (a view not named: all of its features); ``threshold``: None chooses one;
-    ``progress``: a bar by step (training set, each fold, final model, ONNX) on a terminal."""
+    ``progress``: a bar by step (training set, each fold, final model, ONNX) on a terminal; ``embargo``: bars
+    of the label's timeframe (an int) or a span."""
     params = params or ModelParams(kind=kind)
     if params.kind != kind:
         raise TrainingDataError(f"params.kind {params.kind!r} differs from kind {kind!r}")
+    validation = _validation(cv, folds, embargo, views[0].timeframe)
     target = _target(label, kind)
     labels = [label] if label.spec == _BAR_RETURN.spec else [label, _BAR_RETURN]
     options = ExportOptions(all_bars=True, labels=labels, symbols=symbols, start=start, end=end, ttl=ttl,
@@ -155,14 +163,13 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
     periods = frame["event_ts"].n_unique()
     if periods < 20 * (folds + 1):
         raise TrainingDataError(f"only {frame.height} labelled rows over {periods} distinct times; need at least "
-                                f"{20 * (folds + 1)} times for {folds} walk-forward folds (ingest and backfill more bars)")
+                                f"{20 * (folds + 1)} times for {folds} {cv} folds (ingest and backfill more bars)")
     X = frame.select(features).to_numpy().astype(np.float64)
     y = frame[target].cast(pl.Float64).to_numpy()
     weight = frame[label.weight_column].to_numpy()
     event_ts, label_end = frame["event_ts"], frame[label.end_column]
 
-    initial = periods // 2
-    splits = walk_forward(event_ts, initial=initial, step=math.ceil((periods - initial) / folds), label_end=label_end)
+    splits = cv_folds(cv, event_ts, label_end, folds=folds, embargo=timedelta(seconds=validation.embargo_seconds))
     oos = np.concatenate([fold.test for fold in splits])
     predictions = np.zeros((frame.height, len(CLASSES)) if kind == "classifier" else frame.height)
     fold_info = []
@@ -208,12 +215,13 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
                                                  label.weight_column))
     settings = {"kind": kind, "label": label.spec, "target": target, "features": features, "params": params.as_dict(),
                 "views": {v.name: v.version for v in views}, "ttl_seconds": {k: v.total_seconds() for k, v in ttl_used.items()},
-                "folds": folds, "onnx_dtype": onnx_dtype, "cost_bps": cost_bps, "threshold": threshold,
+                "folds": folds, "cv": cv, "embargo_seconds": validation.embargo_seconds, "onnx_dtype": onnx_dtype, "cost_bps": cost_bps, "threshold": threshold,
                 "libraries": library_versions()}
     version = model_version(fingerprint, settings)
     view_of = {feature_column(v.name, f): v for v in views for f in options.features_of(v)}
     report = {"name": name, "version": version, "kind": kind, "label": label.spec, "target": target,
-              "metrics": metrics, "folds": fold_info, "out_of_sample_rows": int(oos.size),
+              "metrics": metrics, "validation": _validation_report(validation, label), "folds": fold_info,
+              "out_of_sample_rows": int(oos.size),
               "backtest": {"model": result.strategy, "buy_and_hold": result.buy_and_hold, **result.settings,
                            "threshold_selection": "given" if threshold is not None else {
                                "rule": "best out-of-sample net total return among the candidates, on the folds "
@@ -230,7 +238,7 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
         training=TrainingInfo(frame.height, tuple(sorted(frame["symbol"].unique().to_list())), event_ts.min(),
                               event_ts.max(), fingerprint, label.weight_column, final.num_trees()),
         params=params.as_dict(), metrics=metrics,
-        backtest=BacktestSummary(result.strategy, result.buy_and_hold),
+        backtest=BacktestSummary(result.strategy, result.buy_and_hold), validation=validation,
         onnx=OnnxInfo.from_export(exported), threshold=chosen, libraries=settings["libraries"])
     created = False
     with publish(models_root, name, version) as staging:
@@ -240,6 +248,38 @@ def train_model(store: Store, *, views: Sequence[FeatureView], label: LabelSpec,
         write_report(staging, report, curve=result.curve, importance=importance, title=f"{name} {version}")
         created = not (Path(models_root) / name / version).exists()
     return TrainResult(name, version, Path(models_root) / name / version, meta, report, created, warnings)
+
+
+def _validation(cv: CvScheme, folds: int, embargo: int | timedelta, timeframe: str) -> Validation:
+    """The cross-validation settings, checked before any work: ``embargo`` in bars of ``timeframe`` or a span.
+
+    >>> _validation("purged-kfold", 4, 3, "1h")
+    Validation(scheme='purged-kfold', folds=4, embargo_seconds=10800.0, embargo_bars=3.0)
+    >>> _validation("purged-kfold", 1, timedelta(0), "1h")
+    Traceback (most recent call last):
+    ...
+    featurestore.errors.TrainingDataError: purged k-fold needs at least 2 folds (each the test block once), got 1
+    """
+    bar = timedelta(milliseconds=timeframe_ms(timeframe))
+    span = embargo if isinstance(embargo, timedelta) else int(embargo) * bar
+    if span < timedelta(0):
+        raise TrainingDataError(f"the embargo must not be negative, got {embargo}")
+    if cv not in CV_SCHEMES:
+        raise TrainingDataError(f"unknown cross-validation {cv!r}; use one of {', '.join(CV_SCHEMES)}")
+    least = 2 if cv == "purged-kfold" else 1
+    if folds < least:
+        raise TrainingDataError(f"{cv.replace('-', ' ').replace('kfold', 'k-fold')} needs at least {least} fold"
+                                f"{'s (each the test block once)' if least > 1 else ''}, got {folds}")
+    return Validation(cv, folds, span.total_seconds(), span / bar)
+
+
+def _validation_report(validation: Validation, label: LabelSpec) -> dict[str, Any]:
+    """``report.json``'s account of the cross-validation."""
+    after = "after each test block" + (" and before it" if validation.scheme == "walk-forward" else "")
+    span = timedelta(seconds=validation.embargo_seconds)
+    return {**dataclasses.asdict(validation),
+            "purge": f"training rows whose [event_ts, {label.end_column}] meets a test block are dropped",
+            "embargo": f"{validation.embargo_bars:g} bar(s) ({span}) {after}" if span else "none"}
 
 
 def _cost_warnings(result: Backtest, cost_bps: float) -> tuple[str, ...]:
@@ -265,7 +305,10 @@ def summary_table(result: TrainResult) -> str:
         value = side.get(key)
         return "n/a" if value is None or (isinstance(value, float) and not math.isfinite(value)) else fmt.format(value)
 
+    cv = result.report["validation"]
     lines = [f"model {result.name} version {result.version} ({result.meta.kind}, label {result.meta.label.spec})",
+             f"cross-validation: {cv['scheme']}, {cv['folds']} test block(s), purged on {result.meta.label.end_column}, "
+             f"embargo {cv['embargo']}",
              f"out-of-sample backtest, {bt['cost_bps_per_side']:g} bps per side, position = sign(signal) when "
              f"|signal| > {bt['threshold']:g}"
              + (" (chosen on these folds, cost-aware)" if bt["threshold_selection"] != "given" else "")

@@ -33,13 +33,19 @@ from pathlib import Path
 from typing import TypeVar
 
 from featurestore.atomic import check_writable
-from featurestore.durations import parse_duration, parse_timezone, parse_utc, parse_view_durations
+from featurestore.durations import (
+    parse_bars_or_duration,
+    parse_duration,
+    parse_timezone,
+    parse_utc,
+    parse_view_durations,
+)
 from featurestore.errors import FeatureStoreError
 from featurestore.sources.synthetic import Regime
 from featurestore.timeframes import canonical_timeframe
 
 __all__ = ["HelpFormatter", "add_cluster_options", "add_definitions", "add_regime", "add_symbols", "add_time_range",
-           "add_views", "check_ranges", "comma_list", "common_options", "count", "directory", "duration", "number",
+           "add_views", "bars_or_duration", "check_ranges", "comma_list", "common_options", "count", "directory", "duration", "number",
            "output_file", "regime_from_args", "symbols", "timeframe", "timezone", "utc", "view_durations"]
 
 T = TypeVar("T")
@@ -63,6 +69,7 @@ def _argument_type(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
 
 utc = _argument_type(parse_utc, "utc")
 duration = _argument_type(parse_duration, "duration")
+bars_or_duration = _argument_type(parse_bars_or_duration, "bars_or_duration")
 view_durations = _argument_type(parse_view_durations, "view_durations")
 timeframe = _argument_type(canonical_timeframe, "timeframe")
 timezone = _argument_type(parse_timezone, "timezone")

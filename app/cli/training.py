@@ -3,6 +3,7 @@
     featurestore export --views research --all-bars --label future_ret:h=1 --out train.parquet
     featurestore export --features research:ret_1,daily_trend:atr_14 --entities entities.parquet --ttl 2h --out t.parquet
     featurestore train --views research --label future_ret:h=1 --name btc_reg [--symbols ..] [--kind classifier]
+    featurestore train ... --cv purged-kfold --folds 5 --embargo 12   (or --embargo 2h)
     featurestore models list [NAME]
     featurestore models promote NAME VERSION
 """
@@ -17,6 +18,7 @@ from app.cli.options import (
     add_definitions,
     add_symbols,
     add_time_range,
+    bars_or_duration,
     comma_list,
     count,
     directory,
@@ -25,6 +27,7 @@ from app.cli.options import (
 )
 from app.sdk import FeatureStore
 from featurestore.errors import FeatureStoreError, ModelRegistryError
+from training.splits import CV_SCHEMES
 
 __all__ = ["add_commands"]
 
@@ -62,7 +65,8 @@ def cmd_train(args: argparse.Namespace, fs: FeatureStore) -> int:
     result = fs.train(features=_features(args, fs), label=args.label, name=args.name, kind=args.kind, ttl=args.ttl,
                       symbols=args.symbols, start=args.start, end=args.end, params=params, folds=args.folds,
                       onnx_dtype=args.onnx_dtype, threshold=args.threshold, cost_bps=args.cost_bps,
-                      exchange=args.exchange, promote=args.promote, models_dir=args.models, progress=True)
+                      exchange=args.exchange, promote=args.promote, models_dir=args.models, progress=True,
+                      cv=args.cv, embargo=args.embargo)
     print(summary_table(result))
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
@@ -133,7 +137,14 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
                        "triple_barrier:h=24,pt=2,sl=2,atr=14 (classifier or regressor on its return)")
     train.add_argument("--name", required=True, help="model name in the registry")
     train.add_argument("--kind", choices=["regressor", "classifier"], default="regressor")
-    train.add_argument("--folds", type=count(1), default=4, help="walk-forward test blocks")
+    train.add_argument("--cv", choices=CV_SCHEMES, default="walk-forward",
+                       help="cross-validation of the out-of-sample figures: walk-forward (expanding, the first half "
+                       "trains the first fold) or purged-kfold (every block the test once); training rows are purged "
+                       "on each label's end time")
+    train.add_argument("--folds", type=count(1), default=4, help="test blocks of --cv (purged-kfold: at least 2)")
+    train.add_argument("--embargo", type=bars_or_duration, default=0,
+                       help="drop training rows within this after each test block (walk-forward: and before it): "
+                       "bars of the label's timeframe (3) or a duration (2h)")
     train.add_argument("--rounds", type=count(1), default=300, help="max boosting rounds (early stopping decides)")
     train.add_argument("--seed", type=int, default=7)
     train.add_argument("--threads", type=count(1), default=2, help="LightGBM threads (fixed for reproducible models)")

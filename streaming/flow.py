@@ -157,7 +157,7 @@ def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
     flow = Dataflow(f"featurestore_stream_{view.name}")
     bars = op.input("bars", flow, bars_source)
     keyed = op.key_on("by_symbol", bars, lambda item: keys.get(item.symbol, item.symbol))
-    rows = op.stateful("features", keyed, feature_logic_builder(view, warm_from_store(store, exchange)))
+    rows = op.stateful_batch("features", keyed, feature_logic_builder(view, warm_from_store(store, exchange)))
     op.output("online", rows, OnlineSink(store.online_url, view, names, clock))
     # the one metrics partition needs each item's counts, not its rows: in a cluster they would cross processes
     counts = op.map_value("counts", rows, lambda item: FeatureRows(item.symbol, [], [], item.counts))

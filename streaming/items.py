@@ -1,8 +1,9 @@
 """The records that flow through the streaming dataflow: bars in, feature rows out, per-symbol counters.
 
 A source emits ``Bar`` (one closed bar: live, or replay one bar at a time) or ``BarBatch`` (many bars
-of one symbol: batched replay). The keyed feature step turns each into one ``FeatureRows``: the rows
-the bars produced (possibly none) and the symbol's running ``Counts``.
+of one symbol: batched replay). The keyed feature step turns each ``BarBatch``, and each run of ``Bar`` items
+Bytewax hands over together, into one ``FeatureRows``: the rows the bars produced (possibly none) and the
+symbol's running ``Counts``.
 
 >>> bar = Bar("BTC/USDT", 1_714_521_600_000, 1.0, 2.0, 0.5, 1.5, 10.0)
 >>> bar.symbol, bar.close

@@ -1,6 +1,6 @@
 """The keyed feature step: per symbol, the engine's state, warmed on stored history, and bar bookkeeping.
 
-The dataflow keys bars by symbol. For each symbol, ``FeatureLogic`` (a Bytewax ``StatefulLogic``)
+The dataflow keys bars by symbol. For each symbol, ``FeatureLogic`` (a Bytewax ``StatefulBatchLogic``)
 holds a ``KeyedState``: the engine's ``SymbolState``, the last few bars applied (to tell a repeated
 bar from a conflicting one) and the symbol's ``Counts``. Its ``snapshot()`` is what recovery stores.
 
@@ -18,9 +18,10 @@ is late; both are logged. All three are counted.
 >>> from featurestore.definitions import FeatureView
 >>> view = FeatureView("mom", "1m", {"mom": pl.col("close") / pl.col("close").shift(1)})
 >>> logic = feature_logic_builder(view, lambda engine, symbol, before_ms: engine.new_state())(None)
->>> [logic.on_item(Bar("X", ts, 1.0, 2.0, 0.5, close, 1.0))[0][0].values for ts, close in [(0, 1.0), (60_000, 2.0)]]
-[[(None,)], [(2.0,)]]
->>> out, _ = logic.on_item(Bar("X", 60_000, 1.0, 2.0, 0.5, 2.0, 1.0))  # the same bar again
+>>> out, _ = logic.on_batch([Bar("X", ts, 1.0, 2.0, 0.5, close, 1.0) for ts, close in [(0, 1.0), (60_000, 2.0)]])
+>>> [(rows.ts, rows.values) for rows in out]
+[([60000, 120000], [(None,), (2.0,)])]
+>>> out, _ = logic.on_batch([Bar("X", 60_000, 1.0, 2.0, 0.5, 2.0, 1.0)])  # the same bar again
 >>> len(out[0]), out[0].counts
 (0, Counts(received=3, applied=2, duplicates=1, late=0, conflicts=0))
 """
@@ -34,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import polars as pl
-from bytewax.operators import StatefulLogic
+from bytewax.operators import StatefulBatchLogic
 
 from featurestore.bars import BAR_COLUMNS
 from featurestore.definitions import FeatureView
@@ -98,27 +99,36 @@ class KeyedState:
             del self.recent[next(iter(self.recent))]
 
 
-class FeatureLogic(StatefulLogic[BarItem, FeatureRows, KeyedState]):
-    """Bars of one symbol in, one ``FeatureRows`` out per item."""
+class FeatureLogic(StatefulBatchLogic[BarItem, FeatureRows, KeyedState]):
+    """Items of one symbol in, in the batches Bytewax hands over; out, one ``FeatureRows`` per ``BarBatch`` that takes
+    the engine's batch path and one for each run of bars applied one by one (the ``Bar`` items of a batch together:
+    a replay of one bar per item hands over thousands at once, and a row per item cost each sink a call per bar)."""
 
     def __init__(self, engine: ViewEngine, warm: Warm, state: KeyedState | None) -> None:
         self.engine, self.warm, self.state = engine, warm, state
 
-    def on_item(self, value: BarItem) -> tuple[list[FeatureRows], bool]:
+    def on_batch(self, values: list[BarItem]) -> tuple[list[FeatureRows], bool]:
         if self.state is None:
-            first = value.ts if isinstance(value, Bar) else int(value.bars["ts"].dt.epoch("ms")[0])
-            self.state = KeyedState(self.warm(self.engine, value.symbol, first))
-        if isinstance(value, BarBatch) and self._in_order(value.bars):
-            return [self._apply_batch(value)], StatefulLogic.RETAIN
-        bars = [value] if isinstance(value, Bar) else [
-            Bar(*row) for row in value.bars.select("symbol", pl.col("ts").dt.epoch("ms"), *_PRICES).rows()]
-        ts_out, values_out = [], []
-        for bar in bars:
-            row = self._apply_bar(bar)
-            if row is not None:
-                ts_out.append(row[0])
-                values_out.append(row[1])
-        return [FeatureRows(value.symbol, ts_out, values_out, self.state.counts)], StatefulLogic.RETAIN
+            first = values[0]
+            ts = first.ts if isinstance(first, Bar) else int(first.bars["ts"].dt.epoch("ms")[0])
+            self.state = KeyedState(self.warm(self.engine, first.symbol, ts))
+        out: list[FeatureRows] = []
+        bars: list[Bar] = []  # the run of bars to apply one by one
+        for value in values:
+            if isinstance(value, Bar):
+                bars.append(value)
+                continue
+            if bars:
+                out.append(self._apply_bars(value.symbol, bars))
+                bars = []
+            if self._in_order(value.bars):
+                out.append(self._apply_batch(value))
+            else:
+                out.append(self._apply_bars(value.symbol, [
+                    Bar(*row) for row in value.bars.select("symbol", pl.col("ts").dt.epoch("ms"), *_PRICES).rows()]))
+        if bars:
+            out.append(self._apply_bars(bars[0].symbol, bars))
+        return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> KeyedState:
         return self.state.snapshot()
@@ -136,28 +146,33 @@ class FeatureLogic(StatefulLogic[BarItem, FeatureRows, KeyedState]):
         state.counts = state.counts._replace(received=state.counts.received + n, applied=state.counts.applied + n)
         return FeatureRows(batch.symbol, ts.tolist(), RowValues(values, valid), state.counts)
 
-    def _apply_bar(self, bar: Bar) -> tuple[int, tuple[float | None, ...]] | None:
-        state, prices = self.state, tuple(bar[2:])
+    def _apply_bars(self, symbol: str, bars: list[Bar]) -> FeatureRows:
+        """Apply each bar that opens after the last applied one; count (and log) the others as duplicates,
+        conflicts or late."""
+        state, update = self.state, self.engine.update
         received, applied, duplicates, late, conflicts = state.counts
-        last = state.engine.last_bar_ts
-        if last is None or bar.ts > last:
-            row_ts, values = self.engine.update(state.engine, bar.ts, *prices)
-            state.remember_one(bar.ts, prices)
-            state.counts = Counts(received + 1, applied + 1, duplicates, late, conflicts)
-            return row_ts, tuple(values)
-        counts = Counts(received + 1, applied, duplicates, late, conflicts)
-        known = state.recent.get(bar.ts)
-        if known == prices:
-            state.counts = counts._replace(duplicates=duplicates + 1)
-        elif known is not None:
-            state.counts = counts._replace(conflicts=conflicts + 1)
-            log.warning("%s: bar at %s conflicts with the bar applied then (applied %s, received %s); not applied, "
-                        "the backfill decides", bar.symbol, to_datetime(bar.ts).isoformat(), known, prices)
-        else:
-            state.counts = counts._replace(late=late + 1)
-            log.warning("%s: late bar at %s (the last applied bar opened at %s); not applied, the backfill decides",
-                        bar.symbol, to_datetime(bar.ts).isoformat(), to_datetime(last).isoformat())
-        return None
+        ts_out, values_out = [], []
+        for bar in bars:
+            prices, last = bar[2:], state.engine.last_bar_ts
+            if last is None or bar.ts > last:
+                row_ts, values = update(state.engine, bar.ts, *prices)
+                ts_out.append(row_ts)
+                values_out.append(tuple(values))
+                state.remember_one(bar.ts, prices)
+                continue
+            known = state.recent.get(bar.ts)
+            if known == prices:
+                duplicates += 1
+            elif known is not None:
+                conflicts += 1
+                log.warning("%s: bar at %s conflicts with the bar applied then (applied %s, received %s); not applied, "
+                            "the backfill decides", bar.symbol, to_datetime(bar.ts).isoformat(), known, prices)
+            else:
+                late += 1
+                log.warning("%s: late bar at %s (the last applied bar opened at %s); not applied, the backfill decides",
+                            bar.symbol, to_datetime(bar.ts).isoformat(), to_datetime(last).isoformat())
+        state.counts = Counts(received + len(bars), applied + len(ts_out), duplicates, late, conflicts)
+        return FeatureRows(symbol, ts_out, values_out, state.counts)
 
 
 def feature_logic_builder(view: FeatureView, warm: Warm) -> Callable[[KeyedState | None], FeatureLogic]:

@@ -30,6 +30,7 @@ possible.
 from __future__ import annotations
 
 from datetime import datetime
+from itertools import repeat
 
 import numpy as np
 import polars as pl
@@ -45,6 +46,9 @@ from streaming.items import Bar, BarBatch, BarItem
 __all__ = ["ReplaySource"]
 
 _BARS_PER_CALL = 4096  # bars emitted per next_batch call at most (whole windows), when unpaced
+# With one Bar per item, items per call at most: Bytewax polls every partition before the steps downstream run, so
+# 50 symbols x 4,096 Bars were alive at once, each moved to the collector's oldest generation and traversed there
+_ITEMS_PER_CALL = 256
 
 
 class ReplaySource(FixedPartitionedSource[BarItem, int]):
@@ -81,8 +85,9 @@ class _ReplayPartition(StatefulSourcePartition[BarItem, int]):
         self._ts = bars["ts"].dt.epoch("ms").to_numpy()
         cuts = (np.flatnonzero(np.diff(self._ts // (batch * step_ms))) + 1).tolist()
         self._starts, self._ends = [0, *cuts], [*cuts, len(self._ts)]
-        self._bars_one_by_one = [Bar._make(row) for row in bars.select(
-            "symbol", pl.col("ts").dt.epoch("ms"), *BAR_COLUMNS[2:]).rows()] if batch == 1 else None
+        # batch=1: the bars as Python columns; each Bar is made when emitted, so only the bars in flight are objects
+        # (250k Bars made up front stayed alive, and the collector traversed them again and again)
+        self._columns = (self._ts.tolist(), *(bars[c].to_list() for c in BAR_COLUMNS[2:])) if batch == 1 else None
         self._window = 0 if len(self._ts) else len(self._starts)
         self._last = last_emitted
         self._speed, self._clock = speed, clock
@@ -98,21 +103,33 @@ class _ReplayPartition(StatefulSourcePartition[BarItem, int]):
     def next_batch(self) -> list[BarItem]:
         if self._window >= len(self._starts):
             raise StopIteration
+        if self._columns is not None and not self._speed and len(self._starts) == len(self._ts):
+            return self._next_bars()
         items: list[BarItem] = []
-        emitted = 0
+        emitted, symbol = 0, self._symbol
+        ts, open_, high, low, close, volume = self._columns or ((),) * 6
         market_now = self._market_now() if self._speed else None
-        while self._window < len(self._starts) and emitted < _BARS_PER_CALL:
+        limit = _BARS_PER_CALL if self._columns is None else _ITEMS_PER_CALL
+        while self._window < len(self._starts) and emitted < limit:
             if market_now is not None and self._close_ms(self._window) > market_now:
                 break
             start, end = self._starts[self._window], self._ends[self._window]
-            if self._bars_one_by_one is not None:
-                items.append(self._bars_one_by_one[start])
+            if self._columns is not None:
+                items.append(Bar(symbol, ts[start], open_[start], high[start], low[start], close[start], volume[start]))
             else:
                 items.append(BarBatch(self._symbol, self._bars.slice(start, end - start)))
             emitted += end - start
             self._last = int(self._ts[end - 1])
             self._window += 1
         return items
+
+    def _next_bars(self) -> list[BarItem]:
+        """``next_batch`` unpaced, one bar per window: the next bars at once (2x cheaper than window by window)."""
+        start = self._window
+        end = min(start + _ITEMS_PER_CALL, len(self._ts))
+        bars = list(map(Bar._make, zip(repeat(self._symbol), *(column[start:end] for column in self._columns))))
+        self._window, self._last = end, self._columns[0][end - 1]
+        return bars
 
     def next_awake(self) -> datetime | None:
         if not self._speed or self._window >= len(self._starts):

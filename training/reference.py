@@ -13,7 +13,8 @@ Drift of new values against a reference (``drift``):
 - **PSI** (population stability index) over the reference's bins: ``sum((a - e) * ln(a / e))`` with the
   shares ``e`` (reference) and ``a`` (new), each floored at 1e-4 so an empty bin counts, not explodes.
   Rules of thumb: below 0.1 stable, 0.1 to 0.25 a shift, above 0.25 a different population.
-- **KS**: ``max |F_ref(p) - F_new(p)|`` over the reference's percentile points, exact where a column has
+- **KS**: ``max |F_ref(p) - F_new(p)|`` over the reference's percentile points and just below its minimum
+  (where ``F_ref`` is 0: new values below every reference value count in full), exact where a column has
   fewer distinct values than points, else at most 0.01 (one percentile's mass) below the two-sample
   Kolmogorov-Smirnov statistic.
 
@@ -122,7 +123,8 @@ def drift(reference: Distribution, values: np.ndarray) -> Drift:
         actual = np.maximum(_shares(finite, np.asarray(reference.edges)), PSI_FLOOR)
         psi = float(((actual - expected) * np.log(actual / expected)).sum())
         live_cdf = np.searchsorted(finite, np.asarray(reference.points), side="right") / finite.size
-        ks = float(np.abs(live_cdf - np.asarray(reference.cdf)).max())
+        below = np.searchsorted(finite, reference.points[0], side="left") / finite.size  # F_ref is 0 below its min
+        ks = float(max(np.abs(live_cdf - np.asarray(reference.cdf)).max(), below))
         mean = float(finite.mean())
     return Drift(rows, psi, ks, nulls / rows if rows else 0.0, reference.null_rate,
                  infinite / rows if rows else 0.0, reference.nonfinite_rate, mean, reference.mean)

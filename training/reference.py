@@ -4,7 +4,7 @@ against them.
 ``Distribution.of(values)`` summarises one column: rows, the null rate (null or NaN: what the model is fed as
 NaN), the non-finite rate (+-inf), mean and standard deviation of the finite values, the PSI bins (the
 distinct deciles as interior edges, each bin's share of the finite values) and the CDF at the distinct
-percentiles 0, 1, ..., 100. ``training.train`` writes one per input and one for the predictions, with the
+percentiles 0, 1, ..., 100 (and just below each). ``training.train`` writes one per input and one for the predictions, with the
 out-of-sample signal figures live signals are compared with (``training.evaluation.signal_figures``), as
 ``reference.json`` beside ``meta.json`` (``ModelReference``; ``ModelMeta.reference`` points to it).
 
@@ -13,10 +13,10 @@ Drift of new values against a reference (``drift``):
 - **PSI** (population stability index) over the reference's bins: ``sum((a - e) * ln(a / e))`` with the
   shares ``e`` (reference) and ``a`` (new), each floored at 1e-4 so an empty bin counts, not explodes.
   Rules of thumb: below 0.1 stable, 0.1 to 0.25 a shift, above 0.25 a different population.
-- **KS**: ``max |F_ref(p) - F_new(p)|`` over the reference's percentile points and just below its minimum
-  (where ``F_ref`` is 0: new values below every reference value count in full), exact where a column has
-  fewer distinct values than points, else at most 0.01 (one percentile's mass) below the two-sample
-  Kolmogorov-Smirnov statistic.
+- **KS**: ``max |F_ref(x) - F_new(x)|`` at the reference's percentile points and just below each of them
+  (so an atom of the reference, or a gap in it, is measured on both sides), never above the two-sample
+  Kolmogorov-Smirnov statistic and at most the reference's mass strictly between two points (about 0.01)
+  below it.
 
 Both are computed over finite values; nulls and infinities are compared as rates.
 
@@ -77,7 +77,8 @@ class Distribution:
     edges: tuple[float, ...]
     shares: tuple[float, ...]
     points: tuple[float, ...]
-    cdf: tuple[float, ...]
+    cdf: tuple[float, ...]  # F_ref at each point
+    cdf_below: tuple[float, ...]  # F_ref just below each point (an atom's mass is cdf - cdf_below)
 
     @classmethod
     def of(cls, values: np.ndarray) -> Distribution:
@@ -85,12 +86,13 @@ class Distribution:
         finite, rows, nulls, infinite = _finite(values)
         if not finite.size:
             return cls(rows, nulls / rows if rows else 0.0, infinite / rows if rows else 0.0, None, None, (), (1.0,),
-                       (), ())
+                       (), (), ())
         edges = np.unique(np.quantile(finite, _DECILES))
         points = np.unique(np.quantile(finite, _PERCENTILES))
         return cls(rows, nulls / rows, infinite / rows, float(finite.mean()), _none(float(finite.std())),
                    tuple(edges.tolist()), tuple(_shares(finite, edges).tolist()), tuple(points.tolist()),
-                   tuple((np.searchsorted(finite, points, side="right") / finite.size).tolist()))
+                   tuple((np.searchsorted(finite, points, side="right") / finite.size).tolist()),
+                   tuple((np.searchsorted(finite, points, side="left") / finite.size).tolist()))
 
 
 def _shares(finite: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -123,8 +125,9 @@ def drift(reference: Distribution, values: np.ndarray) -> Drift:
         actual = np.maximum(_shares(finite, np.asarray(reference.edges)), PSI_FLOOR)
         psi = float(((actual - expected) * np.log(actual / expected)).sum())
         live_cdf = np.searchsorted(finite, np.asarray(reference.points), side="right") / finite.size
-        below = np.searchsorted(finite, reference.points[0], side="left") / finite.size  # F_ref is 0 below its min
-        ks = float(max(np.abs(live_cdf - np.asarray(reference.cdf)).max(), below))
+        live_below = np.searchsorted(finite, np.asarray(reference.points), side="left") / finite.size
+        ks = float(max(np.abs(live_cdf - np.asarray(reference.cdf)).max(),
+                       np.abs(live_below - np.asarray(reference.cdf_below)).max()))
         mean = float(finite.mean())
     return Drift(rows, psi, ks, nulls / rows if rows else 0.0, reference.null_rate,
                  infinite / rows if rows else 0.0, reference.nonfinite_rate, mean, reference.mean)

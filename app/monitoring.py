@@ -136,8 +136,10 @@ def monitor_model(fs: FeatureStore, model_dir: Path, *, window: timedelta, end: 
     limits = MonitorThresholds.from_table({**fs.config.monitor, **(thresholds or {})}, where=str(fs.store.config_path))
     start = end - window
     served: list[dict] = []
-    for log in audit:
-        served = served or read_served(log, model=meta.name, version=meta.version, start=start, end=end)
+    for log in audit:  # the first log that holds the model's signals in the window
+        served = read_served(log, model=meta.name, version=meta.version, start=start, end=end)
+        if served:
+            break
     if symbols is not None:
         served = [s for s in served if s["symbol"] in symbols]
     if source == "signals" or (source == "auto" and served):

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 from featurestore.backfill import BackfillReport, backfill
+from featurestore.catalog import refresh_catalog
 from featurestore.config import StoreConfig, with_overrides, write_config
 from featurestore.definitions import FeatureView
 from featurestore.durations import parse_bars_or_duration
@@ -52,7 +53,7 @@ from featurestore.registry import (
 )
 from featurestore.sources.synthetic import Regime
 from featurestore.sql import SqlSession
-from featurestore.store import Store, default_store_root
+from featurestore.store import BarSeries, Store, default_store_root
 from featurestore.validate import StoreReport, validate_store
 from training.model import ModelKind, ModelParams
 from training.onnx_export import OnnxDtype
@@ -188,6 +189,19 @@ class FeatureStore:
     def validate(self, symbols: Sequence[str] | None = None) -> StoreReport:
         """Re-check every stored bar against the bar contract, and list the gaps."""
         return validate_store(self.store, symbols=list(symbols) if symbols else None)
+
+    def compact(self, *, exchange: str | None = None, timeframe: str | None = None,
+                symbols: Sequence[str] | None = None) -> dict[BarSeries, int]:
+        """Fold the delta files appended to each stored series (``Store.write_bars``) into its year files;
+        return the delta files folded per series (a series with none is left as it is: re-runs do nothing)."""
+        chosen = self.store.series(exchange=exchange, timeframe=timeframe, symbols=list(symbols) if symbols else None)
+        missing = sorted(set(symbols or ()) - {series.symbol for series in chosen})
+        if missing:
+            raise FeatureStoreError(f"no stored bars for {missing} in {self.root} (exchange {exchange or 'any'}, "
+                                    f"timeframe {timeframe or 'any'})")
+        folded = {series: self.store.compact(series) for series in chosen}
+        refresh_catalog(self.store)
+        return folded
 
     def sql(self, query: str) -> pl.DataFrame:
         """One read-only SQL statement over the store's views (``bars``, ``features_<view>``), on a DuckDB

@@ -229,10 +229,13 @@ STARTED, LOAD_BEFORE = datetime.now(UTC), [round(x, 2) for x in os.getloadavg()]
 # throughput are minimum bars/s, on a latency maximum microseconds, on a ratio the maximum time ratio.
 HEADLINE: tuple[Line, ...] = (
     Line("ingest_bars", "write_parquet"),
+    Line("ingest_append", "ingest_small_empty", Target(2.0, of="ratio", why="an append costs what the new bars cost")),
+    Line("ingest_append_5y", "ingest_small_empty_5y", Target(2.0, of="ratio", why="with five years stored too")),
     Line("run_sql_agg", "duckdb_native_agg"),
     Line("run_sql_agg", "polars_agg"),
     Line("backfill_research", "pandas_research", Target(1 / 3, of="ratio", why="3x pandas' bars/s")),
     Line("backfill_research", "polars_select_over", Target(1.25, of="ratio", why="0.8x bare polars' bars/s")),
+    Line("backfill_research", "polars_select_over", Target(1 / 0.6, of="ratio", why="issue 15: 0.6x bare polars")),
     Line("engine_update_batch", target=Target(1e6)),
     Line("engine_update", target=Target(50e3)),
     Line("engine_update_latency:p50"),
@@ -264,7 +267,6 @@ COMPARISONS: tuple[tuple[str, str], ...] = (
     ("ingest_bars", "synthetic_bars"),
     ("store_write_bars", "write_parquet"),
     ("validate_bars", "write_parquet"),
-    ("ingest_append", "ingest_small_empty"),
     ("run_sql_agg", "duckdb_parquet_agg"),
     ("run_sql_point", "duckdb_native_point"),
     ("run_sql_point", "duckdb_partition_point"),

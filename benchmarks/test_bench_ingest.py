@@ -8,8 +8,10 @@
 - Peak memory (the largest resident set) of ``featurestore ingest`` in a subprocess, 5 and 50 symbols x one year of
   one-minute bars from the synthetic source: ingest holds one symbol at a time, so the ratio should be ~1x.
 - Appending one new minute (one bar per symbol) to a store that already holds a year of bars per symbol
-  (a copy of the SQL benchmarks' store), against the same call into an empty store: the cost of a streaming
-  increment as the stored history grows.
+  (a copy of the SQL benchmarks' store), and to one holding five years per symbol (4 symbols), each against the
+  same call into an empty store: the cost of a streaming increment as the stored history grows. New bars land
+  as delta files (``Store.write_bars``); the rounds append up to ``APPEND_ROUNDS + 1`` deltas per year, below the
+  32 that trigger a merge of deltas (the merge's cost is the deltas', not the year's: not measured here).
 
 How to run and keep results: see ``benchmarks/conftest.py``.
 """
@@ -27,9 +29,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import BENCH_SCALE, SINCE
+from conftest import BENCH_SCALE, SINCE, SQL_MINUTES, SYMBOLS
 from featurestore.bars import validate_bars
-from featurestore.ingest import ingest_bars
+from featurestore.ingest import ingest_bars, ingest_synthetic
 from featurestore.sources.synthetic import synthetic_bars
 from featurestore.store import Store
 
@@ -129,31 +131,65 @@ def full_store(sql_data, tmp_path: Path) -> Iterator[Store]:
     shutil.rmtree(root, ignore_errors=True)
 
 
-def test_ingest_append_one_minute(benchmark, bench_record, sql_data, full_store: Store):
+@pytest.fixture(scope="module")
+def five_years(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Store, list[str], datetime]]:
+    """A store of 4 symbols x five years of one-minute bars (10.5M bars at BENCH_SCALE=1): (store, symbols, until)."""
+    root = tmp_path_factory.mktemp("five_years")
+    symbols, until = SYMBOLS[:4], SINCE + timedelta(minutes=5 * SQL_MINUTES)
+    ingest_synthetic(Store(root), symbols, TIMEFRAME, since=SINCE, until=until, now=until)
+    yield Store(root), symbols, until
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _bench_append(benchmark, store: Store, symbols: list[str], until: datetime) -> None:
+    """Append the next minute after everything stored, for every symbol, once per round."""
     minutes = itertools.count()
 
-    def setup():  # the next minute after everything stored, for every symbol
-        return (_minute_bars(sql_data.symbols, sql_data.until + timedelta(minutes=next(minutes))),), {}
+    def setup():
+        return (_minute_bars(symbols, until + timedelta(minutes=next(minutes))),), {}
 
     def append(bars: pl.DataFrame) -> dict[str, int]:
-        return ingest_bars(full_store, bars, exchange="synthetic", timeframe=TIMEFRAME, source="benchmark")
+        return ingest_bars(store, bars, exchange="synthetic", timeframe=TIMEFRAME, source="benchmark")
 
     new_rows = benchmark.pedantic(append, setup=setup, rounds=APPEND_ROUNDS, warmup_rounds=1)
-    assert new_rows == dict.fromkeys(sql_data.symbols, 1)
-    bench_record("ingest_append", f"ingest_bars +1 minute ({len(sql_data.symbols)} bars), "
-                 f"{sql_data.bars / 1e6:.1f}M stored")
+    assert new_rows == dict.fromkeys(symbols, 1)
 
 
-def test_baseline_ingest_one_minute_empty_store(benchmark, bench_record, sql_data, round_dirs: RoundDirs):
-    bars = _minute_bars(sql_data.symbols, sql_data.until)
+def _bench_empty(benchmark, round_dirs: RoundDirs, symbols: list[str], until: datetime) -> None:
+    """The same call into a new, empty store each round."""
+    bars = _minute_bars(symbols, until)
 
     def ingest(root: Path, bars: pl.DataFrame) -> dict[str, int]:
         return ingest_bars(Store(root), bars, exchange="synthetic", timeframe=TIMEFRAME, source="benchmark")
 
     new_rows = benchmark.pedantic(ingest, setup=lambda: round_dirs.setup(bars), teardown=round_dirs.teardown,
                                   rounds=ROUNDS, warmup_rounds=1)
-    assert new_rows == dict.fromkeys(sql_data.symbols, 1)
+    assert new_rows == dict.fromkeys(symbols, 1)
+
+
+def test_ingest_append_one_minute(benchmark, bench_record, sql_data, full_store: Store):
+    _bench_append(benchmark, full_store, sql_data.symbols, sql_data.until)
+    bench_record("ingest_append", f"ingest_bars +1 minute ({len(sql_data.symbols)} bars), "
+                 f"{sql_data.bars / 1e6:.1f}M stored (1 year per symbol)")
+
+
+def test_baseline_ingest_one_minute_empty_store(benchmark, bench_record, sql_data, round_dirs: RoundDirs):
+    _bench_empty(benchmark, round_dirs, sql_data.symbols, sql_data.until)
     bench_record("ingest_small_empty", "the same call, empty store")
+
+
+def test_ingest_append_one_minute_five_years(benchmark, bench_record, five_years):
+    store, symbols, until = five_years
+    _bench_append(benchmark, store, symbols, until)
+    bench_record("ingest_append_5y", f"ingest_bars +1 minute ({len(symbols)} bars), "
+                 f"{(until - SINCE) // timedelta(minutes=1) * len(symbols) / 1e6:.1f}M stored (5 years per symbol)")
+
+
+def test_baseline_ingest_one_minute_empty_store_four_symbols(benchmark, bench_record, five_years,
+                                                            round_dirs: RoundDirs):
+    _, symbols, until = five_years
+    _bench_empty(benchmark, round_dirs, symbols, until)
+    bench_record("ingest_small_empty_5y", f"the same call ({len(symbols)} bars), empty store")
 
 
 # -- peak memory of a whole ingest ----------------------------------------------------------------------

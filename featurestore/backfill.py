@@ -93,7 +93,7 @@ def backfill_symbols(store: Store, view: FeatureView, exchange: str, symbols: li
     with ThreadPoolExecutor(max_workers=_WRITERS, thread_name_prefix="backfill-writer") as writer:
         pending: deque[tuple[str, Future[int]]] = deque()
         for symbol in tqdm(symbols, desc=f"backfill {view.name}", unit="symbol", disable=None if progress else True):
-            bars = store.scan_series(BarSeries(exchange, view.timeframe, symbol)).select(needed).collect()
+            bars = store.read_series(BarSeries(exchange, view.timeframe, symbol), needed)
             rows = view.compute_symbol(bars)
             if start is not None:
                 rows = rows.filter(pl.col("ts") >= start)

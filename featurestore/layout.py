@@ -5,6 +5,7 @@ This module is the one place that spells out the store's paths; every other modu
 
     <root>/
       kind=bars/exchange=<x>/timeframe=<tf>/symbol=<url-quoted>/year=<yyyy>/bars.parquet
+      kind=bars/exchange=<x>/timeframe=<tf>/symbol=<url-quoted>/year=<yyyy>/delta-<first>-<last>.parquet
       kind=bars/exchange=<x>/timeframe=<tf>/symbol=<url-quoted>/partial-bars.json   bars from incomplete periods
       kind=features/view=<name>/version=<v>/exchange=<x>/symbol=<url-quoted>/year=<yyyy>/features.parquet
       kind=stream/view=<name>/version=<v>/exchange=<x>/symbol=<url-quoted>/part-<first>-<last>.parquet
@@ -23,10 +24,16 @@ This module is the one place that spells out the store's paths; every other modu
 Partition values are URL-quoted (``BTC/USDT`` is ``BTC%2FUSDT``). The partition keys live in the paths
 only, not in the files, so hive-aware readers (pyarrow, pandas, DuckDB, polars) agree on their types.
 
+A year of a series is its base file ``bars.parquet`` and the delta files appended since it was last
+compacted, each named by the open times (epoch ms) of its first and last bar; ``featurestore.store``
+says which of them are current (``YearFiles``).
+
 >>> import tempfile
 >>> layout = Layout(tempfile.mkdtemp())
 >>> layout.series_dir(BarSeries("binance", "1m", "BTC/USDT")).relative_to(layout.root).as_posix()
 'kind=bars/exchange=binance/timeframe=1m/symbol=BTC%2FUSDT'
+>>> layout.delta_file(BarSeries("binance", "1m", "BTC/USDT"), 2024, 1704067200000, 1704067260000).name
+'delta-1704067200000-1704067260000.parquet'
 >>> layout.resolve_exchange("1m", None)
 Traceback (most recent call last):
 ...
@@ -36,15 +43,17 @@ featurestore.errors.FeatureStoreError: no 1m bars in ...; ingest some first (fea
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
 
 from featurestore.errors import FeatureStoreError
 
-__all__ = ["BarSeries", "Layout"]
+__all__ = ["BarSeries", "Delta", "Layout", "YearFiles"]
 
 _BAR_FILE = "bars.parquet"
+_DELTA = re.compile(r"^delta-(\d+)-(\d+)\.parquet$")
 _FEATURE_FILE = "features.parquet"
 
 
@@ -70,6 +79,36 @@ class BarSeries:
     exchange: str
     timeframe: str
     symbol: str
+
+
+@dataclass(frozen=True, order=True)
+class Delta:
+    """A delta file: bars appended to a year after its base file, ``first_ms..last_ms`` their open times."""
+
+    first_ms: int
+    last_ms: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class YearFiles:
+    """The files found in one year directory of a series: its base file (None if none) and its deltas,
+    ordered by first bar (superseded ones included: ``featurestore.store`` tells them apart)."""
+
+    year: int
+    base: Path | None
+    deltas: tuple[Delta, ...]
+
+
+def _year_files(year_dir: Path) -> YearFiles:
+    base, deltas = None, []
+    with os.scandir(year_dir) as entries:
+        for entry in entries:
+            if entry.name == _BAR_FILE:
+                base = Path(entry.path)
+            elif match := _DELTA.match(entry.name):
+                deltas.append(Delta(int(match[1]), int(match[2]), Path(entry.path)))
+    return YearFiles(int(_value(year_dir.name)), base, tuple(sorted(deltas)))
 
 
 class Layout:
@@ -134,15 +173,26 @@ class Layout:
                 / _key("symbol", series.symbol))
 
     def year_file(self, series: BarSeries, year: int) -> Path:
+        """The year's base file."""
         return self.series_dir(series) / f"year={year}" / _BAR_FILE
+
+    def delta_file(self, series: BarSeries, year: int, first_ms: int, last_ms: int) -> Path:
+        """A delta file of the year holding bars that open from ``first_ms`` to ``last_ms``."""
+        return self.series_dir(series) / f"year={year}" / f"delta-{first_ms}-{last_ms}.parquet"
+
+    def series_years(self, series: BarSeries) -> list[YearFiles]:
+        """The series' years in order, each with every base and delta file found (years without one left out)."""
+        try:
+            with os.scandir(self.series_dir(series)) as entries:
+                dirs = [Path(e.path) for e in entries if e.name.startswith("year=") and e.is_dir()]
+        except FileNotFoundError:
+            return []
+        years = sorted((_year_files(d) for d in dirs), key=lambda y: y.year)
+        return [y for y in years if y.base or y.deltas]
 
     def partial_bars_file(self, series: BarSeries) -> Path:
         """The record of the series' bars built from incomplete periods (``featurestore.partial_bars``)."""
         return self.series_dir(series) / "partial-bars.json"
-
-    def bar_files(self, series: BarSeries) -> list[Path]:
-        """The series' files in time order (one per year); naming the partition keeps look-ups cheap."""
-        return sorted(self.series_dir(series).glob(f"year=*/{_BAR_FILE}"))
 
     def series(self, *, exchange: str | None = None, timeframe: str | None = None,
                symbols: list[str] | None = None) -> list[BarSeries]:
@@ -150,7 +200,7 @@ class Layout:
         found = [
             BarSeries(_value(path.parts[-3]), _value(path.parts[-2]), _value(path.parts[-1]))
             for path in self.bars_root.glob("exchange=*/timeframe=*/symbol=*")
-            if any(path.glob(f"year=*/{_BAR_FILE}"))
+            if any(path.glob("year=*/*.parquet"))
         ]
         return sorted(
             s for s in found

@@ -54,6 +54,8 @@ CASES: dict[str, list[tuple[str, ...] | tuple]] = {
                 "unknown time zone 'CEST'")],
     "validate": [(["--symbols", "BTCUSDT"], 2, "did you mean 'BTC/USDT'?"),
                  (["--symbols", "NOPE/USDT"], 1, "no stored bars for ['NOPE/USDT']")],
+    "compact": [(["--symbols", "NOPE/USDT"], 1, "no stored bars for ['NOPE/USDT']"),
+                (["--timeframe", "7x"], 2, "unknown timeframe '7x'")],
     "sql": [(["SELECT 'infinity'::TIMESTAMP AS t"], 1, "outside the range polars can write"),
             (["SELECT 'ab'::BLOB AS b", "--format", "json"], 1, "JSON has no binary type"),
             (["SELECT 1 AS a, 2 AS a"], 1, "2 columns named 'a'; name them apart with AS"),

@@ -131,6 +131,12 @@ def test_files_holding_their_partition_keys_still_read_and_are_rewritten_without
 
     done = run_cli(*INGEST[:-1], "2024-01-01T13:00", "--store", old.root)  # an hour more
     assert done.returncode == 0 and "BTC/USDT: 60 new bars" in done.stdout, done.stderr  # ETH/USDT too
+    assert "symbol" in pl.read_parquet_schema(files[1])  # 2024: the new bars appended beside it, as a delta file
+    assert [path.name for path in old.bar_files(series)][2].startswith("delta-")
+    assert old.scan_series(series).collect().height == 1440 + 60
+    done = run_cli("compact", "--store", old.root)
+    assert done.returncode == 0 and "BTC/USDT: 1 delta file(s) folded" in done.stdout, done.stderr
     assert "symbol" in pl.read_parquet_schema(files[0])  # 2023: nothing new, left as it was
     assert "symbol" not in pl.read_parquet_schema(files[1])  # 2024: rewritten with the new bars
+    assert old.bar_files(series) == files
     assert old.scan_series(series).collect().height == 1440 + 60

@@ -1,9 +1,11 @@
-"""The ``init``, ``ingest``, ``validate`` and ``sql`` commands: the store's settings, bars in, bars checked, SQL.
+"""The ``init``, ``ingest``, ``validate``, ``compact`` and ``sql`` commands: the store's settings, bars in, bars
+checked, appended bars folded into their year files, SQL.
 
     featurestore init [--online-store URL] [--exchange X] [--timeframe 1m] [--definitions my_views.py]
     featurestore ingest --source synthetic|ccxt|csv|resample [--symbols ..] [--timeframe 1m] [--since ..]
     featurestore ingest --source resample --from-timeframe 1h --timeframe 1d [--allow-partial]
     featurestore validate [--symbols ..]
+    featurestore compact [--exchange X] [--timeframe 1m] [--symbols ..]
     featurestore sql "SELECT ..." [--format table|csv|json|parquet] [--output FILE]
 """
 
@@ -70,6 +72,15 @@ def cmd_validate(args: argparse.Namespace, fs: FeatureStore) -> int:
     return 1 if report.problems else 0
 
 
+def cmd_compact(args: argparse.Namespace, fs: FeatureStore) -> int:
+    folded = fs.compact(exchange=args.exchange, timeframe=args.timeframe, symbols=args.symbols)
+    for series, files in folded.items():
+        if files:
+            print(f"{series.exchange} {series.timeframe} {series.symbol}: {files} delta file(s) folded")
+    print(f"compacted {sum(1 for files in folded.values() if files)} of {len(folded)} series in {fs.root}")
+    return 0
+
+
 def cmd_sql(args: argparse.Namespace, fs: FeatureStore) -> int:
     from featurestore.sql_output import check_output, write_result
 
@@ -79,7 +90,7 @@ def cmd_sql(args: argparse.Namespace, fs: FeatureStore) -> int:
 
 
 def add_commands(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """Register ``init``, ``ingest``, ``validate`` and ``sql``."""
+    """Register ``init``, ``ingest``, ``validate``, ``compact`` and ``sql``."""
     init = commands.add_parser("init", parents=[common], help="write the store's settings (featurestore.toml)")
     init.add_argument("--online-store", help="online store URL: sqlite:///online.sqlite (relative to the store) "
                       "or redis://host:port/db")
@@ -110,6 +121,13 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     validate = commands.add_parser("validate", parents=[common], help="re-check stored bars and list gaps")
     add_symbols(validate)
     validate.set_defaults(run=cmd_validate)
+
+    compact = commands.add_parser("compact", parents=[common], help="fold appended bars (delta files) into the "
+                                  "year files: safe beside readers and writers, and to re-run")
+    compact.add_argument("--exchange", help="only this exchange's series")
+    compact.add_argument("--timeframe", type=timeframe, help="only this timeframe's series")
+    add_symbols(compact, help="comma-separated (default: every stored series)")
+    compact.set_defaults(run=cmd_compact)
 
     sql = commands.add_parser("sql", parents=[common], help="read-only SQL over the offline store (DuckDB)")
     sql.add_argument("query")

@@ -511,14 +511,15 @@ class FeatureStore:
     def stream(self, view: str, *, source: str = "replay", symbols: Sequence[str] | None = None,
                exchange: str | None = None, start: datetime | None = None, end: datetime | None = None,
                batch: int = 1000, speed: float = 0.0, poll_interval_s: float = 5.0, jsonl: str | Path | None = None,
-               offline_parts: bool = True, metrics: str | Path | None = None, model: str | None = None,
-               workers: int = 1, process_id: int | None = None, addresses: Sequence[str] | None = None,
+               offline_parts: bool = True, store_bars: bool = True, metrics: str | Path | None = None,
+               model: str | None = None, workers: int = 1, process_id: int | None = None, addresses: Sequence[str] | None = None,
                join_timeout_s: float = 120.0, recovery_dir: str | Path | None = None, snapshot_interval_s: float = 10.0,
                backup_interval_s: float = 0.0, progress: bool = False, **signals: Any) -> StreamConfig:
         """Run the Bytewax dataflow for ``view`` until its source ends (live: until interrupted): bars replayed from
         the store (``source="replay"``, ``start <= ts < end``, ``batch`` bars a window, paced by ``speed``) or
         polled live from ccxt, into the online store, the row log (``offline_parts``: parquet parts under
-        ``kind=stream/``, what ``consistency`` checks) and the optional sinks; with ``model`` every row becomes a
+        ``kind=stream/``, what ``consistency`` checks), the bar store (``store_bars``: a live stream appends the bars it
+        receives) and the optional sinks; with ``model`` every row becomes a
         signed signal (``signals``: the keyword arguments of ``signal_service``); ``progress``: a replay's bar on a
         terminal. Returns the run's config.
 
@@ -548,8 +549,8 @@ class FeatureStore:
             store=str(self.root), view=view, symbols=list(symbols), source=source,
             exchange=exchange or self.config.exchange, start=start.isoformat() if start else None,
             until=end.isoformat() if end else None, batch=batch, speed=speed, poll_interval_s=poll_interval_s,
-            jsonl=str(jsonl) if jsonl else None, offline_parts=offline_parts, metrics=str(metrics) if metrics else None,
-            progress=progress,
+            jsonl=str(jsonl) if jsonl else None, offline_parts=offline_parts, store_bars=store_bars,
+            metrics=str(metrics) if metrics else None, progress=progress,
             **(self._signal_config(resolved, model, **signals) if model else {}))
         flow = build_flow(config, placement=Placement(process_id or 0, len(addresses) if addresses else 1, workers))
         described = {**asdict(config), "view_version": resolved.version, "steps": [step.step_id for step in flow.substeps],

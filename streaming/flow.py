@@ -7,6 +7,7 @@
       -> features (streaming.keyed_state: warm start, duplicates/late counted)
       -> online store  (always)       -> metrics JSON (always)
       -> the row log: parquet parts (``offline_parts``, on by default) -> JSONL file (``jsonl``)
+    live bars -> the bar store (``store_bars``, on by default: appended as delta files)
       -> signed signals in the audit log (``model``: every row scored, see ``streaming.sinks.signals``)
 
 A ``StreamConfig`` describes a run in plain JSON-able fields, so every process of a cluster can
@@ -46,7 +47,15 @@ from streaming.engine import ViewEngine
 from streaming.items import BarItem, FeatureRows
 from streaming.keyed_state import feature_logic_builder, warm_from_store
 from streaming.placement import Placement
-from streaming.sinks import JsonlSink, MetricsSink, OfflinePartsSink, OnlineSink, ProgressSink, SignalSink
+from streaming.sinks import (
+    BarStoreSink,
+    JsonlSink,
+    MetricsSink,
+    OfflinePartsSink,
+    OnlineSink,
+    ProgressSink,
+    SignalSink,
+)
 from streaming.sources.replay import ReplaySource
 
 if TYPE_CHECKING:
@@ -95,6 +104,7 @@ class StreamConfig:
     poll_interval_s: float = 5.0
     jsonl: str | None = None
     offline_parts: bool = True
+    store_bars: bool = True
     metrics: str | None = None
     model: str | None = None
     audit: str | None = None
@@ -156,6 +166,8 @@ def build_flow(config: StreamConfig, *, clock: Clock = wall_clock_ms,
                                            poll_interval_s=config.poll_interval_s)
     flow = Dataflow(f"featurestore_stream_{view.name}")
     bars = op.input("bars", flow, bars_source)
+    if config.source == "ccxt" and config.store_bars:
+        op.output("bar_store", bars, BarStoreSink(store, exchange, view.timeframe))
     keyed = op.key_on("by_symbol", bars, lambda item: keys.get(item.symbol, item.symbol))
     rows = op.stateful_batch("features", keyed, feature_logic_builder(view, warm_from_store(store, exchange)))
     op.output("online", rows, OnlineSink(store.online_url, view, names, clock))

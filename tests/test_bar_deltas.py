@@ -27,6 +27,8 @@ from featurestore.bars import BAR_COLUMNS, validate_bars
 from featurestore.errors import StoreConflictError
 from featurestore.sources.synthetic import synthetic_bars
 from featurestore.store import BarSeries, Store
+from streaming.items import Bar
+from streaming.sinks import BarStoreSink
 
 SERIES = BarSeries("synthetic", "1h", "BTC/USDT")
 # 80 hourly bars across a year boundary: both years get base files and deltas.
@@ -211,3 +213,18 @@ def test_delta_names_hold_their_first_and_last_open_times(tmp_path):
         (ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1) for ts in (BARS["ts"][40], BARS["ts"][42]))
     assert Path(delta.path).name == f"delta-{delta.first_ms}-{delta.last_ms}.parquet"
 
+
+def test_the_live_bar_sink_stores_new_bars_and_leaves_out_a_revised_one(tmp_path, caplog):
+    store = Store(tmp_path)
+    write(store, BARS.head(40))
+    part = BarStoreSink(store, SERIES.exchange, SERIES.timeframe).build("bar_store", 0, 1)
+    bars = [Bar("BTC/USDT", ts // 1000, *prices) for ts, *prices in
+            BARS.slice(38, 5).select(pl.col("ts").dt.epoch("us"), *BAR_COLUMNS[2:]).rows()]
+    revised = bars[1]._replace(close=bars[1].close + 1)  # the exchange changed a stored bar
+    with caplog.at_level("WARNING", logger="streaming.sinks.bar_store"):
+        part.write_batch([bars[0], revised, *bars[2:]])
+    assert_frame_equal(stored(store), BARS.head(43), check_exact=True)
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert f"BTC/USDT: bar at {revised.ts} ms not stored" in warning and "disagree with stored bars" in warning
+    part.write_batch(bars)  # the same bars again (a restart): nothing new
+    assert_frame_equal(stored(store), BARS.head(43), check_exact=True)

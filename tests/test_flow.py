@@ -233,8 +233,9 @@ def test_live_source_starts_warm_survives_failures_and_refetches_gaps(tmp_path, 
 @pytest.mark.slow
 def test_cli_ingests_history_then_streams_live_bars_from_the_exchange(tmp_path):
     """``featurestore ingest --source ccxt`` then ``featurestore stream --source ccxt``, as a user runs them, with
-    ccxt's HTTP layer sent to the local Binance by ``FEATURESTORE_EXCHANGE_URL``."""
-    step, history, until = 60_000, T0 + 300 * 60_000, T0 + 400 * 60_000
+    ccxt's HTTP layer sent to the local Binance by ``FEATURESTORE_EXCHANGE_URL``; the stream keeps the bars it
+    applies, so a backfill and parity agree with what was served without an ingest, and a restart goes on after them."""
+    step, history, until, later = 60_000, T0 + 300 * 60_000, T0 + 400 * 60_000, T0 + 460 * 60_000
     server = LocalBinance(now_ms=int(time.time() * 1000) + 86_400_000)  # every 2024 bar closed, as for the CLI's clock
     for pair in ("BTCUSDT", "ETHUSDT"):
         server.halted_at[pair] = until  # a market that ends: no need to page through 2024-2026
@@ -259,14 +260,37 @@ def test_cli_ingests_history_then_streams_live_bars_from_the_exchange(tmp_path):
                        ",".join(SYMBOLS), "--until", ms_to_dt(until).isoformat(), "--poll-interval", "0.1",
                        "--jsonl", str(tmp_path / "rows.jsonl"))
         assert streamed.returncode == 0, streamed.stderr
+        first_klines = {int(q["startTime"]) for p, q in server.requests if p == "/api/v3/klines"}
+        # The flow kept the bars it applied (delta files): a backfill and parity read them without an ingest...
+        assert Store(store).scan_bars("binance", "1m").select(BAR_COLUMNS).collect().rows() == [
+            bar for pair in ("BTCUSDT", "ETHUSDT") for bar in server.closed_bars(pair, step, until_ms=until)]
+        assert any(store.glob("kind=bars/**/delta-*.parquet"))
+        assert cli("backfill", "--view", "research").returncode == 0
+        checked = cli("parity", "--view", "research")
+        assert checked.returncode == 0 and "PARITY OK" in checked.stdout, checked.stdout + checked.stderr
+        # ...and a restart warms from them and goes on after them.
+        for pair in ("BTCUSDT", "ETHUSDT"):
+            server.halted_at[pair] = later
+        server.requests.clear()
+        restarted = cli("stream", "--source", "ccxt", "--exchange", "binance", "--view", "research", "--symbols",
+                        ",".join(SYMBOLS), "--until", ms_to_dt(later).isoformat(), "--poll-interval", "0.1",
+                        "--jsonl", str(tmp_path / "restarted.jsonl"))
+        assert restarted.returncode == 0, restarted.stderr
+        restart_klines = {int(q["startTime"]) for p, q in server.requests if p == "/api/v3/klines"}
     finally:
         server.close()
     assert server.unexpected == []
-    assert {int(q["startTime"]) for p, q in server.requests if p == "/api/v3/klines"} == {history}  # after the history
+    assert first_klines == {history}  # after the history
     expected = market_rows(server, until, after=history)
-    assert_bit_identical(read_jsonl(tmp_path / "rows.jsonl", NAMES).sort("symbol", "ts"), expected)
-    assert_online_holds_newest(Store(store), expected)
+    served = read_jsonl(tmp_path / "rows.jsonl", NAMES).sort("symbol", "ts")
+    assert_bit_identical(served, expected)
     assert "2 symbol(s), 200 bars received, 200 applied, 0 dropped" in streamed.stdout
+    assert_bit_identical(read_features(Store(store), RESEARCH).select("symbol", "ts", *NAMES).collect()
+                         .filter(pl.col("ts") > ms_to_dt(history)).sort("symbol", "ts"), served)
+    assert restart_klines == {until}
+    after_restart = market_rows(server, later, after=until)
+    assert_bit_identical(read_jsonl(tmp_path / "restarted.jsonl", NAMES).sort("symbol", "ts"), after_restart)
+    assert_online_holds_newest(Store(store), after_restart)
 
 
 # ---------------------------------------------------------------------------------------------- scale-out

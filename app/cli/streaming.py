@@ -1,7 +1,7 @@
 """The ``stream`` and ``parity`` commands: the Bytewax dataflow, and its parity with the backfill.
 
     featurestore stream --source replay --view research [--symbols ..] [--start 2024-05-01] [--speed 0]
-                        [--batch 1000] [--recovery-dir DIR] [--workers N] [--jsonl FILE] [--no-offline-parts]
+                        [--batch 1000] [--recovery-dir DIR] [--workers N] [--jsonl FILE] [--no-offline-parts] [--no-store-bars]
     featurestore stream --source ccxt --exchange binance --view research --symbols BTC/USDT
     featurestore stream ... --process-id 0 --addresses "host0:2101;host1:2101"     (one per machine)
     featurestore stream --view research --model NAME [--audit FILE]     every row scored: signed signals
@@ -44,7 +44,8 @@ def cmd_stream(args: argparse.Namespace, fs: FeatureStore) -> int:
     signals = signal_options(args) if args.model else {}
     config = fs.stream(args.view, source=args.source, symbols=args.symbols, exchange=args.exchange, start=args.start,
                        end=args.end, batch=args.batch, speed=args.speed, poll_interval_s=args.poll_interval,
-                       jsonl=args.jsonl, offline_parts=args.offline_parts, metrics=args.metrics, model=args.model,
+                       jsonl=args.jsonl, offline_parts=args.offline_parts, store_bars=args.store_bars,
+                       metrics=args.metrics, model=args.model,
                        workers=args.workers, process_id=args.process_id, addresses=args.addresses,
                        join_timeout_s=args.join_timeout, recovery_dir=args.recovery_dir,
                        snapshot_interval_s=args.snapshot_interval, backup_interval_s=args.backup_interval,
@@ -88,6 +89,9 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     stream.add_argument("--offline-parts", action=argparse.BooleanOptionalAction, default=True,
                         help="log every row as parquet parts under <store>/kind=stream/ (the row log `featurestore "
                         "consistency` checks; default on)")
+    stream.add_argument("--store-bars", action=argparse.BooleanOptionalAction, default=True,
+                        help="ccxt: append the bars received to the bar store, so a backfill, parity and a restart "
+                        "read them without an ingest (default on)")
     stream.add_argument("--metrics", type=output_file, help="counters JSON (default <store>/stream/metrics-<view>.json)")
     stream.add_argument("--recovery-dir", type=directory, help="enable Bytewax recovery with this directory")
     stream.add_argument("--snapshot-interval", type=number(above=0), default=10.0, help="seconds between recovery snapshots")

@@ -70,6 +70,7 @@ def validate_store(store: Store, *, symbols: list[str] | None = None) -> StoreRe
             pl.lit(series_gaps.height).alias("gaps"),
             pl.lit(int(series_gaps["missing_bars"].sum() or 0)).alias("missing_bars"),
             pl.lit(series_partial.height).alias("partial"),
+            pl.lit(sum(len(year.deltas) for year in store.year_files(series))).alias("delta_files"),
         ))
     if not summaries:  # every chosen series is damaged: the problems say which files
         return StoreReport(pl.DataFrame(), pl.DataFrame(), pl.DataFrame(), problems)

@@ -27,6 +27,7 @@ from featurestore.bars import BAR_COLUMNS, validate_bars
 from featurestore.errors import StoreConflictError
 from featurestore.sources.synthetic import synthetic_bars
 from featurestore.store import BarSeries, Store
+from featurestore.validate import validate_store
 from streaming.items import Bar
 from streaming.sinks import BarStoreSink
 
@@ -191,6 +192,7 @@ def test_appends_through_the_cli_read_the_same_in_sql_and_backfill_before_and_af
              "--format", "csv", "--store", root)
     counted = run_cli(*query)
     assert counted.stdout == "symbol,n,d\nBTC/USDT,780,780\nETH/USDT,780,780\n", counted.stderr
+    assert validate_store(Store(root)).summary["delta_files"].to_list() == [3, 3]
     assert run_cli("backfill", "--view", "research", "--store", root).returncode == 0
     before = features(root)
     done = run_cli("compact", "--store", root)

@@ -1,7 +1,8 @@
 """Bars in: validate a batch, keep only closed bars, merge it into the store, refresh the catalog.
 
 Sources are read one symbol at a time (a ccxt fetch: in flushes of ``flush_every`` bars; a CSV file holds one
-symbol), so memory holds one symbol's bars however many symbols are ingested.
+symbol; a resample reads one symbol's fine bars), so memory holds one symbol's bars however many symbols are
+ingested.
 
 >>> import tempfile
 >>> from datetime import datetime, timezone
@@ -42,33 +43,35 @@ def closed_bars(bars: pl.DataFrame, timeframe: str, now: datetime) -> pl.DataFra
     return bars.filter(pl.col("ts") + pl.duration(milliseconds=timeframe_ms(timeframe)) <= now)
 
 
-def ingest_bars(store: Store, bars: pl.DataFrame, *, exchange: str, timeframe: str, source: str,
-                partial: pl.DataFrame | None = None) -> dict[str, int]:
-    """Validate ``bars`` whole (raising before anything is written), store them (``partial``: those built from
-    incomplete periods, see ``Store.write_bars``), return the rows written per symbol."""
+def ingest_bars(store: Store, bars: pl.DataFrame, *, exchange: str, timeframe: str, source: str) -> dict[str, int]:
+    """Validate ``bars`` whole (raising before anything is written), store them, return the rows written per
+    symbol."""
     checked = validate_bars(bars, timeframe, source=source)
-    new_rows = store.write_bars(checked, exchange=exchange, timeframe=timeframe, partial=partial)
+    new_rows = store.write_bars(checked, exchange=exchange, timeframe=timeframe)
     refresh_catalog(store)  # also when nothing was new: a re-run repairs a catalog a killed run left stale
     return new_rows
 
 
-def ingest_symbols(store: Store, symbols: list[str], bars_of: Callable[[str], pl.DataFrame], *, exchange: str,
+def ingest_symbols(store: Store, symbols: list[str],
+                   bars_of: Callable[[str], tuple[pl.DataFrame, pl.DataFrame | None]], *, exchange: str,
                    timeframe: str, source: str) -> dict[str, int]:
     """Store ``bars_of(symbol)`` for each symbol in turn, so memory holds one symbol's bars; return new rows.
 
-    ``bars_of`` must give the same bars when called again: each symbol that already has stored bars is built,
-    validated and checked against them first, so that a conflict anywhere raises before anything is written
-    (as ``ingest_bars`` does for one batch).
+    ``bars_of`` gives a symbol's bars and those of them built from incomplete periods (``partial`` of
+    ``Store.write_bars``; None for a source that has none). It must give the same bars when called again:
+    each symbol that already has stored bars is built, validated and checked against them first, so that a
+    conflict anywhere raises before anything is written (as ``ingest_bars`` does for one batch).
     """
     symbols = list(dict.fromkeys(symbols))
     for symbol in symbols:
         if store.last_bar_ts(BarSeries(exchange, timeframe, symbol)) is not None:
-            store.check_bars(validate_bars(bars_of(symbol), timeframe, source=source), exchange=exchange,
+            store.check_bars(validate_bars(bars_of(symbol)[0], timeframe, source=source), exchange=exchange,
                              timeframe=timeframe)
     new_rows: dict[str, int] = {}
     for symbol in symbols:
-        checked = validate_bars(bars_of(symbol), timeframe, source=source)
-        new_rows.update(store.write_bars(checked, exchange=exchange, timeframe=timeframe))
+        bars, partial = bars_of(symbol)
+        checked = validate_bars(bars, timeframe, source=source)
+        new_rows.update(store.write_bars(checked, exchange=exchange, timeframe=timeframe, partial=partial))
     refresh_catalog(store)
     return new_rows
 
@@ -80,9 +83,9 @@ def ingest_synthetic(store: Store, symbols: list[str], timeframe: str, *, since:
     one symbol at a time (``ingest_symbols``)."""
     until = min(until or now, now)
 
-    def bars_of(symbol: str) -> pl.DataFrame:
+    def bars_of(symbol: str) -> tuple[pl.DataFrame, None]:
         bars = synthetic_bars([symbol], timeframe, since=since, until=until, seed=seed, regime=regime)
-        return closed_bars(bars, timeframe, now)
+        return closed_bars(bars, timeframe, now), None
 
     return ingest_symbols(store, symbols, bars_of, exchange="synthetic", timeframe=timeframe,
                           source=f"synthetic seed {seed}" + (f", {regime}" if regime else ""))
@@ -205,21 +208,30 @@ def _ingest_exchange_symbol(store: Store, client: ccxt.Exchange, symbol: str, ti
 def ingest_resampled(store: Store, *, exchange: str, from_timeframe: str, timeframe: str, now: datetime,
                      symbols: list[str] | None = None, allow_partial: bool = False) -> dict[str, int]:
     """Derive ``timeframe`` bars of complete periods from stored ``from_timeframe`` bars of the same exchange
-    (``featurestore.sources.resample``); return the rows written per symbol.
+    (``featurestore.sources.resample``), one symbol at a time (``ingest_symbols``); return the rows written per
+    symbol.
 
     ``allow_partial`` also stores ended periods with missing fine bars, recorded as such
-    (``featurestore.partial_bars``); fine bars that complete such a period later replace its bar.
+    (``featurestore.partial_bars``); fine bars that complete such a period later replace its bar. A named
+    symbol without fine bars, a damaged fine file or a conflict with a stored coarse bar in any symbol raises
+    before anything is written.
     """
     expected = expected_fine_bars(from_timeframe, timeframe)
-    fine = store.scan_bars(exchange, from_timeframe, symbols)
-    coarse = closed_bars(resample_bars(fine, from_timeframe, timeframe, allow_partial=allow_partial), timeframe, now)
-    partial = (coarse.filter(pl.col("fine_bars") < expected)
-               .select("symbol", "ts", from_timeframe=pl.lit(from_timeframe), fine_bars=pl.col("fine_bars").cast(pl.Int64),
-                       expected=pl.lit(expected, pl.Int64)))
+    store.scan_bars(exchange, from_timeframe, symbols)  # raises now on a symbol not stored or a damaged file
+    chosen = [s.symbol for s in store.series(exchange=exchange, timeframe=from_timeframe, symbols=symbols)]
+
+    def bars_of(symbol: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+        fine = store.scan_series(BarSeries(exchange, from_timeframe, symbol))
+        coarse = closed_bars(resample_bars(fine, from_timeframe, timeframe, allow_partial=allow_partial),
+                             timeframe, now)
+        partial = (coarse.filter(pl.col("fine_bars") < expected)
+                   .select("symbol", "ts", from_timeframe=pl.lit(from_timeframe),
+                           fine_bars=pl.col("fine_bars").cast(pl.Int64), expected=pl.lit(expected, pl.Int64)))
+        return coarse.drop("fine_bars"), partial
+
     source = f"{exchange} {from_timeframe} bars resampled to {timeframe}"
     try:
-        return ingest_bars(store, coarse.drop("fine_bars"), exchange=exchange, timeframe=timeframe, source=source,
-                           partial=partial)
+        return ingest_symbols(store, chosen, bars_of, exchange=exchange, timeframe=timeframe, source=source)
     except StoreConflictError as exc:
         raise StoreConflictError(
             f"{exc} Resampled bars are derived from the {from_timeframe} bars: a {timeframe} bar stored from an "

@@ -1,5 +1,5 @@
-"""Ingest one symbol at a time: the same stored files as one batch of every symbol, and a conflict in any
-symbol still writes nothing."""
+"""Ingest and resample one symbol at a time: the same stored files as one batch of every symbol, and a conflict
+(or a damaged fine file) in any symbol still writes nothing."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 import pytest
 
 from conftest import NOW, store_with_bars
-from featurestore.errors import StoreConflictError
+from featurestore.errors import DamagedFileError, StoreConflictError
 from featurestore.ingest import closed_bars, ingest_bars, ingest_resampled, ingest_synthetic
 from featurestore.sources.resample import resample_bars
 from featurestore.sources.synthetic import Regime, synthetic_bars
-from featurestore.store import Store
+from featurestore.store import BarSeries, Store
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "BTC/USDT:USDT"]
 SINCE, UNTIL = datetime(2023, 12, 30, tzinfo=UTC), datetime(2024, 1, 3, 7, tzinfo=UTC)  # two year files each
@@ -63,6 +63,25 @@ def test_a_conflict_in_a_later_symbol_writes_no_earlier_symbol(tmp_path, run_cli
     assert hash_tree(store.root) == before
     with pytest.raises(StoreConflictError, match="Nothing was written"):
         ingest_synthetic(store, ["BTC/USDT", "ETH/USDT"], "1h", since=SINCE, until=UNTIL, now=NOW, seed=8)
+    assert hash_tree(store.root) == before
+
+
+def test_resampling_writes_no_earlier_symbol_on_a_later_conflict_or_damaged_file(tmp_path, hash_tree):
+    store = store_with_bars(tmp_path / "store", ["BTC/USDT", "ETH/USDT"])  # BTC/USDT is resampled first
+    eth = closed_bars(resample_bars(store.scan_series(BarSeries("synthetic", "1h", "ETH/USDT")), "1h", "4h"), "4h", NOW)
+    ingest_bars(store, eth.head(1).drop("fine_bars").with_columns(volume=eth["volume"][0] * 2), exchange="synthetic",
+                timeframe="4h", source="an older resample")
+    before = hash_tree(store.root)
+
+    with pytest.raises(StoreConflictError, match=r"symbol ETH/USDT.*Nothing was written.*resample again"):
+        ingest_resampled(store, exchange="synthetic", from_timeframe="1h", timeframe="4h", now=NOW)
+    assert hash_tree(store.root) == before
+
+    fine = store.bar_files(BarSeries("synthetic", "1h", "ETH/USDT"))[0]
+    fine.write_bytes(fine.read_bytes()[:500])  # cut short: its footer is gone
+    before = hash_tree(store.root)
+    with pytest.raises(DamagedFileError, match="symbol=ETH%2FUSDT"):
+        ingest_resampled(store, exchange="synthetic", from_timeframe="1h", timeframe="4h", now=NOW)
     assert hash_tree(store.root) == before
 
 

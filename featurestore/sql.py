@@ -1,8 +1,10 @@
 """Read-only SQL over the offline store, through DuckDB, reading nothing but the store.
 
 A ``SqlSession`` is one DuckDB connection over one store, kept open between statements so that DuckDB's
-caches of parquet footers and file blocks serve the next one (the SDK's ``FeatureStore.sql`` keeps one);
-``run_sql`` opens one for a single statement. Each statement is checked first
+caches of parquet footers and file blocks serve the next one (the SDK's ``FeatureStore.sql`` keeps one).
+``run_sql`` runs on the session of the store it was last called for, kept by the process (opening a DuckDB
+database and closing it again costs more than a one-symbol, one-day query); a call for another store, or
+in a forked child, opens a new one and lets the old one go. Each statement is checked first
 (``featurestore.sql_statement``); before it runs, the views are brought up to date with the store
 (``featurestore.catalog``), so bars ingested or views backfilled meanwhile are seen.
 
@@ -28,6 +30,7 @@ featurestore.errors.SqlError: refused: featurestore sql reads only the files of 
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from types import TracebackType
@@ -141,13 +144,27 @@ def _polars(table: pa.Table) -> pl.DataFrame:
                        f'{one_line(str(column_error))}; cast it in SQL, e.g. "{name}"::VARCHAR') from None
 
 
+_SHARED: dict[tuple[int, Path], SqlSession] = {}  # (process id, store root) -> the session run_sql uses
+_SHARED_LOCK = threading.Lock()
+
+
+def _shared_session(store: Store) -> SqlSession:
+    """The process's session over ``store``: the one of the last call if that was for the same store (and
+    this process: a forked child never uses its parent's DuckDB), else a new one. The one it replaces is
+    not closed here: a thread still running a statement on it holds it, and it closes when dropped."""
+    key = (os.getpid(), store.root.resolve())
+    with _SHARED_LOCK:
+        if key not in _SHARED:
+            _SHARED.clear()
+            _SHARED[key] = SqlSession(store)
+        return _SHARED[key]
+
+
 def run_sql_arrow(query: str, store: Store) -> pa.Table:
-    """Run one read-only statement over the store's views on a connection of its own; an Arrow table."""
-    with SqlSession(store) as session:
-        return session.arrow(query)
+    """Run one read-only statement over the store's views (``_shared_session``); an Arrow table."""
+    return _shared_session(store).arrow(query)
 
 
 def run_sql(query: str, store: Store) -> pl.DataFrame:
-    """Run one read-only statement over the store's views on a connection of its own; a polars DataFrame."""
-    with SqlSession(store) as session:
-        return session.sql(query)
+    """Run one read-only statement over the store's views (``_shared_session``); a polars DataFrame."""
+    return _shared_session(store).sql(query)

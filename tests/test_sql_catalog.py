@@ -1,6 +1,7 @@
 """The views behind SQL: a moved or copied store reads its own files (``catalog.duckdb`` and ``featurestore
 sql``), a query on one symbol opens only that symbol's files, a store below a ``key=value`` directory reads
-the same rows, and the SDK's long-lived connection sees what is ingested and backfilled meanwhile."""
+the same rows, and the long-lived connections (the SDK's, ``run_sql``'s) see what is ingested and backfilled
+meanwhile."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ import duckdb
 import pytest
 
 from app.sdk import FeatureStore
-from conftest import NOW, store_with_bars
+from conftest import NOW, SINCE, UNTIL, store_with_bars
 from featurestore.backfill import backfill
 from featurestore.builtin_views import builtin_view
 from featurestore.ingest import ingest_synthetic
 from featurestore.sql import run_sql
+from featurestore.store import Store
 
 COUNTS = "SELECT symbol, count(*) AS n FROM bars GROUP BY symbol ORDER BY symbol"
 WEEK = ("--start", "2024-01-01", "--end", "2024-01-08")  # 168 one-hour bars
@@ -129,3 +131,21 @@ def test_the_sdk_connection_serves_threads(tmp_path):
     with FeatureStore(store.root) as fs, ThreadPoolExecutor(4) as pool:
         counts = list(pool.map(lambda i: fs.sql(f"SELECT count(*) + {i} FROM bars").item(), range(40)))
     assert counts == [336 + i for i in range(40)]
+
+
+def test_run_sql_on_one_store_then_another_reads_the_files_each_holds_now(tmp_path):
+    """``run_sql`` keeps the last store's connection: the store grown, another store, the first one rebuilt with
+    other bars in files of the same names (within the same second): every answer is what the files hold now."""
+    first, second = store_with_bars(tmp_path / "first", ["BTC/USDT"]), store_with_bars(tmp_path / "second", ["ETH/USDT"])
+    assert run_sql(COUNTS, first).rows() == [("BTC/USDT", 168)]
+    store_with_bars(first.root, ["BTC/USDT", "ETH/USDT"], until=datetime(2024, 1, 15, tzinfo=UTC))
+    assert run_sql(COUNTS, first).rows() == [("BTC/USDT", 336), ("ETH/USDT", 336)]
+    assert run_sql(COUNTS, second).rows() == [("ETH/USDT", 168)]
+    assert run_sql(COUNTS, second).rows() == [("ETH/USDT", 168)]
+    shutil.rmtree(second.root)
+    rebuilt = Store(second.root)
+    ingest_synthetic(rebuilt, ["ETH/USDT"], "1h", since=SINCE, until=UNTIL, now=NOW, seed=8)
+
+    closes = run_sql("SELECT ts, close FROM bars ORDER BY ts", rebuilt)
+
+    assert closes.rows() == rebuilt.scan_bars("synthetic", "1h").select("ts", "close").collect().rows()

@@ -260,6 +260,8 @@ HEADLINE: tuple[Line, ...] = (
     Line("flow_replay_per_bar", "flow_replay_per_bar_no_log", Target(1.1, of="ratio", why="the row log costs < 10%")),
     Line("monitor_signals", target=Target(72_000 / 5.0, why="a day of 50 symbols' 1m rows in under 5 s")),
     Line("ingest_peak_memory_50", "ingest_peak_memory_5", Target(1.2, of="ratio", why="memory bounded by one symbol")),
+    Line("resample_peak_memory_50", "resample_peak_memory_5", Target(1.2, of="ratio",
+                                                                   why="memory bounded by one symbol")),
 )
 
 # Every other comparison: (figure key, baseline key), both measured in the same session.

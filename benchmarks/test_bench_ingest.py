@@ -6,7 +6,8 @@
   generating the frame (what a source costs).
 - Components, for attributing the ratio: ``validate_bars`` alone and ``Store.write_bars`` alone.
 - Peak memory (the largest resident set) of ``featurestore ingest`` in a subprocess, 5 and 50 symbols x one year of
-  one-minute bars from the synthetic source: ingest holds one symbol at a time, so the ratio should be ~1x.
+  one-minute bars from the synthetic source, then of resampling them to 1h (``--source resample``): both hold one
+  symbol at a time, so the ratio 50 / 5 should be ~1x.
 - Appending one new minute (one bar per symbol) to a store that already holds a year of bars per symbol
   (a copy of the SQL benchmarks' store), and to one holding five years per symbol (4 symbols), each against the
   same call into an empty store: the cost of a streaming increment as the stored history grows. New bars land
@@ -204,15 +205,19 @@ def _peak_rss(args: list[str]) -> int:
 
 
 @pytest.mark.parametrize("symbols", [5, 50])
-def test_ingest_peak_memory(benchmark, bench_memory, tmp_path: Path, symbols: int):
+def test_ingest_and_resample_peak_memory(benchmark, bench_memory, tmp_path: Path, symbols: int):
     names = ",".join(f"S{i:02d}/USDT" for i in range(symbols))
     until = SINCE + timedelta(days=MEMORY_DAYS)
-    peaks: list[int] = []
+    peaks: dict[str, list[int]] = {"ingest": [], "resample": []}
 
-    def ingest(root: Path) -> None:
-        peaks.append(_peak_rss(["ingest", "--store", str(root), "--symbols", names, "--timeframe", TIMEFRAME,
-                                "--start", SINCE.isoformat(), "--end", until.isoformat()]))
+    def ingest_and_resample(root: Path) -> None:
+        peaks["ingest"].append(_peak_rss(["ingest", "--store", str(root), "--symbols", names, "--timeframe",
+                                          TIMEFRAME, "--start", SINCE.isoformat(), "--end", until.isoformat()]))
+        peaks["resample"].append(_peak_rss(["ingest", "--store", str(root), "--source", "resample",
+                                            "--from-timeframe", TIMEFRAME, "--timeframe", "1h"]))
 
-    benchmark.pedantic(ingest, setup=RoundDirs(tmp_path).setup, rounds=MEMORY_ROUNDS, iterations=1)
+    benchmark.pedantic(ingest_and_resample, setup=RoundDirs(tmp_path).setup, rounds=MEMORY_ROUNDS, iterations=1)
     bench_memory(f"ingest_peak_memory_{symbols}", f"featurestore ingest peak memory, {symbols} symbols x "
-                 f"{MEMORY_DAYS} days of 1m bars", peaks)
+                 f"{MEMORY_DAYS} days of 1m bars", peaks["ingest"])
+    bench_memory(f"resample_peak_memory_{symbols}", f"featurestore ingest --source resample 1m -> 1h peak memory, "
+                 f"{symbols} symbols x {MEMORY_DAYS} days", peaks["resample"])

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from tqdm import tqdm
 
-from featurestore.bars import validate_bars
+from featurestore.bars import BAR_COLUMNS, validate_bars
 from featurestore.catalog import refresh_catalog
 from featurestore.errors import ExchangeError, FeatureStoreError, StoreConflictError
 from featurestore.sources.csv_file import read_csv_bars
@@ -221,7 +221,7 @@ def ingest_resampled(store: Store, *, exchange: str, from_timeframe: str, timefr
     chosen = [s.symbol for s in store.series(exchange=exchange, timeframe=from_timeframe, symbols=symbols)]
 
     def bars_of(symbol: str) -> tuple[pl.DataFrame, pl.DataFrame]:
-        fine = store.scan_series(BarSeries(exchange, from_timeframe, symbol))
+        fine = store.read_series(BarSeries(exchange, from_timeframe, symbol), BAR_COLUMNS)  # survives a compaction
         coarse = closed_bars(resample_bars(fine, from_timeframe, timeframe, allow_partial=allow_partial),
                              timeframe, now)
         partial = (coarse.filter(pl.col("fine_bars") < expected)

@@ -67,7 +67,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from operator import attrgetter, itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -154,9 +154,8 @@ def resolve_model_dir(store: Store, model: str, *, version: str | None = None, m
     return version_path(root, model, version)  # raises, listing what is stored, when absent
 
 
-@dataclass(frozen=True, slots=True)
-class Score:
-    """One symbol's score and what it was computed from."""
+class Score(NamedTuple):
+    """One symbol's score and what it was computed from (a tuple: 4x cheaper to build than a frozen dataclass)."""
 
     symbol: str
     ts: datetime  # the primary view's row time: when the decision is taken
@@ -211,14 +210,6 @@ class _Feed:
         self.binding.bind_ortvalue_output(output, OrtValue.ortvalue_from_numpy(self.out))
 
 
-def _finite(values: list[tuple]) -> bool:
-    """Whether every value is a finite number (a sum that overflows says no), 5x cheaper than asking numpy."""
-    try:
-        return all(None not in row and math.isfinite(sum(row)) for row in values)
-    except OverflowError:  # an integer too large for a float
-        return False
-
-
 class Scorer:
     """Scores symbols with ``model`` from ``online`` (which ``close()`` closes). ``max_age``: per view, or one
     age for every view; views not named keep their TTL."""
@@ -265,7 +256,7 @@ class Scorer:
               ) -> list[dict[str, OnlineRow]]:
         """Per symbol, view -> row (views without a row left out): ``given`` views as given, the others from the
         online store (one query for one symbol, one query per view for several)."""
-        wanted = [view for view in self._views if not given or view not in given]
+        wanted = [view for view in self._views if view not in given] if given else self._views
         if len(symbols) == 1 and wanted:
             found = [self.online.get_views(wanted, symbols[0])]
         else:
@@ -327,13 +318,13 @@ class Scorer:
                 X[:] = values
             else:
                 X[:, self._order] = values
-            missing = self._missing(symbols, X, problems, _finite(values) if self._dtype == np.float64 else None)
+            inputs = X.tolist()  # as fed: NaN for None, the model's dtype
+            missing = self._missing(symbols, inputs, problems)
             if problems:
                 raise problems[0][0]("refusing to score: " + "; ".join(message for _, message in problems))
             self.session.run_with_iobinding(feed.binding)
             out = feed.out
             scores = (classifier_signal(out, self.model.classes) if self._classifier else out[:, 0]).tolist()
-            inputs = X.tolist()
         names, views, primary = self._names, self._views, self._primary
         return [Score(symbol, rows[primary].ts, scores[i], {view: rows[view] for view in views}, tuple(inputs[i]),
                       names, missing[i]) for i, (symbol, rows) in enumerate(zip(symbols, found, strict=True))]
@@ -345,24 +336,29 @@ class Scorer:
             self._feeds[rows] = feed
         return feed
 
-    def _missing(self, symbols: list[str], X: np.ndarray, problems: list[tuple[type, str]], finite: bool | None
+    def _missing(self, symbols: list[str], inputs: list[list[float]], problems: list[tuple[type, str]]
                  ) -> list[tuple[str, ...]]:
-        """Per symbol, the inputs fed as NaN; a problem for each the model never saw missing in training, and for
-        each infinite value. ``finite``: whether every value of ``X`` is, when known already."""
-        if finite or (finite is None and math.isfinite(X.sum())):  # a sum that overflows falls through
+        """Per symbol, the inputs fed as NaN (``inputs``: the rows as fed); a problem for each the model never saw
+        missing in training, and, listed first, for each infinite value. Plain Python on the row's floats: numpy's
+        isnan/nonzero over a one-row array cost 20 us a call."""
+        if all(map(math.isfinite, map(sum, inputs))):  # a sum that overflows falls through to the loop below
             return [()] * len(symbols)
         names, columns, model = self._names, self.model.columns, self.model
-        missing = [tuple(names[j] for j in np.flatnonzero(row)) for row in np.isnan(X)]
-        for i, j in zip(*np.nonzero(np.isinf(X)), strict=True):
-            view, feature = columns[j]
-            problems.append((NonFiniteFeaturesError, f"view {view!r} for {symbols[i]}: feature {feature!r} is "
-                                                     f"{X[i, j]}, not a finite number"))
-        for symbol, nulls in zip(symbols, missing, strict=True):
-            for j in (names.index(name) for name in nulls if name in model.no_missing):
-                view, feature = columns[j]
-                problems.append((MissingFeaturesError, f"view {view!r} for {symbol}: feature {feature!r} is null and "
-                                                       f"model {model.name} never saw it missing in training "
-                                                       f"(LightGBM would read it as 0)"))
+        missing, infinite, never_missing = [], [], []
+        for symbol, row in zip(symbols, inputs, strict=True):
+            nulls = []
+            for j, value in enumerate(row):
+                if value != value:  # NaN
+                    nulls.append(names[j])
+                    if names[j] in model.no_missing:
+                        never_missing.append((MissingFeaturesError, (
+                            f"view {columns[j][0]!r} for {symbol}: feature {columns[j][1]!r} is null and model "
+                            f"{model.name} never saw it missing in training (LightGBM would read it as 0)")))
+                elif math.isinf(value):
+                    infinite.append((NonFiniteFeaturesError, f"view {columns[j][0]!r} for {symbol}: feature "
+                                                             f"{columns[j][1]!r} is {value}, not a finite number"))
+            missing.append(tuple(nulls))
+        problems.extend(infinite + never_missing)
         return missing
 
     def freshness(self, *, now: datetime) -> dict[str, list[dict[str, Any]]]:

@@ -27,18 +27,18 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 from featurestore.errors import FeatureStoreError
 
 __all__ = ["OnlineRow", "OnlineStore", "connect", "sqlite_url"]
 
 
-@dataclass(frozen=True)
-class OnlineRow:
-    """The latest feature row of one symbol in one view."""
+class OnlineRow(NamedTuple):
+    """The latest feature row of one symbol in one view. A tuple: a score reads one per view, and a frozen dataclass
+    took 4x as long to build."""
 
     view: str
     symbol: str

@@ -22,9 +22,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from featurestore.errors import DamagedFileError
 
 __all__ = ["REPAIR", "check_readable", "damaged_files"]
@@ -35,6 +32,10 @@ REPAIR = "move it out of the store (or restore it from a backup), then ingest it
 
 def _footer_problem(path: Path) -> str | None:
     """Why ``path``'s parquet footer cannot be read, or None when it can."""
+    # imported here, not at the top: pyarrow.parquet takes 0.2 s to import, and every CLI start paid for it
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         pq.read_metadata(path)
     except (pa.ArrowException, OSError) as exc:

@@ -40,7 +40,6 @@ from datetime import datetime
 
 import numpy as np
 import polars as pl
-from scipy.signal import lfilter
 
 from featurestore.bars import TS_DTYPE
 from featurestore.errors import FeatureStoreError
@@ -81,6 +80,9 @@ def _start_price(symbol: str) -> float:
 
 def _ar1(coefficient: float, shocks: np.ndarray, state: float) -> tuple[np.ndarray, float]:
     """x_t = coefficient * x_{t-1} + shock_t, continuing from ``state`` (the previous x)."""
+    # imported here, not at the top: scipy.signal takes seconds to import, and every CLI start paid for it
+    from scipy.signal import lfilter
+
     out, _ = lfilter([1.0], [1.0, -coefficient], shocks, zi=[coefficient * state])
     return out, float(out[-1]) if out.size else state
 

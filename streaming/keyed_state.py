@@ -40,7 +40,7 @@ from bytewax.operators import StatefulBatchLogic
 from featurestore.bars import BAR_COLUMNS
 from featurestore.definitions import FeatureView
 from featurestore.errors import FeatureStoreError
-from featurestore.store import Store
+from featurestore.store import BarSeries, Store
 from streaming.clock import to_datetime
 from streaming.engine import SymbolState, ViewEngine
 from streaming.items import Bar, BarBatch, BarItem, Counts, FeatureRows, RowValues
@@ -63,7 +63,7 @@ def warm_from_store(store: Store, exchange: str) -> Warm:
     def warm(engine: ViewEngine, symbol: str, before_ms: int) -> SymbolState:
         state = engine.new_state()
         try:
-            bars = store.scan_bars(exchange, engine.view.timeframe, [symbol])
+            bars = store.scan_series(BarSeries(exchange, engine.view.timeframe, symbol))  # no listing of the store
         except FeatureStoreError:
             log.warning("%s: no stored %s bars on %s: starting cold (rows stay null until the windows fill)",
                         symbol, engine.view.timeframe, exchange)
@@ -88,15 +88,10 @@ class KeyedState:
         return KeyedState(copy.deepcopy(self.engine), dict(self.recent), self.counts)
 
     def remember(self, bars: list[tuple[int, tuple[float, ...]]]) -> None:
+        """Remember ``bars`` (open ms, prices), the last ``RECENT_BARS`` of them and of those remembered before."""
         self.recent.update(bars[-RECENT_BARS:])
         for ts in list(self.recent)[:max(0, len(self.recent) - RECENT_BARS)]:
             del self.recent[ts]
-
-    def remember_one(self, ts: int, prices: tuple[float, ...]) -> None:
-        """``remember([(ts, prices)])`` for the per-bar path, without copying the keys."""
-        self.recent[ts] = prices
-        if len(self.recent) > RECENT_BARS:
-            del self.recent[next(iter(self.recent))]
 
 
 class FeatureLogic(StatefulBatchLogic[BarItem, FeatureRows, KeyedState]):
@@ -148,19 +143,22 @@ class FeatureLogic(StatefulBatchLogic[BarItem, FeatureRows, KeyedState]):
 
     def _apply_bars(self, symbol: str, bars: list[Bar]) -> FeatureRows:
         """Apply each bar that opens after the last applied one; count (and log) the others as duplicates,
-        conflicts or late."""
-        state, update = self.state, self.engine.update
+        conflicts or late. The bars applied are remembered once per run of them, not one by one."""
+        state, engine, update = self.state, self.state.engine, self.engine.update
         received, applied, duplicates, late, conflicts = state.counts
         ts_out, values_out = [], []
-        for bar in bars:
-            prices, last = bar[2:], state.engine.last_bar_ts
-            if last is None or bar.ts > last:
-                row_ts, values = update(state.engine, bar.ts, *prices)
+        run = 0  # where the run of applied bars not yet remembered starts
+        for i, bar in enumerate(bars):
+            last = engine.last_bar_ts
+            if last is None or bar[1] > last:
+                row_ts, values = update(engine, *bar[1:])
                 ts_out.append(row_ts)
                 values_out.append(tuple(values))
-                state.remember_one(bar.ts, prices)
                 continue
-            known = state.recent.get(bar.ts)
+            if run < i:
+                state.remember(_tail(bars, run, i))
+            run = i + 1
+            prices, known = bar[2:], state.recent.get(bar.ts)
             if known == prices:
                 duplicates += 1
             elif known is not None:
@@ -171,8 +169,15 @@ class FeatureLogic(StatefulBatchLogic[BarItem, FeatureRows, KeyedState]):
                 late += 1
                 log.warning("%s: late bar at %s (the last applied bar opened at %s); not applied, the backfill decides",
                             bar.symbol, to_datetime(bar.ts).isoformat(), to_datetime(last).isoformat())
+        if run < len(bars):
+            state.remember(_tail(bars, run, len(bars)))
         state.counts = Counts(received + len(bars), applied + len(ts_out), duplicates, late, conflicts)
         return FeatureRows(symbol, ts_out, values_out, state.counts)
+
+
+def _tail(bars: list[Bar], start: int, stop: int) -> list[tuple[int, tuple[float, ...]]]:
+    """(open ms, prices) of the last ``RECENT_BARS`` of ``bars[start:stop]``."""
+    return [(bar[1], bar[2:]) for bar in bars[max(start, stop - RECENT_BARS):stop]]
 
 
 def feature_logic_builder(view: FeatureView, warm: Warm) -> Callable[[KeyedState | None], FeatureLogic]:

@@ -142,7 +142,8 @@ def test_a_stopped_replay_continues_from_where_it_ended(store, tmp_path):
 # ---------------------------------------------------------------------------------------------- bad bars
 
 
-def test_duplicate_late_and_conflicting_bars_are_counted_and_not_applied(store, tmp_path, caplog):
+@pytest.mark.parametrize("handed_over", [1, 64])  # Bars handed to the feature step one by one, or in runs of 64
+def test_duplicate_late_and_conflicting_bars_are_counted_and_not_applied(store, tmp_path, caplog, handed_over):
     bars = store.scan_bars("synthetic", "1m", ["BTC/USDT"]).select(BAR_COLUMNS).collect()
     replayed = bars.filter(pl.col("ts") >= START).head(200)
     b = [Bar(s, to_ms(ts), *prices) for s, ts, *prices in replayed.rows()]
@@ -150,9 +151,11 @@ def test_duplicate_late_and_conflicting_bars_are_counted_and_not_applied(store, 
     items = [*b[:11], b[10], *b[11:21], conflicting, *b[21:40], b[41], b[40], *b[42:151], b[5], *b[151:161],
              BarBatch("BTC/USDT", replayed.slice(160, 11)), BarBatch("BTC/USDT", replayed.slice(171, 29))]
     # b10 again: duplicate; b20 with another close: conflict; b40 after b41: late; b5 far back: late (not
-    # remembered); the first batch starts with b160 again: duplicate, then bar by bar; the last batch in order
+    # remembered); the first batch starts with b160 again: duplicate, then bar by bar; the last batch in order.
+    # Handed over 64 at a time, runs in order take the engine's batch path, the others go bar by bar.
     with caplog.at_level("WARNING", logger="streaming.keyed_state"):
-        run_main(build_flow(stream_config(store, tmp_path), clock=fixed_clock(NOW), source=TestingSource(items)))
+        run_main(build_flow(stream_config(store, tmp_path), clock=fixed_clock(NOW),
+                            source=TestingSource(items, batch_size=handed_over)))
 
     fed = pl.concat([bars.filter(pl.col("ts") < START), replayed.filter(pl.int_range(pl.len()) != 40)])
     expected = RESEARCH.compute_symbol(fed).filter(pl.col("ts") > START)

@@ -112,13 +112,27 @@ class ViewEngine:
     def update_arrays(self, state: SymbolState, bars: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``update_batch`` without building a DataFrame: (row ts in epoch ms, values, validity), one row per
         bar and one column per feature (the dataflow's batch path: a frame per window cost more than the run)."""
+        columns = [bars[name].cast(pl.Float64).to_numpy() for name in ("open", "high", "low", "close", "volume")]
+        return self.update_columns(state, bars["ts"].dt.epoch("ms").to_numpy(), *columns)
+
+    def update_columns(self, state: SymbolState, ts: np.ndarray, open_: np.ndarray, high: np.ndarray,
+                       low: np.ndarray, close: np.ndarray, volume: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``update_arrays`` on the bars' columns: open times in epoch ms (int64), prices (contiguous float64).
+
+        >>> import numpy as np, polars as pl
+        >>> from featurestore.definitions import FeatureView
+        >>> engine = ViewEngine(FeatureView("demo", "1h", {"mom": pl.col("close") / pl.col("close").shift(1)}))
+        >>> one = np.ones(2)
+        >>> ts, values, valid = engine.update_columns(engine.new_state(), np.array([0, 3_600_000]), one, one, one,
+        ...                                           np.array([1.0, 1.5]), one)
+        >>> ts.tolist(), values[1].tolist(), valid.tolist()
+        ([3600000, 7200000], [1.5], [[False], [True]])
+        """
         self.check_state(state)
-        ts = bars["ts"].dt.epoch("ms").to_numpy()
         if len(ts) > 1 and not (np.diff(ts) > 0).all():
             raise FeatureStoreError("update_batch needs bars strictly increasing in ts")
         self._advance(state, int(ts[0]), int(ts[-1]), len(ts))
         out = np.empty((len(ts), len(self.program.feature_names)))
         outv = np.empty((len(ts), len(self.program.feature_names)), dtype=np.bool_)
-        columns = [bars[name].cast(pl.Float64).to_numpy() for name in ("open", "high", "low", "close", "volume")]
-        self._run(state.vector, ts.astype(np.float64), *columns, out, outv)
+        self._run(state.vector, ts.astype(np.float64), open_, high, low, close, volume, out, outv)
         return ts + self.step_ms, out, outv

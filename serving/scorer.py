@@ -314,17 +314,19 @@ class Scorer:
         with self._lock:
             feed = self._feeds.get(len(symbols)) or self._feed(len(symbols))
             X = feed.X
-            if self._order is None:
-                X[:] = values
-            else:
+            if self._order is not None:
                 X[:, self._order] = values
+            elif len(values) == 1:
+                X[0] = values[0]  # one row: half the time of X[:] = values
+            else:
+                X[:] = values
             inputs = X.tolist()  # as fed: NaN for None, the model's dtype
             missing = self._missing(symbols, inputs, problems)
             if problems:
                 raise problems[0][0]("refusing to score: " + "; ".join(message for _, message in problems))
             self.session.run_with_iobinding(feed.binding)
             out = feed.out
-            scores = (classifier_signal(out, self.model.classes) if self._classifier else out[:, 0]).tolist()
+            scores = (classifier_signal(out, self.model.classes) if self._classifier else out.ravel()).tolist()
         names, views, primary = self._names, self._views, self._primary
         return [Score(symbol, rows[primary].ts, scores[i], {view: rows[view] for view in views}, tuple(inputs[i]),
                       names, missing[i]) for i, (symbol, rows) in enumerate(zip(symbols, found, strict=True))]

@@ -34,7 +34,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import polars as pl
-import pyarrow.parquet as pq
 
 from featurestore.atomic import remove_orphans, write_parquet_atomic
 from featurestore.bars import BAR_COLUMNS, TS_DTYPE
@@ -348,6 +347,8 @@ def _current(found: YearFiles) -> CurrentYear:
 
 def _file_last_ms(path: Path) -> int | None:
     """Open time (epoch ms) of the newest bar of a bar file, from its footer's statistics (no data read)."""
+    import pyarrow.parquet as pq  # here, not at the top: 0.2 s to import, and every CLI start paid for it
+
     check_readable([path], fix=f"{REPAIR}; `featurestore validate` lists every damaged bar file")
     metadata = pq.read_metadata(path)
     column = metadata.schema.names.index("ts")

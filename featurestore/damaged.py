@@ -21,39 +21,48 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from featurestore.errors import DamagedFileError
 
-__all__ = ["REPAIR", "check_readable", "damaged_files"]
+if TYPE_CHECKING:
+    from pyarrow.parquet import FileMetaData
+
+__all__ = ["REPAIR", "check_readable", "damaged_files", "read_footer"]
 
 #: What to do about a damaged file of the store.
 REPAIR = "move it out of the store (or restore it from a backup), then ingest its bars or backfill its features again"
 
 
-def _footer_problem(path: Path) -> str | None:
-    """Why ``path``'s parquet footer cannot be read, or None when it can."""
+def _footer(path: Path) -> FileMetaData | str:
+    """``path``'s parquet footer, or why it cannot be read."""
     # imported here, not at the top: pyarrow.parquet takes 0.2 s to import, and every CLI start paid for it
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        pq.read_metadata(path)
+        return pq.read_metadata(path)
     except (pa.ArrowException, OSError) as exc:
         return " ".join(str(exc).split()).rstrip(".")
-    return None
 
 
 def damaged_files(files: Sequence[Path]) -> dict[Path, str]:
     """The files of ``files`` that cannot be read, each with the reason."""
-    found = {path: _footer_problem(path) for path in files}
-    return {path: problem for path, problem in found.items() if problem is not None}
+    found = {path: _footer(path) for path in files}
+    return {path: footer for path, footer in found.items() if isinstance(footer, str)}
+
+
+def read_footer(path: Path, *, fix: str = REPAIR) -> FileMetaData:
+    """``path``'s parquet footer (its schema, row groups and statistics); ``DamagedFileError`` naming the file
+    when it cannot be read."""
+    footer = _footer(path)
+    if isinstance(footer, str):
+        raise DamagedFileError(path, footer, fix)
+    return footer
 
 
 def check_readable(files: Sequence[Path], *, fix: str = REPAIR) -> Sequence[Path]:
     """``files`` unchanged when each can be read; else ``DamagedFileError`` naming the first that cannot."""
     for path in files:
-        problem = _footer_problem(path)
-        if problem is not None:
-            raise DamagedFileError(path, problem, fix)
+        read_footer(path, fix=fix)
     return files
-

@@ -15,7 +15,7 @@ ingested.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,7 @@ from featurestore.sources.csv_file import read_csv_bars
 from featurestore.sources.resample import expected_fine_bars, resample_bars
 from featurestore.sources.synthetic import Regime, synthetic_bars
 from featurestore.store import BarSeries, Store
-from featurestore.timeframes import timeframe_ms
+from featurestore.timeframes import epoch_ms, timeframe_ms
 
 if TYPE_CHECKING:
     import ccxt
@@ -135,7 +135,7 @@ def _epoch_ms(moment: datetime, name: str) -> int:
     if moment.tzinfo is None:
         raise FeatureStoreError(f"{name}={moment.isoformat()} has no timezone; pass an aware UTC datetime, "
                                 f"e.g. datetime(2024, 1, 1, tzinfo=timezone.utc)")
-    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+    return epoch_ms(moment)
 
 
 def ingest_exchange(store: Store, exchange: str | ccxt.Exchange, symbols: list[str], timeframe: str, *,

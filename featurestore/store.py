@@ -30,7 +30,7 @@ import functools
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import polars as pl
@@ -38,16 +38,17 @@ import polars as pl
 from featurestore.atomic import remove_orphans, write_parquet_atomic
 from featurestore.bars import BAR_COLUMNS, TS_DTYPE
 from featurestore.config import StoreConfig, read_config
-from featurestore.damaged import REPAIR, check_readable
+from featurestore.damaged import REPAIR, check_readable, read_footer
 from featurestore.errors import DamagedFileError, FeatureStoreError, StoreConflictError
 from featurestore.layout import BarSeries, Delta, Layout, YearFiles
 from featurestore.partial_bars import PARTIAL_SCHEMA, partial_frame, read_partial_bars, write_partial_bars
+from featurestore.timeframes import epoch_ms, from_epoch_ms
 
 __all__ = ["MAX_DELTAS", "BarSeries", "CurrentYear", "Store", "default_store_root", "scan_partition", "split_by_year"]
 
 #: A year's delta files are merged into one when an append would make more (bounds the files a reader opens).
 MAX_DELTAS = 32
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_BAR_FIX = f"{REPAIR}; `featurestore validate` lists every damaged bar file"  # what to do about a damaged bar file
 
 STORED_BAR_COLUMNS = ("exchange", "timeframe", *BAR_COLUMNS)
 _FILE_COLUMNS = BAR_COLUMNS[1:]  # a bar file's columns: the series is named by its path
@@ -154,7 +155,7 @@ class Store(Layout):
         """Open time of the newest stored bar of the series, or None when nothing is stored."""
         years = self.year_files(series)
         last_ms = years[-1].last_ms if years else None
-        return None if last_ms is None else _EPOCH + timedelta(milliseconds=last_ms)
+        return None if last_ms is None else from_epoch_ms(last_ms)
 
     def write_bars(self, bars: pl.DataFrame, *, exchange: str, timeframe: str,
                    partial: pl.DataFrame | None = None) -> dict[str, int]:
@@ -241,7 +242,7 @@ class Store(Layout):
     def _fresh(self, series: BarSeries, year: CurrentYear, part: pl.DataFrame, replaceable: pl.Series) -> pl.DataFrame:
         """The rows of ``part`` not stored in ``year`` with the same values (reads only the stored rows in
         ``part``'s time range, none when it is all newer); raises on a conflict."""
-        if year.last_ms is None or _ms(part["ts"].min()) > year.last_ms:
+        if year.last_ms is None or epoch_ms(part["ts"].min()) > year.last_ms:
             return part
         first, last = part["ts"].min(), part["ts"].max()
         stored = _scan(series, year.paths).filter(pl.col("ts").is_between(first, last)).collect()
@@ -249,7 +250,7 @@ class Store(Layout):
 
     def _plan(self, series: BarSeries, year: CurrentYear, fresh: pl.DataFrame) -> _Write:
         """How ``fresh`` bars reach the year: a new base, a delta, one delta merged from all, or a rewritten base."""
-        first_ms, last_ms = _ms(fresh["ts"][0]), _ms(fresh["ts"][-1])
+        first_ms, last_ms = epoch_ms(fresh["ts"][0]), epoch_ms(fresh["ts"][-1])
         if year.last_ms is None:
             return _Write(self.year_file(series, year.year), fresh, ())
         if first_ms > year.last_ms and len(year.deltas) < MAX_DELTAS:
@@ -268,7 +269,7 @@ class Store(Layout):
 def _scan(series: BarSeries, files: list[Path]) -> pl.LazyFrame:
     """Files of one series, lazily, with its keys as columns (``STORED_BAR_COLUMNS``)."""
     keys = {"exchange": series.exchange, "timeframe": series.timeframe, "symbol": series.symbol}
-    return scan_partition(files, keys, fix=f"{REPAIR}; `featurestore validate` lists every damaged bar file")
+    return scan_partition(files, keys, fix=_BAR_FIX)
 
 
 def scan_partition(files: Sequence[Path], keys: Mapping[str, str], *, fix: str = REPAIR) -> pl.LazyFrame:
@@ -347,18 +348,15 @@ def _current(found: YearFiles) -> CurrentYear:
 
 def _file_last_ms(path: Path) -> int | None:
     """Open time (epoch ms) of the newest bar of a bar file, from its footer's statistics (no data read)."""
-    import pyarrow.parquet as pq  # here, not at the top: 0.2 s to import, and every CLI start paid for it
-
-    check_readable([path], fix=f"{REPAIR}; `featurestore validate` lists every damaged bar file")
-    metadata = pq.read_metadata(path)
+    metadata = read_footer(path, fix=_BAR_FIX)
     column = metadata.schema.names.index("ts")
     newest = None
     for index in range(metadata.num_row_groups):
         statistics = metadata.row_group(index).column(column).statistics
         if statistics is None or not statistics.has_min_max:  # written without statistics: read the column
-            return _ms(pl.scan_parquet(path).select(pl.col("ts").max()).collect().item())
+            return epoch_ms(pl.scan_parquet(path).select(pl.col("ts").max()).collect().item())
         newest = statistics.max if newest is None else max(newest, statistics.max)
-    return None if newest is None else _ms(newest)
+    return None if newest is None else epoch_ms(newest)
 
 
 def _read(series: BarSeries, files: list[Path], columns: Sequence[str] | None) -> pl.DataFrame:
@@ -379,10 +377,6 @@ def _identities(files: Sequence[Path]) -> list[tuple[int, int] | None]:
         else:
             found.append((status.st_ino, status.st_ctime_ns))
     return found
-
-
-def _ms(ts: datetime) -> int:
-    return (ts - _EPOCH) // timedelta(milliseconds=1)
 
 
 def _remove(paths: Sequence[Path]) -> None:

@@ -5,6 +5,9 @@
 900000
 >>> floor_ms(1_700_000_123_456, "1h")
 1699999200000
+>>> from datetime import datetime, timezone
+>>> epoch_ms(datetime(2024, 1, 1, tzinfo=timezone.utc)), from_epoch_ms(1704067200000).isoformat()
+(1704067200000, '2024-01-01T00:00:00+00:00')
 >>> timeframe_ms("15min")
 Traceback (most recent call last):
 ...
@@ -14,10 +17,14 @@ featurestore.errors.FeatureStoreError: unknown timeframe '15min': use a count an
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 
 from featurestore.errors import FeatureStoreError
 
-__all__ = ["aligned", "canonical_timeframe", "floor_ms", "offset_ms", "timeframe_ms"]
+__all__ = ["aligned", "canonical_timeframe", "epoch_ms", "floor_ms", "from_epoch_ms", "offset_ms", "timeframe_ms"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
 
 _UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
 # Weekly bars open on Monday 00:00 UTC (ccxt/Binance convention); the Unix epoch was a Thursday.
@@ -88,3 +95,13 @@ def floor_ms(ts_ms: int, timeframe: str) -> int:
 def aligned(ts_ms: int, timeframe: str) -> bool:
     """True when ``ts_ms`` is the open time of a bar of this timeframe."""
     return floor_ms(ts_ms, timeframe) == ts_ms
+
+
+def epoch_ms(moment: datetime) -> int:
+    """An aware datetime as epoch milliseconds (exact: integer arithmetic, no float seconds)."""
+    return (moment - _EPOCH) // _MS
+
+
+def from_epoch_ms(ms: int) -> datetime:
+    """Epoch milliseconds as an aware UTC datetime."""
+    return _EPOCH + ms * _MS

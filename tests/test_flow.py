@@ -250,23 +250,29 @@ def test_cli_ingests_history_then_streams_live_bars_from_the_exchange(tmp_path):
         return subprocess.run([FEATURESTORE, *args, "--store", str(store)], env=env, cwd=tmp_path, capture_output=True,
                               text=True, timeout=120)
 
+    def stream_until(end: int, jsonl: str) -> tuple[subprocess.CompletedProcess, set[int]]:
+        """``featurestore stream`` live until ``end``: the process, and the start times of the klines it asked for."""
+        server.requests.clear()
+        done = cli("stream", "--source", "ccxt", "--exchange", "binance", "--view", "research", "--symbols",
+                   ",".join(SYMBOLS), "--until", ms_to_dt(end).isoformat(), "--poll-interval", "0.1",
+                   "--jsonl", str(tmp_path / jsonl))
+        assert done.returncode == 0, done.stderr
+        return done, {int(q["startTime"]) for p, q in server.requests if p == "/api/v3/klines"}
+
+    def assert_stored_bars_are_the_exchanges(end: int) -> None:
+        assert Store(store).scan_bars("binance", "1m").select(BAR_COLUMNS).collect().rows() == [
+            bar for pair in ("BTCUSDT", "ETHUSDT") for bar in server.closed_bars(pair, step, until_ms=end)]
+
     try:
         ingested = cli("ingest", "--source", "ccxt", "--exchange", "binance", "--symbols", ",".join(SYMBOLS),
                        "--timeframe", "1m", "--since", "2024-01-01", "--until", ms_to_dt(history).isoformat())
         assert ingested.returncode == 0, ingested.stderr
         assert "BTC/USDT: 300 new bars" in ingested.stdout and "ETH/USDT: 300 new bars" in ingested.stdout
-        stored = Store(store).scan_bars("binance", "1m").select(BAR_COLUMNS).collect().rows()
-        assert stored == [bar for pair in ("BTCUSDT", "ETHUSDT") for bar in server.closed_bars(pair, step, until_ms=history)]
+        assert_stored_bars_are_the_exchanges(history)
 
-        server.requests.clear()
-        streamed = cli("stream", "--source", "ccxt", "--exchange", "binance", "--view", "research", "--symbols",
-                       ",".join(SYMBOLS), "--until", ms_to_dt(until).isoformat(), "--poll-interval", "0.1",
-                       "--jsonl", str(tmp_path / "rows.jsonl"))
-        assert streamed.returncode == 0, streamed.stderr
-        first_klines = {int(q["startTime"]) for p, q in server.requests if p == "/api/v3/klines"}
+        streamed, first_klines = stream_until(until, "rows.jsonl")
         # The flow kept the bars it applied (delta files): a backfill and parity read them without an ingest...
-        assert Store(store).scan_bars("binance", "1m").select(BAR_COLUMNS).collect().rows() == [
-            bar for pair in ("BTCUSDT", "ETHUSDT") for bar in server.closed_bars(pair, step, until_ms=until)]
+        assert_stored_bars_are_the_exchanges(until)
         assert any(store.glob("kind=bars/**/delta-*.parquet"))
         assert cli("backfill", "--view", "research").returncode == 0
         checked = cli("parity", "--view", "research")
@@ -274,12 +280,7 @@ def test_cli_ingests_history_then_streams_live_bars_from_the_exchange(tmp_path):
         # ...and a restart warms from them and goes on after them.
         for pair in ("BTCUSDT", "ETHUSDT"):
             server.halted_at[pair] = later
-        server.requests.clear()
-        restarted = cli("stream", "--source", "ccxt", "--exchange", "binance", "--view", "research", "--symbols",
-                        ",".join(SYMBOLS), "--until", ms_to_dt(later).isoformat(), "--poll-interval", "0.1",
-                        "--jsonl", str(tmp_path / "restarted.jsonl"))
-        assert restarted.returncode == 0, restarted.stderr
-        restart_klines = {int(q["startTime"]) for p, q in server.requests if p == "/api/v3/klines"}
+        _, restart_klines = stream_until(later, "restarted.jsonl")
     finally:
         server.close()
     assert server.unexpected == []
